@@ -1,0 +1,68 @@
+"""Where and how tensors run: device choice, seeding, precision.
+
+``--device auto|cpu|cuda[:N]`` everywhere; ``auto`` takes the first visible
+CUDA device (CUDA_VISIBLE_DEVICES is honoured by torch) and falls back to CPU.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+import torch
+
+from .errors import TgdpetError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a user's device string into a usable ``torch.device`` or say why not."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not m:
+        raise TgdpetError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise TgdpetError(f"device {spec!r} was asked for but no CUDA GPU is visible; use --device cpu.")
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise TgdpetError(
+            f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible."
+        )
+    return torch.device("cuda", index)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a torch Generator for explicit sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when this CPU has bf16 matrix units (AMX or AVX512-BF16) that oneDNN uses."""
+    try:
+        caps = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # pragma: no cover - very old torch
+        return False
+    if "AMX" in caps.upper():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision that pays on this device, or None for plain fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16_matmul():
+        return torch.bfloat16
+    return None
