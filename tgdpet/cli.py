@@ -45,5 +45,267 @@ def main() -> None:
     """
 
 
+def _parse_phis(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TgdpetError(f"--phis must be comma-separated numbers such as 0.3,0.4,0.5, got {text!r}.") from None
+
+
+def _print_kse_table(summary: dict) -> None:
+    click.echo(f"KSE threshold phi = {summary['phi']:g}; conv1: {summary['conv1']}; last layer frozen.")
+    header = f"{'layer':<7}{'channels':>9}{'meaningless':>13}{'retrained params':>18}{'% of network':>14}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for layer in summary["layers"]:
+        meaningless = "-" if layer["meaningless_channels"] is None else str(layer["meaningless_channels"])
+        click.echo(
+            f"{layer['layer']:<7}{layer['channels']:>9}{meaningless:>13}{layer['retrained_parameters']:>18,}"
+            f"{100 * layer['retrained_fraction_of_network']:>13.1f}%"
+        )
+    total = summary["total"]
+    click.echo("-" * len(header))
+    meaningless = sum(layer["meaningless_channels"] or 0 for layer in summary["layers"])
+    channels = sum(layer["channels"] for layer in summary["layers"])
+    click.echo(
+        f"{'total':<7}{channels:>9}{meaningless:>13}{total['retrained_parameters']:>18,}"
+        f"{100 * total['retrained_fraction']:>13.1f}%   of {total['parameters']:,} parameters"
+    )
+
+
+def _print_drop_table(results: list[dict]) -> None:
+    click.echo("\nKernel-drop study (paper Fig. 4): meaningless kernels zeroed at inference")
+    click.echo(f"{'phi':>6}{'parameters dropped':>21}{'output change (rel. RMS)':>27}")
+    for r in results:
+        change = "-" if r["output_change"] is None else f"{r['output_change']:.3e}"
+        click.echo(f"{r['phi']:>6.2f}{100 * r['fraction_dropped']:>20.1f}%{change:>27}")
+    if all(r["output_change"] is None for r in results):
+        click.echo("(pass --volume to measure how much the denoised output changes)")
+
+
+@main.command("score-kse")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--phi", type=float, default=0.3, show_default=True, help="KSE threshold: channels scoring below it are retrained."
+)
+@click.option(
+    "--conv1",
+    type=click.Choice(["retrain", "freeze"]),
+    default="retrain",
+    show_default=True,
+    help="Retrain conv1's meaningless kernels like every other layer's, or freeze conv1 entirely.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
+@click.option("--drop", is_flag=True, help="Run the kernel-drop study (paper Fig. 4) over --phis.")
+@click.option("--phis", default="0.3,0.4,0.5,0.6", show_default=True, help="Thresholds for --drop.")
+@click.option(
+    "--volume",
+    type=click.Path(exists=True),
+    help="A NIfTI file or DICOM series on which --drop measures the output change (implies --drop).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (used by --drop).")
+def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
+    """Score MODEL's feature maps with KSE and show which kernels TGD would retrain at --phi."""
+    import json
+    from dataclasses import asdict
+
+    from .checkpoint import load_model
+    from .io import read_volume
+    from .kse import check_phi
+    from .runtime import resolve_device
+    from .tgd import drop_study, retrain_summary
+
+    phi = check_phi(phi)
+    phi_list = [check_phi(p) for p in _parse_phis(phis)] if (drop or volume) else []
+    record = load_model(model, device=resolve_device(device) if phi_list else "cpu")
+    summary = retrain_summary(record.model, phi, conv1)
+    if phi_list:
+        vol = read_volume(volume).data if volume else None
+        summary["drop"] = [asdict(r) for r in drop_study(record.model, phi_list, vol)]
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    _print_kse_table(summary)
+    if phi_list:
+        _print_drop_table(summary["drop"])
+
+
+def _loop_options(f):
+    """Options shared by train, tgd-finetune and n2n-online (defaults come from the config dataclasses)."""
+    options = [
+        click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML settings (e.g. configs/train_small.yaml); command-line options override it."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N  [default: auto]"),
+        click.option("--amp/--no-amp", default=None,
+                     help="Mixed precision (bf16/fp16)  [default: on for CUDA and CPUs with bf16 units]"),
+        click.option("--seed", type=int, help="Seed of weights and patch sampling  [default: 0]"),
+        click.option("--epochs", type=int, help="Epochs of --patches-per-epoch patches."),
+        click.option("--iterations", type=int, help="Optimiser steps in total (overrides --epochs)."),
+        click.option("--patches-per-epoch", type=int, help="Random patches per epoch."),
+        click.option("--batch-size", type=int, help="Patches per step (all processes together)  [default: 64]"),
+        click.option("--patch-size", type=int, help="Patch height and width in pixels  [default: 32]"),
+        click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
+        click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
+        click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _finetune_options(f):
+    """How to fine-tune: TGD (default) or a baseline."""
+    options = [
+        click.option("--phi", type=float, help="KSE threshold: kernels whose maps score below it are retrained."),
+        click.option("--method", type=click.Choice(["tgd", "all", "last3", "ewc"]),
+                     help="tgd, or a baseline: all layers, the last three conv blocks, EWC  [default: tgd]"),
+        click.option("--conv1", type=click.Choice(["retrain", "freeze"]),
+                     help="Retrain conv1's meaningless kernels, or freeze conv1  [default: retrain]"),
+        click.option("--tgd-mode", type=click.Choice(["activation", "parameter"]),
+                     help="Mask activation gradients (the paper's TGD layer) or only parameter gradients."),
+        click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+_LOOP_KEYS = ("device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "workers")
+_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
+
+
+def _command_line() -> str:
+    import shlex
+
+    return shlex.join(["tgdpet", *sys.argv[1:]])
+
+
+def _report_run(result, out) -> None:
+    """The end of a training run, said once (by rank 0 under torchrun)."""
+    from .train.ddp import env_from_environ
+
+    if not env_from_environ().is_main:
+        return
+    p = result.progress
+    best = f"best epoch {p.best_epoch} ({result.selected_by} {p.best_metric:.4e})" if p.best_epoch else "no epoch run"
+    click.echo(f"Done: {p.step} steps, {p.patches_seen:,} patches in {p.elapsed_s:.0f} s; {best}.")
+    click.echo(f"Models, config.yaml, metrics.jsonl and loss.png are in {out}.")
+
+
+@main.command("train")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state.")
+@click.option("--preset", help="Network preset: paper, uniform64, small or tiny  [default: small]")
+@_loop_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
+def train_command(data, out, preset, config, no_progress, resume, overwrite, **options) -> None:
+    """Train a DnCNN from scratch on the train studies of DATA (a manifest or its folder).
+
+    Multi-GPU: torchrun --nproc_per_node N -m tgdpet.cli train DATA --out RUN
+    """
+    from .train import TrainConfig, resolve_config, train
+
+    cfg = resolve_config(TrainConfig, config, preset=preset, **{k: options[k] for k in _LOOP_KEYS})
+    result = train(
+        data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,
+        echo=click.echo, command=_command_line(),
+    )  # fmt: skip
+    _report_run(result, out)
+
+
+@main.command("tgd-finetune")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state.")
+@_finetune_options
+@_loop_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
+def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrite, **options) -> None:
+    """Adapt MODEL to the train studies of DATA with TGD (or a baseline --method).
+
+    The saved models keep the TGD masks, appended to MODEL's mask history:
+    fine-tuning the result again is TGD^2.
+    Multi-GPU: torchrun --nproc_per_node N -m tgdpet.cli tgd-finetune MODEL DATA --out RUN
+    """
+    from .train import FinetuneConfig, finetune, resolve_config
+
+    cfg = resolve_config(FinetuneConfig, config, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
+    result = finetune(
+        model, data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,
+        echo=click.echo, command=_command_line(),
+    )  # fmt: skip
+    _report_run(result, out)
+
+
+@main.command("n2n-online")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("half1", type=click.Path(exists=True))
+@click.argument("half2", type=click.Path(exists=True))
+@click.option("-o", "--out", required=True, type=click.Path(), help="Denoised study (.nii, .nii.gz, or a DICOM folder).")
+@click.option("--full", type=click.Path(exists=True),
+              help="The full-count study to denoise  [default: the mean of the halves]")
+@click.option("--save-model", type=click.Path(dir_okay=False), help="Also keep the adapted model here (.safetensors).")
+@_finetune_options
+@_loop_options
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def n2n_online_command(model, half1, half2, out, full, save_model, config, no_progress, overwrite, **options) -> None:
+    """Adapt MODEL to one study with Noise2Noise (HALF1 <-> HALF2), then denoise the study.
+
+    HALF1 and HALF2 are two reconstructions of disjoint, equal-count halves
+    of the study's data (activity images, Bq/mL or SUV). Without --full the
+    full study is their mean: each half already estimates the full activity.
+    """
+    from .train import N2NConfig, n2n_online, resolve_config
+
+    cfg = resolve_config(N2NConfig, config, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
+    result = n2n_online(
+        model, half1, half2, out, cfg, full=full, save_model_path=save_model, overwrite=overwrite,
+        progress_bar=not no_progress, echo=click.echo, command=_command_line(),
+    )  # fmt: skip
+    click.echo(f"Wrote {result.output}" + (f" and {result.model_path}" if result.model_path else "") + ".")
+
+
+@main.command("denoise")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="A tgdpet model file (.safetensors)  [default: the built-in pretrained model]")
+@click.option("-o", "--out", type=click.Path(), help="Output for a single INPUT: .nii, .nii.gz or a DICOM folder.")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs  [default: next to each input]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
+@click.option("--batch-slices", type=click.IntRange(min=1), help="Slices per forward pass  [default: per device]")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster after a slow first call).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+def denoise_command(inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, overwrite, no_progress) -> None:
+    """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
+
+    Geometry and metadata are kept; the default output is <name>_denoised.nii.gz
+    (or <folder>_denoised/ for DICOM) next to each input.
+    """
+    from pathlib import Path
+
+    from .files import check_can_write
+    from .infer import default_output_path, denoise_file, load_denoiser
+
+    if out and (len(inputs) > 1 or out_dir):
+        raise TgdpetError("-o/--out names the output of a single input; use --out-dir for several inputs.")
+    for path in inputs:
+        if not Path(path).exists():
+            raise TgdpetError(f"{path} does not exist; check the path.")
+    outputs = [Path(out)] if out else [default_output_path(p, out_dir) for p in inputs]
+    if len({o.resolve() for o in outputs}) < len(outputs):
+        raise TgdpetError("two inputs would be written to the same output name; denoise them into separate --out-dir folders.")
+    for o in outputs:  # refuse before denoising anything, not after the first volumes
+        check_can_write(o, overwrite)
+    denoiser = load_denoiser(model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_)
+    for src, dest in zip(inputs, outputs):
+        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress)
+        click.echo(f"Wrote {written}.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

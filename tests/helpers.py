@@ -1,0 +1,78 @@
+"""Small synthetic PET volumes, NIfTI files and DICOM series for tests.
+
+Import from any test module (pytest puts ``tests/`` on ``sys.path``)::
+
+    from helpers import make_volume, write_test_series, write_test_nifti, tree_snapshot
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from tgdpet.io import Volume, write_volume
+
+
+def suv_meta(**overrides) -> dict:
+    """Acquisition facts of a typical FDG scan (70 kg, 370 MBq, scan 60 min after injection)."""
+    meta = {
+        "patient_weight_kg": 70.0,
+        "injected_dose_bq": 3.7e8,
+        "half_life_s": 6586.2,
+        "injection_datetime": dt.datetime(2024, 3, 5, 9, 0, 0),
+        "series_datetime": dt.datetime(2024, 3, 5, 10, 0, 0),
+        "decay_correction": "START",
+        "corrected_image": ("ATTN", "DECY"),
+        "frame_duration_s": 120.0,
+    }
+    meta.update(overrides)
+    return meta
+
+
+def make_volume(
+    shape: tuple[int, int, int] = (8, 16, 16),
+    spacing: tuple[float, float, float] = (2.0, 2.5, 3.0),
+    origin: tuple[float, float, float] = (-15.0, -20.0, -10.0),
+    *,
+    units: str = "BQML",
+    meta: dict | None = None,
+    affine: np.ndarray | None = None,
+) -> Volume:
+    """A smooth positive activity volume in Bq/mL: gradients along every axis plus a hot blob.
+
+    ``spacing`` and ``origin`` are along (x, y, z) in RAS mm (ignored when
+    ``affine`` is given); every slice has a different maximum so per-slice
+    DICOM scaling is exercised. ``meta`` defaults to :func:`suv_meta`.
+    """
+    z, y, x = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]].astype(np.float64)
+    centre = np.array(shape, float) / 2
+    blob = np.exp(-((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / 8.0)
+    data = 2000.0 + 150.0 * x + 60.0 * y + 400.0 * z + 20000.0 * blob
+    if affine is None:
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = origin
+    return Volume(data=data.astype(np.float32), affine=affine, units=units, meta=suv_meta() if meta is None else meta)
+
+
+def write_test_series(folder: str | Path, volume: Volume | None = None, **write_kwargs) -> list[Path]:
+    """Write a DICOM PET series (from scratch unless the volume came from DICOM); return its files, sorted."""
+    write_volume(volume if volume is not None else make_volume(), folder, **write_kwargs)
+    return sorted(Path(folder).iterdir())
+
+
+def write_test_nifti(path: str | Path, volume: Volume | None = None, **write_kwargs) -> Path:
+    """Write a NIfTI file (``.nii`` or ``.nii.gz``) of ``volume`` or :func:`make_volume`."""
+    return write_volume(volume if volume is not None else make_volume(), path, **write_kwargs)
+
+
+def tree_snapshot(root: str | Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``root`` (hidden ones included) with its size and hash: compare before/after."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, hashlib.sha1(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

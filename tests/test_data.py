@@ -1,0 +1,206 @@
+"""Manifests, studies in memory and 2.5D patch sampling (tgdpet.data).
+
+``make_dataset`` writes the tiny NIfTI datasets the training tests use too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tgdpet.data import (
+    PatchDataset,
+    Study,
+    body_mask,
+    intensity_scale,
+    load_manifest,
+    load_studies,
+    stack_indices,
+)
+from tgdpet.errors import TgdpetError
+from tgdpet.io import Volume, read_volume, write_volume
+
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def phantom(shape=(6, 32, 32), seed=0) -> np.ndarray:
+    """A smooth body (ellipse) with a hot blob, in air; varies slowly along z."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]].astype(np.float32)
+    cy, cx = shape[1] / 2, shape[2] / 2
+    body = ((y - cy) / (0.38 * shape[1])) ** 2 + ((x - cx) / (0.32 * shape[2])) ** 2 < 1
+    by, bx = cy + rng.uniform(-4, 4), cx + rng.uniform(-4, 4)
+    blob = 4.0 * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / 10.0 - (z - shape[0] / 2) ** 2 / 8.0)
+    return (body * (1.0 + 0.05 * z) + blob * body).astype(np.float32) * 1000.0  # Bq/mL-like values
+
+
+def noisy(image: np.ndarray, counts_per_unit: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson noise at a count level (higher = less noise), back in the image's units."""
+    scale = counts_per_unit / 1000.0
+    return (rng.poisson(image * scale) / scale).astype(np.float32)
+
+
+def make_dataset(root: Path, n_train: int = 2, n_val: int = 1, shape=(6, 32, 32), halves: bool = False) -> Path:
+    """Write a tgdpet manifest with NIfTI studies (two count levels each) under ``root``; return the manifest path."""
+    rng = np.random.default_rng(123)
+    studies = []
+    for i in range(n_train + n_val):
+        sid = f"s{i:03d}"
+        (root / sid).mkdir(parents=True)
+        clean = phantom(shape, seed=i)
+        write_volume(Volume(clean, AFFINE), root / sid / "target.nii.gz")
+        inputs = []
+        for level in (2.0, 5.0):
+            name = f"{sid}/noisy_{int(level)}.nii.gz"
+            write_volume(Volume(noisy(clean, level, rng), AFFINE), root / name)
+            inputs.append(name)
+        entry = {"id": sid, "split": "train" if i < n_train else "val", "target": f"{sid}/target.nii.gz", "inputs": inputs}
+        if halves:
+            entry["halves"] = []
+            for h in (1, 2):
+                name = f"{sid}/half{h}.nii.gz"
+                write_volume(Volume(noisy(clean, 2.0, rng), AFFINE), root / name)
+                entry["halves"].append(name)
+        studies.append(entry)
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"format": "tgdpet-manifest", "version": 1, "studies": studies}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def test_manifest_from_folder_and_splits(dataset):
+    m = load_manifest(dataset.parent)
+    assert m.path == dataset
+    assert [s.id for s in m.split("train")] == ["s000", "s001"]
+    assert [s.id for s in m.split("val")] == ["s002"]
+    assert m.split("test") == []
+    assert m.studies[0].inputs[0] == dataset.parent / "s000" / "noisy_2.nii.gz"
+
+
+def _write(tmp_path: Path, content) -> Path:
+    p = tmp_path / "manifest.json"
+    p.write_text(content if isinstance(content, str) else json.dumps(content))
+    return p
+
+
+@pytest.mark.parametrize(
+    "studies, message",
+    [
+        ([{"id": "a", "inputs": ["s000/noisy_2.nii.gz"]}], "lacks 'target'"),
+        ([{"id": "a", "target": "s000/target.nii.gz", "inputs": ["nope.nii.gz"]}], "nope.nii.gz does not exist"),
+        ([{"id": "a", "split": "training", "target": "s000/target.nii.gz", "inputs": ["s000/noisy_2.nii.gz"]}], "unknown split 'training'"),
+        ([{"id": "a", "target": "s000/target.nii.gz", "inputs": []}], "has no inputs"),
+        ([{"id": "a", "target": "s000/target.nii.gz", "inputs": "s000/noisy_2.nii.gz"}], "must be a list"),
+        ([{"id": "a", "target": "s000/target.nii.gz", "inputs": ["s000/noisy_2.nii.gz"]}] * 2, "twice"),
+        ([], "lists no studies"),
+    ],
+)
+def test_manifest_errors(dataset, studies, message):
+    bad = dataset.parent / "bad.json"  # beside the good manifest, so the relative paths resolve
+    bad.write_text(json.dumps({"format": "tgdpet-manifest", "version": 1, "studies": studies}))
+    with pytest.raises(TgdpetError, match=message):
+        load_manifest(bad)
+
+
+def test_manifest_bad_json_and_missing(tmp_path):
+    with pytest.raises(TgdpetError, match="not valid JSON"):
+        load_manifest(_write(tmp_path, "{not json"))
+    with pytest.raises(TgdpetError, match="no 'studies' list"):
+        load_manifest(_write(tmp_path, {"format": "tgdpet-manifest"}))
+    with pytest.raises(TgdpetError, match="not 'tgdpet-manifest'"):
+        load_manifest(_write(tmp_path, {"format": "other", "studies": []}))
+    with pytest.raises(TgdpetError, match="no dataset manifest"):
+        load_manifest(tmp_path / "elsewhere")
+
+
+def test_shape_mismatch_is_refused(tmp_path):
+    write_volume(Volume(phantom((6, 32, 32)), AFFINE), tmp_path / "t.nii.gz")
+    write_volume(Volume(phantom((6, 32, 30)), AFFINE), tmp_path / "x.nii.gz")
+    m = load_manifest(_write(tmp_path, {"studies": [{"id": "a", "target": "t.nii.gz", "inputs": ["x.nii.gz"]}]}))
+    with pytest.raises(TgdpetError, match="input #1 has shape"):
+        load_studies(m, "train")
+
+
+def test_studies_are_normalised_by_their_input(dataset):
+    studies = load_studies(load_manifest(dataset), "train")
+    s = studies[0]
+    assert s.target.dtype == np.float32 and s.shape == (6, 32, 32)
+    assert s.scales == [intensity_scale(read_volume(p).data) for p in load_manifest(dataset).studies[0].inputs]
+    assert s.body.sum() > 0.3 * s.body.size and not s.body.all()
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_stack_indices_replicate_edges():
+    np.testing.assert_array_equal(stack_indices(np.array([0, 3, 5]), 6, 3), [[0, 0, 1], [2, 3, 4], [4, 5, 5]])
+    np.testing.assert_array_equal(stack_indices(0, 2, 5), [0, 0, 0, 1, 1])
+
+
+def test_patches_shape_and_determinism(dataset):
+    studies = load_studies(load_manifest(dataset), "train")
+    ds = PatchDataset(studies, patch_size=16, in_slices=3, length=8, seed=7)
+    x, y = ds[3]
+    assert x.shape == y.shape == (3, 16, 16) and x.dtype == y.dtype == torch.float32
+    again = PatchDataset(studies, patch_size=16, in_slices=3, length=8, seed=7)
+    assert torch.equal(again[3][0], x) and torch.equal(again[3][1], y)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3][0], x)
+    other_rank = PatchDataset(studies, patch_size=16, in_slices=3, length=8, seed=7, rank=1)
+    assert not torch.equal(other_rank[3][0], x)
+    with pytest.raises(IndexError):
+        ds[8]
+    with pytest.raises(TgdpetError, match="smaller than the 64x64 patches"):
+        PatchDataset(studies, patch_size=64, in_slices=3, length=8, seed=0)
+
+
+def test_patch_pairs_share_the_input_scale():
+    target = np.full((4, 16, 16), 4.0, np.float32)
+    study = Study.from_arrays("c", target, [np.full((4, 16, 16), 2.0, np.float32)])
+    x, y = PatchDataset([study], patch_size=8, in_slices=3, length=1, seed=0)[0]
+    assert torch.all(x == 1.0) and torch.all(y == 2.0)
+
+
+def test_patch_centres_fall_inside_the_body():
+    vol = np.zeros((5, 32, 32), np.float32)
+    vol[:, 12:20, 10:18] = 1.0  # a small "body" in air
+    study = Study.from_arrays("b", vol, [vol])
+    ds = PatchDataset([study], patch_size=8, in_slices=3, length=200, seed=1, flips=False)
+    centres = torch.stack([ds[i][1][1, 4, 4] for i in range(len(ds))])
+    assert torch.all(centres > 0)  # never an air centre, though air fills 94 % of the volume
+
+
+def test_flips_reverse_the_stack_consistently():
+    z = np.arange(6, dtype=np.float32)[:, None, None] + 1
+    target = np.broadcast_to(z, (6, 16, 16)).copy()
+    study = Study.from_arrays("z", target, [target * 2])
+    ds = PatchDataset([study], patch_size=8, in_slices=3, length=64, seed=2)
+    orders = set()
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert torch.allclose(x, 2 * y)  # input and target flipped the same way (both / input scale)
+        d = torch.sign(x[2, 0, 0] - x[0, 0, 0]).item()
+        orders.add(d)
+    assert orders == {-1.0, 1.0}
+
+
+def test_body_mask_of_empty_image_is_everything():
+    assert body_mask(np.zeros((2, 4, 4), np.float32)).all()
+
+
+def test_nonfinite_voxels_are_refused():
+    bad = np.ones((3, 8, 8), np.float32)
+    bad[1, 2, 2] = np.nan
+    with pytest.raises(TgdpetError, match="NaN or infinite"):
+        Study.from_arrays("n", np.ones((3, 8, 8), np.float32), [bad])

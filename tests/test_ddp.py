@@ -1,0 +1,77 @@
+"""Multi-process training: ``train`` and ``tgd-finetune`` under torchrun, 2 CPU processes with Gloo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_data import make_dataset
+
+from tgdpet.checkpoint import load_model
+
+# Runs in each torchrun process: train, then TGD-fine-tune the result; every rank dumps its final
+# weights, and every file write through tgdpet's atomic writers is logged with the writer's rank.
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    from safetensors.torch import save_file
+    import tgdpet.checkpoint, tgdpet.train.outputs
+    from tgdpet.train import FinetuneConfig, TrainConfig, finetune, resolve_config, train
+
+    data, out, dump = sys.argv[1:4]
+    rank = int(os.environ["RANK"])
+    original = tgdpet.checkpoint.atomic_file
+
+    def logged(path, *args, **kwargs):
+        with open(os.path.join(dump, f"writes{rank}.txt"), "a") as log:
+            log.write(f"{path}\\n")
+        return original(path, *args, **kwargs)
+
+    tgdpet.checkpoint.atomic_file = tgdpet.train.outputs.atomic_file = logged
+    fast = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, epochs=2)
+    trained = train(data, f"{out}/train", resolve_config(TrainConfig, preset="tiny", **fast), progress_bar=False)
+    tuned = finetune(f"{out}/train/last.safetensors", data, f"{out}/tgd",
+                     resolve_config(FinetuneConfig, phi=0.5, **fast), progress_bar=False)
+    for name, result in (("train", trained), ("tgd", tuned)):
+        weights = {k: v.contiguous() for k, v in result.model.named_parameters()}
+        save_file(weights, os.path.join(dump, f"{name}{rank}.safetensors"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    out, dump = tmp_path / "out", tmp_path / "dump"
+    out.mkdir()
+    dump.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        cmd + [str(script), str(data), str(out), str(dump)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    for name in ("train", "tgd"):
+        r0, r1 = load_file(dump / f"{name}0.safetensors"), load_file(dump / f"{name}1.safetensors")
+        assert all(torch.equal(r0[k], r1[k]) for k in r0), name
+        saved = dict(load_model(out / name / "last.safetensors").model.named_parameters())
+        assert all(torch.equal(saved[k].detach(), r0[k]) for k in r0), name
+
+    # TGD under DDP: frozen kernels of the fine-tuned model are those of the trained one
+    base, tuned = load_model(out / "train" / "last.safetensors"), load_model(out / "tgd" / "last.safetensors")
+    for i, keep in tuned.masks.items():
+        assert torch.equal(base.model.convs[i].weight[~keep], tuned.model.convs[i].weight[~keep])
+    assert tuned.provenance["world_size"] == 2
+
+    written = (dump / "writes0.txt").read_text().splitlines()
+    assert any(p.endswith("best.safetensors") for p in written) and any(p.endswith("training_state.pt") for p in written)
+    assert not (dump / "writes1.txt").exists()

@@ -1,0 +1,350 @@
+"""TGD masks, the gradient-masking engine, parameter counts and the kernel-drop study."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgdpet.kse import kse_scores, score_network
+from tgdpet.models import DnCNN, build_model, count_parameters
+from tgdpet.tgd import (
+    attach,
+    build_masks,
+    check_masks,
+    count_retrained,
+    drop_kernels,
+    drop_study,
+    relative_rms_change,
+    zero_channels,
+)
+
+
+def _model(seed: int = 0) -> DnCNN:
+    torch.manual_seed(seed)
+    model = build_model("tiny")
+    # Non-trivial BN statistics and biases, so that "unchanged" is a real claim.
+    with torch.no_grad():
+        for conv in model.convs:
+            conv.bias.uniform_(-0.1, 0.1)
+        for bn in model.bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        model.convs[-1].weight.normal_(0, 0.1)
+    return model
+
+
+def _batch(seed: int = 1, n: int = 4, size: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    return x, x + 0.1 * torch.randn(n, 3, size, size, generator=g)
+
+
+def _alternating_masks(model: DnCNN) -> dict[int, torch.Tensor]:
+    """Every layer but the last has both retrained (even) and frozen (odd) channels."""
+    masks = {i: torch.arange(c.out_channels) % 2 == 0 for i, c in enumerate(model.convs)}
+    masks[len(model.convs) - 1] = torch.zeros(model.convs[-1].out_channels, dtype=torch.bool)
+    return masks
+
+
+def _channel_tensors(model: DnCNN, i: int) -> dict[str, torch.Tensor]:
+    """Every tensor indexed by the output channels of convs[i], by a name of its own."""
+    out = {f"convs.{i}.weight": model.convs[i].weight, f"convs.{i}.bias": model.convs[i].bias}
+    if 1 <= i <= len(model.bns):
+        bn = model.bns[i - 1]
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            out[f"bns.{i - 1}.{name}"] = getattr(bn, name)
+    return out
+
+
+def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", lr=1e-2):
+    model.train()
+    opt = make_opt(model.parameters(), lr)
+    engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None)
+    x, y = _batch()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        if restore == "manual":
+            engine.restore_frozen()
+    return engine
+
+
+OPTIMIZERS = {
+    "adam_wd": lambda p, lr: torch.optim.Adam(p, lr=lr, weight_decay=1e-2),
+    "adamw_wd": lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=1e-1),
+    "sgd_momentum_wd": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=1e-2),
+}
+
+
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_is_bit_identical(mode, train):
+    plain = _model()
+    tgd = copy.deepcopy(plain)
+    plain.train(train)
+    tgd.train(train)
+    x, _ = _batch()
+    with attach(tgd, _alternating_masks(tgd), mode=mode):
+        assert torch.equal(tgd(x), plain(x))
+
+
+@pytest.mark.parametrize("restore", ["hook", "manual"])
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_frozen_entries_stay_bit_identical(opt, mode, restore):
+    model = _model()
+    masks = _alternating_masks(model)
+    before = copy.deepcopy(model)
+    _train(model, masks, OPTIMIZERS[opt], mode=mode, restore=restore)
+    for i in range(len(model.convs)):
+        keep = masks[i]
+        old = _channel_tensors(before, i)
+        for name, t in _channel_tensors(model, i).items():
+            assert torch.equal(t.detach()[~keep], old[name].detach()[~keep]), name
+            if keep.any():
+                changed = (t.detach()[keep] != old[name].detach()[keep]).reshape(int(keep.sum()), -1).any(1)
+                assert changed.all(), f"{name}: a retrained channel did not change"
+    assert torch.equal(model.convs[-1].weight, before.convs[-1].weight)
+
+
+def test_without_restore_weight_decay_moves_frozen_entries():
+    # The trap the restore step exists for: AdamW decays parameters whose gradient is masked to 0.
+    model = _model()
+    masks = _alternating_masks(model)
+    before = copy.deepcopy(model)
+    model.train()
+    opt = OPTIMIZERS["adamw_wd"](model.parameters(), 1e-2)
+    with attach(model, masks) as engine:
+        x, y = _batch()
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        frozen_w = ~masks[2]
+        assert torch.all(model.convs[2].weight.grad[frozen_w] == 0)
+        opt.step()
+        assert not torch.equal(model.convs[2].weight[frozen_w], before.convs[2].weight[frozen_w])
+        assert not torch.equal(model.bns[1].running_mean[frozen_w], before.bns[1].running_mean[frozen_w])
+        engine.restore_frozen()
+    assert torch.equal(model.convs[2].weight[frozen_w], before.convs[2].weight[frozen_w])
+    assert torch.equal(model.bns[1].running_mean[frozen_w], before.bns[1].running_mean[frozen_w])
+
+
+def _grads(model: DnCNN, x, y) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _reference_tgd_grads(model: DnCNN, masks, x, y) -> dict[str, torch.Tensor]:
+    """The TGD layer written out: forward y, backward only through channels with mask 1."""
+
+    def tgd(t, m):
+        return torch.where(m.view(1, -1, 1, 1), t, t.detach())
+
+    model.zero_grad()
+    h = torch.relu(tgd(model.convs[0](x), masks[0]))
+    for i, (conv, bn) in enumerate(zip(model.convs[1:-1], model.bns), start=1):
+        h = torch.relu(tgd(bn(tgd(conv(h), masks[i])), masks[i]))
+    F.mse_loss(x - model.convs[-1](h), y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads["convs.7.weight"].zero_()  # the last conv is frozen through its parameters
+    grads["convs.7.bias"].zero_()
+    return grads
+
+
+def test_activation_mode_matches_written_out_tgd_layer():
+    model = _model()
+    masks = _alternating_masks(model)
+    x, y = _batch()
+    model.train()
+    expected = _reference_tgd_grads(copy.deepcopy(model), masks, x, y)
+    with attach(model, masks):
+        got = _grads(model, x, y)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode_does_not():
+    model = _model()
+    masks = {i: torch.ones(c.out_channels, dtype=torch.bool) for i, c in enumerate(model.convs)}
+    masks[3] = torch.zeros(model.convs[3].out_channels, dtype=torch.bool)  # conv4 entirely frozen
+    masks[7] = torch.zeros(model.convs[7].out_channels, dtype=torch.bool)
+    x, y = _batch()
+    model.train()
+    with attach(model, masks, mode="activation"):
+        act = _grads(model, x, y)
+    with attach(model, masks, mode="parameter"):
+        par = _grads(model, x, y)
+    for i in range(3):  # upstream of conv4: nothing arrives in activation mode
+        assert torch.count_nonzero(act[f"convs.{i}.weight"]) == 0
+        assert torch.count_nonzero(par[f"convs.{i}.weight"]) > 0
+    for g in (act, par):
+        assert torch.count_nonzero(g["convs.3.weight"]) == 0
+        assert torch.count_nonzero(g["bns.2.weight"]) == 0
+        assert torch.count_nonzero(g["convs.7.weight"]) == 0  # the last conv is frozen in both modes
+        assert torch.count_nonzero(g["convs.5.weight"]) > 0  # downstream retrained layers learn
+    plain = _grads(model, x, y)
+    assert torch.count_nonzero(plain["convs.7.weight"]) > 0
+
+
+def test_detach_restores_plain_training():
+    model = _model()
+    x, y = _batch()
+    model.train()
+    expected = _grads(copy.deepcopy(model), x, y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = attach(model, _alternating_masks(model), optimizer=opt)
+    engine.detach()
+    assert all(torch.equal(g, expected[n]) for n, g in _grads(model, x, y).items())
+    before = model.convs[2].weight.detach().clone()
+    opt.step()  # the optimizer hook is gone: formerly frozen kernels move too
+    assert (model.convs[2].weight != before).flatten(1).any(1).all()
+
+
+def test_build_masks_follow_kse_of_next_layer_and_freeze_last():
+    model = _model()
+    phi = 0.5
+    masks = build_masks(model, phi)
+    assert sorted(masks) == list(range(len(model.convs)))
+    for i in range(len(model.convs) - 1):
+        assert torch.equal(masks[i], kse_scores(model.convs[i + 1].weight) < phi)
+    assert not masks[len(model.convs) - 1].any()
+    assert sum(int(m.sum()) for m in masks.values()) > 0
+
+
+def test_conv1_option():
+    model = _model()
+    retrain = build_masks(model, 1.0, conv1="retrain")  # phi = 1 flags every channel but the best one
+    freeze = build_masks(model, 1.0, conv1="freeze")
+    assert int(retrain[0].sum()) == model.convs[0].out_channels - 1
+    assert not freeze[0].any()
+    assert all(torch.equal(retrain[i], freeze[i]) for i in range(1, len(model.convs)))
+    before = model.convs[0].weight.detach().clone()
+    _train(model, freeze, OPTIMIZERS["adam_wd"], steps=2)
+    assert torch.equal(model.convs[0].weight, before)
+    with pytest.raises(ValueError, match="conv1"):
+        build_masks(model, 0.3, conv1="sometimes")
+
+
+def test_check_masks_validates_and_freezes_missing_layers():
+    model = _model()
+    masks = check_masks(model, {1: [1, 0, 1, 0, 1, 0, 1, 0]})
+    assert masks[1].dtype == torch.bool and masks[1].tolist() == [True, False] * 4
+    assert not masks[0].any() and not masks[7].any()
+    with pytest.raises(ValueError, match="shape"):
+        check_masks(model, {1: [1, 0]})
+    with pytest.raises(ValueError, match="conv index"):
+        check_masks(model, {8: [1, 0, 1]})
+    with pytest.raises(ValueError, match="0 and 1"):
+        check_masks(model, {1: [2] * 8})
+
+
+def _independent_count(model: DnCNN, masks) -> int:
+    """Count masked entries parameter by parameter, from the parameter names."""
+    total = 0
+    for name, p in model.named_parameters():
+        kind, index, _ = name.split(".")
+        conv_index = int(index) if kind == "convs" else int(index) + 1  # bns[j] follows convs[j + 1]
+        total += p.detach()[masks[conv_index]].numel()
+    return total
+
+
+def test_count_retrained_against_independent_count():
+    model = _model()
+    masks = build_masks(model, 0.6)
+    count = count_retrained(model, masks)
+    assert count.retrained_parameters == _independent_count(model, masks)
+    assert count.total_parameters == count_parameters(model) == sum(layer.parameters for layer in count.layers)
+    assert count.fraction == pytest.approx(count.retrained_parameters / count_parameters(model))
+    assert count.layers[-1].retrained_parameters == 0
+
+
+def test_tgd_squared_scores_the_finetuned_weights():
+    model = _model()
+    masks1 = build_masks(model, 0.5)
+    scores_before = [ls.scores for ls in score_network(model, 0.5)]
+    _train(model, masks1, OPTIMIZERS["adam_wd"], steps=5, lr=5e-2).detach()
+    scores_after = score_network(model, 0.5)
+    assert any(not torch.allclose(a.scores, b) for a, b in zip(scores_after, scores_before))
+    masks2 = build_masks(model, 0.5)
+    for ls in scores_after:
+        assert torch.equal(masks2[ls.source], ls.scores < 0.5)
+    # A second TGD round honours the new masks.
+    before = copy.deepcopy(model)
+    _train(model, masks2, OPTIMIZERS["adamw_wd"], steps=2)
+    for i in range(len(model.convs)):
+        assert torch.equal(model.convs[i].weight[~masks2[i]], before.convs[i].weight[~masks2[i]])
+
+
+def test_zero_channels_removes_feature_maps_exactly():
+    model = _model().eval()
+    masks = _alternating_masks(model)
+    dropped = zero_channels(model, masks)
+    captured = {}
+    for j, bn in enumerate(dropped.bns):
+        bn.register_forward_hook(lambda m, i, o, j=j: captured.__setitem__(j, o))
+    relu1 = {}
+    dropped.convs[0].register_forward_hook(lambda m, i, o: relu1.__setitem__(0, torch.relu(o)))
+    x, _ = _batch()
+    with torch.no_grad():
+        dropped(x)
+    assert torch.count_nonzero(relu1[0][:, ~masks[0]]) > 0 and torch.count_nonzero(relu1[0][:, masks[0]]) == 0
+    for j, out in captured.items():
+        assert torch.count_nonzero(out[:, masks[j + 1]]) == 0
+    assert torch.equal(model.convs[0].weight, _model().convs[0].weight)  # the original is untouched
+
+
+def test_drop_fraction_against_independent_count():
+    model = _model()
+    for phi in (0.3, 0.6, 1.0):
+        dropped, fraction = drop_kernels(model, phi)
+        zeroed = sum(
+            int(((p != 0) & (q == 0)).sum()) for p, q in zip(model.parameters(), dropped.parameters())
+        )
+        assert fraction == pytest.approx(zeroed / count_parameters(model))
+    assert drop_kernels(model, 0.0)[1] == 0.0
+
+
+def test_relative_rms_change():
+    ref = np.array([3.0, 4.0])  # RMS = sqrt(12.5)
+    assert relative_rms_change(ref, ref) == 0.0
+    assert relative_rms_change(ref, ref + np.array([1.0, -1.0])) == pytest.approx(1 / np.sqrt(12.5))
+    assert relative_rms_change(np.zeros(2), np.zeros(2)) == 0.0
+
+
+def test_drop_study_output_change_grows_from_zero():
+    model = _model()
+    vol = np.random.default_rng(1).gamma(2.0, 3.0, size=(4, 12, 12)).astype(np.float32)
+    results = drop_study(model, [0.0, 0.5, 1.0], vol)
+    assert [r.phi for r in results] == [0.0, 0.5, 1.0]
+    assert results[0].fraction_dropped == 0.0 and results[0].output_change == 0.0
+    assert results[2].output_change > 0.0
+    fractions = [r.fraction_dropped for r in results]
+    assert fractions == sorted(fractions)
+    assert drop_study(model, [0.3])[0].output_change is None
+
+
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+def test_engine_on_device(device, mode):
+    model = _model().to(device)
+    masks = build_masks(model, 0.6)
+    before = copy.deepcopy(model)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-1)
+    x, y = (t.to(device) for t in _batch())
+    with attach(model, masks, mode=mode, optimizer=opt):
+        assert torch.equal(model(x), copy.deepcopy(before).train()(x))
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+    for i in range(len(model.convs)):
+        old = _channel_tensors(before, i)
+        for name, t in _channel_tensors(model, i).items():
+            assert torch.equal(t.detach()[~masks[i].to(device)], old[name].detach()[~masks[i].to(device)]), name

@@ -1,0 +1,265 @@
+"""Training workflows end to end on tiny NIfTI datasets: train, resume, tgd-finetune (and baselines), n2n-online."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from test_data import make_dataset
+
+from tgdpet import tgd
+from tgdpet.checkpoint import load_model, load_training_state, save_model
+from tgdpet.cli import main
+from tgdpet.data import PatchDataset, load_manifest, load_studies
+from tgdpet.errors import TgdpetError
+from tgdpet.io import read_volume
+from tgdpet.kse import bn_after
+from tgdpet.models import build_model
+from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
+from tgdpet.train.config import to_yaml
+
+FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
+
+
+def train_cfg(**kw) -> TrainConfig:
+    return resolve_config(TrainConfig, preset="tiny", **{**FAST, **kw})
+
+
+def finetune_cfg(**kw) -> FinetuneConfig:
+    return resolve_config(FinetuneConfig, **{**FAST, **kw})
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_model(path).model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), halves=True)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> str:
+    """A tiny model that has seen some training (BN statistics and weights no longer at init)."""
+    torch.manual_seed(1)
+    model = build_model("tiny")
+    with torch.no_grad():
+        for bn in model.bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_model(path, model, preset="tiny")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_writes_a_run_and_learns(tmp_path, dataset):
+    out = tmp_path / "run"
+    cfg = train_cfg(epochs=4, patches_per_epoch=256)
+    result = train(dataset, out, cfg, progress_bar=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["step"] == 64 and rows[-1]["patches_seen"] == 64 * 16
+    assert rows[-1]["train_loss"] < 0.95 * rows[0]["train_loss"]
+    assert rows[-1]["val_loss"] < 0.9 * rows[0]["val_loss"]
+    assert all(np.isfinite(r["val_psnr"]) and r["lr"] == 1e-3 for r in rows)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # config.yaml is the resolved config and repeats the run when passed back
+    assert resolve_config(TrainConfig, out / "config.yaml") == cfg
+    best, last = load_model(out / "best.safetensors"), load_model(out / "last.safetensors")
+    assert best.preset == "tiny" and best.masks is None
+    assert best.provenance["selected_by"] == "val_loss"
+    assert best.provenance["epochs"] == result.progress.best_epoch
+    assert last.provenance["epochs"] == 4 and last.provenance["patches_seen"] == 1024
+    assert last.provenance["train_studies"] == ["s000", "s001"] and last.provenance["val_studies"] == ["s002"]
+    assert last.provenance["tgdpet_version"] and last.provenance["wall_time_s"] > 0
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v.contiguous(), last.model.state_dict()[k])
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
+    cfg = train_cfg(epochs=3)  # 4 steps per epoch
+    train(dataset, tmp_path / "a", cfg, progress_bar=False)
+
+    # Leg 1 stops mid-epoch 2 (--iterations 6); leg 2 resumes with --epochs 3 and is killed at
+    # global step 10; leg 3 resumes from the end of epoch 2 and finishes.
+    out = tmp_path / "b"
+    train(dataset, out, train_cfg(iterations=6), progress_bar=False)
+    assert load_training_state(out / "training_state.pt")["progress"]["step"] == 6
+    calls = {"n": 0}
+
+    def interrupt(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Method, "after_step", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(dataset, out, cfg, resume=True, progress_bar=False)
+    assert load_training_state(out / "training_state.pt")["progress"]["step"] == 8
+    train(dataset, out, cfg, resume=True, progress_bar=False)
+
+    a, b = weights(tmp_path / "a" / "last.safetensors"), weights(out / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in rows_a] == [
+        (r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in rows_b
+    ]
+
+
+def test_run_folder_rules(tmp_path, dataset):
+    out = tmp_path / "run"
+    train(dataset, out, train_cfg(iterations=2), progress_bar=False)
+    with pytest.raises(TgdpetError, match="already holds files"):
+        train(dataset, out, train_cfg(iterations=2), progress_bar=False)
+    with pytest.raises(TgdpetError, match="cannot resume.*lr"):
+        train(dataset, out, train_cfg(iterations=4, lr=0.01), resume=True, progress_bar=False)
+    with pytest.raises(TgdpetError, match="nothing to resume"):
+        train(dataset, tmp_path / "new", train_cfg(iterations=2), resume=True, progress_bar=False)
+    train(dataset, out, train_cfg(iterations=3), overwrite=True, progress_bar=False)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_diverging_training_stops_with_a_clear_error(tmp_path, dataset):
+    out = tmp_path / "run"
+    with pytest.raises(TgdpetError, match="training diverged"):
+        train(dataset, out, train_cfg(epochs=2, lr=1e12), progress_bar=False)
+    assert not (out / "last.safetensors").exists() and not (out / "training_state.pt").exists()
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(TgdpetError, match="unknown keys learning_rate"):
+        resolve_config(TrainConfig, bad)
+    bad.write_text("lr: fast\n")
+    with pytest.raises(TgdpetError, match="'lr' must be a float"):
+        resolve_config(TrainConfig, bad)
+    with pytest.raises(TgdpetError, match="unknown method"):
+        resolve_config(FinetuneConfig, method="some")
+    with pytest.raises(TgdpetError, match="smaller than one batch"):
+        resolve_config(TrainConfig, patches_per_epoch=8, batch_size=16)
+    cfg = resolve_config(FinetuneConfig, lr="1e-4", epochs=2)  # YAML reads 1e-4 as a string
+    assert cfg.lr == 1e-4
+    bad.write_text(to_yaml(cfg, header="a comment"))
+    assert resolve_config(FinetuneConfig, bad) == cfg and yaml.safe_load(bad.read_text())["method"] == "tgd"
+
+
+# --------------------------------------------------------------------------- tgd-finetune and baselines
+
+
+def test_tgd_finetune_retrains_only_meaningless_kernels(tmp_path, dataset, base_model):
+    phi = 0.5
+    base = load_model(base_model)
+    masks = tgd.build_masks(base.model, phi)
+    assert any(m.any() for m in masks.values()) and not all(m.all() for m in masks.values())
+    out = tmp_path / "tgd"
+    result = finetune(base_model, dataset, out, finetune_cfg(epochs=2, phi=phi), progress_bar=False)
+    tuned = load_model(out / "last.safetensors")
+    assert {i: m.tolist() for i, m in tuned.masks.items()} == {i: m.tolist() for i, m in masks.items()}
+    assert len(tuned.masks_history) == 1
+    changed = 0
+    for i, keep in masks.items():
+        frozen = ~keep
+        a, b = base.model.convs[i], tuned.model.convs[i]
+        assert torch.equal(a.weight[frozen], b.weight[frozen]) and torch.equal(a.bias[frozen], b.bias[frozen])
+        changed += int((a.weight[keep] != b.weight[keep]).any())
+        bn_a, bn_b = bn_after(base.model, i), bn_after(tuned.model, i)
+        if bn_a is not None:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                assert torch.equal(getattr(bn_a, name)[frozen], getattr(bn_b, name)[frozen]), (i, name)
+    assert changed >= 2
+    assert torch.equal(base.model.convs[-1].weight, tuned.model.convs[-1].weight)  # the noise classifier is frozen
+    summary = tuned.provenance["method"]
+    assert summary["method"] == "tgd" and summary["phi"] == phi
+    assert summary["retrained_fraction"] == pytest.approx(tgd.count_retrained(base.model, masks).fraction)
+    assert result.method == summary
+
+
+def test_tgd_twice_appends_masks_from_the_finetuned_weights(tmp_path, dataset, base_model):
+    first, second = tmp_path / "tgd1", tmp_path / "tgd2"
+    finetune(base_model, dataset, first, finetune_cfg(iterations=3, phi=0.5), progress_bar=False)
+    once = load_model(first / "last.safetensors")
+    finetune(first / "last.safetensors", dataset, second, finetune_cfg(iterations=3, phi=0.6), progress_bar=False)
+    twice = load_model(second / "last.safetensors")
+    assert len(twice.masks_history) == 2
+    assert all(torch.equal(twice.masks_history[0][i], once.masks[i]) for i in once.masks)
+    expected = tgd.build_masks(once.model, 0.6)
+    assert all(torch.equal(twice.masks[i], expected[i]) for i in expected)
+
+
+def test_last3_trains_only_the_last_three_blocks(tmp_path, dataset, base_model):
+    out = tmp_path / "ft"
+    finetune(base_model, dataset, out, finetune_cfg(epochs=1, method="last3"), progress_bar=False)
+    base, tuned = weights(base_model), weights(out / "last.safetensors")
+    n = len(load_model(base_model).model.convs)
+    trained = {f"convs.{i}." for i in range(n - 3, n)} | {f"bns.{i - 1}." for i in range(n - 3, n - 1)}
+    for name, value in base.items():
+        is_trained = any(name.startswith(p) for p in trained)
+        if is_trained and not name.endswith("num_batches_tracked"):
+            assert not torch.equal(value, tuned[name]), name
+        elif not is_trained:
+            assert torch.equal(value, tuned[name]), name  # includes frozen BN running statistics
+    assert load_model(out / "last.safetensors").masks is None
+
+
+def test_ewc_penalty_and_finetune(tmp_path, dataset, base_model):
+    cfg = finetune_cfg(epochs=2, method="ewc", ewc_lambda=10.0, ewc_patches=32)
+    model = load_model(base_model).model
+    studies = load_studies(load_manifest(dataset), "train")
+    patches = PatchDataset(studies, patch_size=16, in_slices=3, length=64, seed=0)
+    method = build_method(model, cfg, patches=patches, device=torch.device("cpu"))
+    assert float(method.penalty().detach()) == 0.0  # at theta*
+    flat = torch.cat([f.flatten() for f in method.fisher.values()])
+    assert flat.mean().item() == pytest.approx(1.0) and bool((flat >= 0).all()) and flat.max() > 2
+    with torch.no_grad():
+        model.convs[2].weight.add_(0.1)
+    assert float(method.penalty().detach()) > 0
+
+    out = tmp_path / "ewc"
+    finetune(base_model, dataset, out, cfg, progress_bar=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["penalty"] > 0 and np.isfinite(rows[-1]["train_loss"])
+    assert load_model(out / "last.safetensors").provenance["method"]["ewc_lambda"] == 10.0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
+    runner = CliRunner()
+    common = ["--device", "cpu", "--no-amp", "--patch-size", "16", "--batch-size", "16", "--no-progress"]
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--preset", "tiny", "--iterations", "2", "--patches-per-epoch", "32"]
+    res = runner.invoke(main, args + common)
+    assert res.exit_code == 0, res.output
+    assert "Done: 2 steps" in res.output and (out / "best.safetensors").exists()
+    res = runner.invoke(main, args + common)
+    assert res.exit_code == 2 and "already holds files" in res.output
+
+    study = load_manifest(dataset).studies[0]
+    denoised, adapted = tmp_path / "denoised.nii.gz", tmp_path / "adapted.safetensors"
+    args = ["n2n-online", base_model, str(study.halves[0]), str(study.halves[1]), "-o", str(denoised)]
+    args += ["--save-model", str(adapted), "--epochs", "2", "--patches-per-epoch", "32"]
+    res = runner.invoke(main, args + common)
+    assert res.exit_code == 0, res.output
+    h1, h2, result = read_volume(study.halves[0]), read_volume(study.halves[1]), read_volume(denoised)
+    assert result.shape == h1.shape and np.array_equal(result.affine, h1.affine)
+    mean = (h1.data + h2.data) / 2
+    assert np.isfinite(result.data).all() and not np.allclose(result.data, mean)
+    assert abs(result.data.mean() / mean.mean() - 1) < 0.2  # the mean of the halves, not their sum
+    record = load_model(adapted)
+    assert len(record.masks_history) == 1 and record.provenance["workflow"] == "n2n-online"
+    assert record.provenance["method"]["phi"] == 0.4
+    res = runner.invoke(main, args + common)
+    assert res.exit_code == 2 and "already exists" in res.output

@@ -1,0 +1,144 @@
+"""Volumes in and out: NIfTI files and DICOM PET series, plus SUV.
+
+``read_volume`` and ``write_volume`` pick the format from the path:
+``*.nii`` / ``*.nii.gz`` is NIfTI, a folder (or one file of it) is a DICOM
+series. A volume read from either keeps its source so that
+``write_volume(result, out, like=input)`` writes a result that viewers and
+PACS treat as belonging to the input (same header codes; same patient, study
+and frame of reference in a new derived series).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import TgdpetError
+from ..files import check_can_write
+from .dicom_read import read_dicom_series
+from .dicom_write import write_dicom_series
+from .nifti import is_nifti_name, read_nifti, write_nifti
+from .suv import convert_units, from_suv, suv_factor, to_suv
+from .volume import MAX_VOXELS, META_TAGS, Volume, check_finite
+
+__all__ = [
+    "MAX_VOXELS",
+    "META_TAGS",
+    "Volume",
+    "convert_units",
+    "from_suv",
+    "read_volume",
+    "suv_factor",
+    "to_suv",
+    "write_volume",
+]
+
+#: Names that look like another image format: refused rather than silently made into a DICOM folder.
+_OTHER_FORMATS = (".dcm", ".img", ".hdr", ".mha", ".mhd", ".nrrd", ".mgz", ".npy", ".npz", ".h5", ".gz", ".zip")
+
+
+def read_volume(
+    path: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    frame: int | None = None,
+    allow_nonfinite: bool = False,
+) -> Volume:
+    """Read a PET volume from a NIfTI file or a DICOM PET series.
+
+    Args:
+        path: a ``.nii``/``.nii.gz`` file, a folder holding one DICOM PET series
+            (searched recursively), or one DICOM file of a series.
+        series_uid: the SeriesInstanceUID to read when the folder holds several.
+        frame: the frame to read from a 4-D NIfTI file.
+        allow_nonfinite: accept NaN/Inf voxels instead of refusing the file.
+
+    NIfTI has no field for activity units: the ``units=`` note tgdpet writes in
+    ``descrip`` is read back, and other NIfTI files are taken to be in Bq/mL.
+    DICOM units come from Units (0054,1001), with SUV-bw (``GML``) read as ``SUV``.
+
+    Raises:
+        TgdpetError: the path is missing, not NIfTI/DICOM, damaged, not a
+            single evenly spaced PET series, or holds NaN/Inf voxels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise TgdpetError(f"{p} does not exist; check the path.")
+    if p.is_file() and is_nifti_name(p):
+        if series_uid is not None:
+            raise TgdpetError(f"series_uid applies to DICOM folders, but {p} is a NIfTI file; leave it out.")
+        volume = read_nifti(p, frame)
+    else:
+        if frame is not None:
+            raise TgdpetError(f"frame applies to 4-D NIfTI files, but {p} is DICOM; leave it out.")
+        volume = read_dicom_series(p, series_uid)
+    check_finite(volume.data, p, allow_nonfinite)
+    return volume
+
+
+def _refuse_overwriting_source(volume: Volume, like: Volume | None, out: Path) -> None:
+    """Inputs are never modified, even with overwrite: refuse an output that is an input."""
+    target = out.resolve()
+    for v in (volume, like):
+        for src in v.source_paths if v is not None else ():
+            src = src.resolve()
+            if target == src or target in src.parents:
+                source = src if v.source_format == "nifti" else f"series in {src.parent}"
+                raise TgdpetError(f"writing {out} would replace the input {source}; choose another output name.")
+
+
+def write_volume(
+    volume: Volume,
+    path: str | os.PathLike,
+    *,
+    like: Volume | None = None,
+    overwrite: bool = False,
+    description: str = "tgdpet denoised",
+    units: str | None = None,
+    dicom_meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a volume as NIfTI (``*.nii``, ``*.nii.gz``) or, for any other name, a DICOM series folder.
+
+    Args:
+        volume: what to write; its NIfTI header or DICOM slice headers (if any)
+            are the template of the output.
+        path: the output file or folder; written atomically.
+        like: a volume (usually the input) whose header to follow when
+            ``volume`` carries none of its own.
+        overwrite: replace an existing output.
+        description: NIfTI ``descrip`` / DICOM SeriesDescription suffix and
+            DerivationDescription.
+        units: write in these units (``BQML`` or ``SUV``), converting with the
+            volume's acquisition meta; default: the volume's own units.
+        dicom_meta: DICOM attributes (by keyword) set on every slice of a DICOM
+            output, e.g. ``{"PatientID": "s000", "StudyInstanceUID": uid}`` so
+            several series land in one study.
+
+    Returns:
+        The path written.
+    """
+    out = Path(path)
+    is_nifti = is_nifti_name(out)
+    if not is_nifti and out.name.lower().endswith(_OTHER_FORMATS):
+        raise TgdpetError(
+            f"{out} looks like a {out.suffix} file; tgdpet writes NIfTI (.nii, .nii.gz) or a DICOM series "
+            "into a folder (a name without extension)."
+        )
+    check_can_write(out, overwrite)
+    if overwrite and out.exists() and out.is_dir() == is_nifti:
+        raise TgdpetError(f"{out} exists as a {'folder' if is_nifti else 'file'}; remove it or choose another name.")
+    _refuse_overwriting_source(volume, like, out)
+    if units is not None:
+        volume = convert_units(volume, units)
+    if volume.units == "SUV":
+        volume = volume.with_data(np.clip(volume.data, 0.0, None))  # negative uptake has no meaning
+    if is_nifti:
+        if dicom_meta:
+            raise TgdpetError("dicom_meta applies to DICOM outputs, but the output is NIfTI; leave it out.")
+        write_nifti(volume, out, like=like, description=description)
+    else:
+        write_dicom_series(volume, out, like=like, description=description, dicom_meta=dicom_meta, overwrite=overwrite)
+    return out

@@ -1,0 +1,286 @@
+"""Reading one DICOM PET series (a folder of single-frame slices) into a :class:`Volume`.
+
+Two passes: first every header (without pixel data) is read, grouped by
+SeriesInstanceUID and checked (modality, decoder, geometry, sizes) so that a
+bad series is refused before any pixel is decoded or any volume allocated;
+then the chosen slices' pixels are decoded in position order and each slice's
+own RescaleSlope/Intercept applied (PET scales every slice separately).
+
+Slices are ordered by ImagePositionPatient projected on the slice normal, never
+by InstanceNumber, which scanners and anonymisers do not keep consistent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+
+from ..errors import TgdpetError
+from .acquisition import meta_from_dataset, units_from_dataset
+from .geometry import affine_from_dicom, slice_normal
+from .volume import Volume, check_voxel_count
+
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError)
+_DECODE_ERRORS = (OSError, ValueError, RuntimeError, NotImplementedError, TypeError, AttributeError)
+#: What every slice needs to be placed and sized: keyword -> (tag, number of values).
+_GEOMETRY_TAGS = {
+    "ImagePositionPatient": ("(0020,0032)", 3),
+    "ImageOrientationPatient": ("(0020,0037)", 6),
+    "PixelSpacing": ("(0028,0030)", 2),
+    "Rows": ("(0028,0010)", 1),
+    "Columns": ("(0028,0011)", 1),
+    "BitsAllocated": ("(0028,0100)", 1),
+}
+
+
+def read_header(path: Path) -> Dataset | None:
+    """The header of a DICOM file without its pixel data; ``None`` when the file is not DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None
+    except _READ_ERRORS as e:
+        raise TgdpetError(
+            f"{path} is a damaged DICOM file ({e}); copy it again or remove it from the folder."
+        ) from None
+
+
+def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Every DICOM image in ``folder`` (recursively, hidden entries skipped), by series UID."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise TgdpetError(f"the folder {folder} is empty; give a folder holding one DICOM PET series.")
+    series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for path in files:
+        ds = read_header(path)
+        if ds is not None and "SeriesInstanceUID" in ds and "SOPInstanceUID" in ds:
+            series[str(ds.SeriesInstanceUID)].append((path, ds))
+    if not series:
+        raise TgdpetError(
+            f"the folder {folder} holds no DICOM images ({len(files)} other file(s)); "
+            "give a folder holding one DICOM PET series, or a .nii/.nii.gz file."
+        )
+    return series
+
+
+def _describe(uid: str, slices: list[tuple[Path, Dataset]]) -> str:
+    ds = slices[0][1]
+    return f"{uid} ({ds.get('Modality', '?')}, '{ds.get('SeriesDescription', '')}', {len(slices)} files)"
+
+
+def _choose_series(folder: Path, series: dict[str, list[tuple[Path, Dataset]]], series_uid: str | None):
+    """The one series to read: the only one present, or the one the user named."""
+    listing = "; ".join(_describe(uid, s) for uid, s in series.items())
+    if series_uid is None:
+        if len(series) > 1:
+            raise TgdpetError(
+                f"the folder {folder} holds {len(series)} series: {listing}; name the one to read with "
+                "series_uid=... (--series-uid)."
+            )
+        return next(iter(series.values()))
+    if series_uid not in series:
+        raise TgdpetError(f"series {series_uid} is not in {folder}, which holds: {listing}; check the UID.")
+    return series[series_uid]
+
+
+def _check_decodable(path: Path, ds: Dataset) -> None:
+    """Refuse compressed pixel data early when no installed plugin can decode it."""
+    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if ts is None or not ts.is_compressed:
+        return
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise TgdpetError(
+            f"{path} is compressed with {ts.name}, which pydicom cannot decode; convert the series to "
+            "uncompressed DICOM first (e.g. gdcmconv --raw)."
+        ) from None
+    if not decoder.is_available:
+        raise TgdpetError(
+            f'{path} is compressed ({ts.name}) and no decoder for it is installed; run pip install "tgdpet[jpeg]" '
+            "(pylibjpeg) or convert the series to uncompressed DICOM."
+        )
+
+
+def _check_slice(path: Path, ds: Dataset) -> None:
+    """Per-file checks that need no pixels: PET, single frame, geometry present, size plausible."""
+    modality = str(ds.get("Modality", ""))
+    if modality != "PT":
+        raise TgdpetError(
+            f"{path} is a {modality or 'modality-less'} image, not PET (Modality PT); "
+            "give the PET series (e.g. the attenuation-corrected PET, not the CT)."
+        )
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise TgdpetError(
+            f"{path} is a multi-frame (enhanced) image; tgdpet reads series of single-slice PET files, "
+            "convert it with dcm2niix and give the NIfTI file."
+        )
+    for keyword, (tag, count) in _GEOMETRY_TAGS.items():
+        value = ds.get(keyword)
+        values = [value] if isinstance(value, int | float) else list(value or [])
+        if len(values) != count:
+            raise TgdpetError(
+                f"{path} has no valid {keyword} {tag} ({count} value(s)), which tgdpet needs to place the slice; "
+                "re-export the series."
+            )
+    if int(ds.Rows) < 1 or int(ds.Columns) < 1:
+        raise TgdpetError(f"{path} declares an empty {ds.Rows} x {ds.Columns} image; re-export the series.")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise TgdpetError(
+            f"{path} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); give the PET series itself."
+        )
+    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if ts is not None and not ts.is_compressed:
+        needed = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+        if needed > path.stat().st_size:
+            raise TgdpetError(
+                f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes) but the file holds only "
+                f"{path.stat().st_size:,} bytes; the file is truncated or its header is damaged, re-export the series."
+            )
+
+
+def _check_same_grid(slices: list[tuple[Path, Dataset]]) -> np.ndarray:
+    """All slices share rows, columns, pixel spacing and orientation; return the orientation."""
+    path0, ds0 = slices[0]
+    iop0 = np.array(ds0.ImageOrientationPatient, float)
+    for path, ds in slices[1:]:
+        if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns):
+            raise TgdpetError(
+                f"{path.name} is {ds.Rows} x {ds.Columns} pixels but {path0.name} is {ds0.Rows} x {ds0.Columns}; "
+                "a series must have one slice size, re-export it."
+            )
+        if not np.allclose(np.array(ds.PixelSpacing, float), np.array(ds0.PixelSpacing, float), rtol=1e-4, atol=1e-4):
+            raise TgdpetError(
+                f"{path.name} has pixel spacing {list(ds.PixelSpacing)} mm but {path0.name} has "
+                f"{list(ds0.PixelSpacing)} mm; a series must have one pixel size, re-export it."
+            )
+        if not np.allclose(np.array(ds.ImageOrientationPatient, float), iop0, atol=1e-4):
+            raise TgdpetError(
+                f"{path.name} and {path0.name} have different orientations (mixed image planes); "
+                "keep only the slices of one orientation in the series folder."
+            )
+    return iop0
+
+
+def _check_spacing(positions: np.ndarray, paths: list[Path]) -> None:
+    """Sorted slice positions (mm along the normal) are evenly spaced; name a missing or duplicated slice."""
+    gaps = np.diff(positions)
+    dup = np.flatnonzero(gaps < 1e-2)
+    if dup.size:
+        i = int(dup[0])
+        raise TgdpetError(
+            f"{paths[i].name} and {paths[i + 1].name} both hold the slice at {positions[i]:.2f} mm (a duplicated "
+            "slice, or a dynamic series); remove the duplicate or export a single time frame."
+        )
+    spacing = float(np.median(gaps))
+    tol = 0.05 * spacing + 0.01
+    bad = np.flatnonzero(np.abs(gaps - spacing) > tol)
+    if not bad.size:
+        return
+    i = int(bad[0])
+    gap = float(gaps[i])
+    k = round(gap / spacing)
+    where = f"between {paths[i].name} ({positions[i]:.2f} mm) and {paths[i + 1].name} ({positions[i + 1]:.2f} mm)"
+    if k >= 2 and abs(gap - k * spacing) <= tol:
+        raise TgdpetError(
+            f"{k - 1} slice(s) missing {where} in a series spaced {spacing:.3f} mm; copy or export the complete series."
+        )
+    raise TgdpetError(
+        f"the slices are unevenly spaced: {gap:.3f} mm {where} but {spacing:.3f} mm elsewhere; "
+        "tgdpet needs evenly spaced slices, resample the series first."
+    )
+
+
+def _sorted_geometry(slices: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], np.ndarray]:
+    """Slices sorted along the normal, checked, and the stack's RAS affine."""
+    iop = _check_same_grid(slices)
+    normal = slice_normal(iop)
+    xyz = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in slices])
+    order = np.argsort(xyz @ normal, kind="stable")
+    slices = [slices[i] for i in order]
+    xyz = xyz[order]
+    ds0 = slices[0][1]
+    if len(slices) > 1:
+        _check_spacing(xyz @ normal, [p for p, _ in slices])
+        step = (xyz[-1] - xyz[0]) / (len(slices) - 1)
+        off_line = np.linalg.norm(xyz - (xyz[0] + np.arange(len(slices))[:, None] * step), axis=1)
+        if off_line.max() > 0.05 * np.linalg.norm(step) + 0.01:
+            raise TgdpetError(
+                f"the slice positions of the series do not lie on one line ({slices[int(off_line.argmax())][0].name} "
+                "is off it); the folder mixes stacks, keep one series per folder."
+            )
+    else:
+        thickness = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+        step = normal * thickness
+    return slices, affine_from_dicom(iop, np.array(ds0.PixelSpacing, float), xyz[0], step)
+
+
+def _slice_pixels(path: Path, rows: int, columns: int) -> np.ndarray:
+    """One slice's pixels in the series' units (its own RescaleSlope/Intercept applied)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except _READ_ERRORS as e:
+        raise TgdpetError(f"{path} is a damaged DICOM file ({e}); copy it again or re-export the series.") from None
+    if "PixelData" not in ds:
+        raise TgdpetError(f"{path} holds no pixel data; re-export the series.")
+    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    needed = rows * columns * int(ds.BitsAllocated) // 8
+    if ts is not None and not ts.is_compressed and len(ds.PixelData) < needed:
+        raise TgdpetError(
+            f"{path} declares {rows} x {columns} pixels ({needed:,} bytes) but holds {len(ds.PixelData):,} bytes of "
+            "pixel data; the file is truncated, copy it again or re-export the series."
+        )
+    try:
+        pixels = ds.pixel_array
+    except _DECODE_ERRORS as e:
+        raise TgdpetError(f"cannot decode the pixel data of {path} ({e}); re-export the series uncompressed.") from None
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return pixels.astype(np.float64) * slope + intercept
+
+
+def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
+    """Read a DICOM PET series: a folder (one series, or the one named), or any one file of it.
+
+    A single file stands for its whole series in the same folder, the way
+    viewers open a series from one of its images.
+    """
+    if path.is_file():
+        header = read_header(path)
+        if header is None or "SeriesInstanceUID" not in header:
+            raise TgdpetError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM image; give one of those.")
+        series_uid = series_uid or str(header.SeriesInstanceUID)
+        path = path.parent
+    slices = _choose_series(path, _scan_folder(path), series_uid)
+    for p, ds in slices:
+        _check_slice(p, ds)
+        _check_decodable(p, ds)
+    slices, affine = _sorted_geometry(slices)
+    rows, columns = int(slices[0][1].Rows), int(slices[0][1].Columns)
+    check_voxel_count((len(slices), rows, columns), f"the series in {path}")
+    data = np.empty((len(slices), rows, columns), np.float32)
+    for k, (p, _) in enumerate(slices):
+        pixels = _slice_pixels(p, rows, columns)
+        if pixels.shape != (rows, columns):
+            raise TgdpetError(f"{p} decodes to {pixels.shape} pixels, not {rows} x {columns}; re-export the series.")
+        data[k] = pixels
+    first = slices[0][1]
+    return Volume(
+        data=data,
+        affine=affine,
+        units=units_from_dataset(first),
+        source_format="dicom",
+        dicom_headers=tuple(ds for _, ds in slices),
+        source_paths=tuple(p for p, _ in slices),
+        meta=meta_from_dataset(first),
+    )

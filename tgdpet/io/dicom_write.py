@@ -1,0 +1,192 @@
+"""Writing a :class:`Volume` as a new DICOM PET series.
+
+Two ways, chosen by what the volume (or ``like``) came from:
+
+* **derived**: each source slice header is deep-copied, so patient, study,
+  frame of reference, acquisition and vendor attributes are kept, then marked
+  as a new derived series (new Series/SOP Instance UIDs, ImageType DERIVED,
+  SourceImageSequence pointing at the source slice);
+* **from scratch** (NIfTI input, simulator): a complete PET Image Storage
+  series built with pydicom, patient/study from ``dicom_meta`` or neutral
+  defaults, acquisition facts (dose, weight, times) from ``Volume.meta``.
+
+Pixels are int16 with a per-slice RescaleSlope (intercept 0) so each slice
+uses the full 15-bit range, the way scanners store PET; negatives, which a
+residual denoiser can produce, are clamped to 0 first.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
+
+from .. import __version__
+from ..errors import TgdpetError
+from ..files import atomic_dir
+from .acquisition import apply_meta, format_da, format_tm, set_units
+from .geometry import dicom_plane_from_affine, slice_normal
+from .volume import Volume
+
+PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+
+#: Attributes that differ per slice or describe pixels: ``dicom_meta`` may not set them.
+_PER_SLICE = frozenset(
+    {"SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+     "SliceLocation", "ImageIndex", "PixelData", "RescaleSlope", "RescaleIntercept", "Rows", "Columns",
+     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SourceImageSequence", "Units"}
+)
+
+#: Source attributes that described the source's stored pixel values, not ours.
+_STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit",
+          "SmallestPixelValueInSeries", "LargestPixelValueInSeries")
+
+
+def check_dicom_meta(dicom_meta: Mapping[str, Any] | None) -> None:
+    """Refuse unknown DICOM keywords and per-slice attributes before anything is written."""
+    for keyword in dicom_meta or {}:
+        if tag_for_keyword(keyword) is None:
+            raise TgdpetError(
+                f"{keyword!r} in dicom_meta is not a DICOM keyword; use names such as PatientName or StudyInstanceUID."
+            )
+        if keyword in _PER_SLICE:
+            raise TgdpetError(f"dicom_meta cannot set {keyword}, which tgdpet computes for every slice; remove it.")
+
+
+def quantise(values: np.ndarray) -> tuple[np.ndarray, str]:
+    """int16 pixels and the RescaleSlope (as written, a DS string) that best store one slice.
+
+    The stored values are computed with the slope exactly as it will be read
+    back, so the error is at most half a step (``max / 65534``).
+    """
+    v = np.clip(values.astype(np.float64), 0.0, None)
+    top = float(v.max())
+    slope = DSfloat(top / 32767.0 if top > 0 else 1.0, auto_format=True)
+    stored = np.minimum(np.rint(v / float(slope)), 32767).astype(np.int16)
+    return stored, str(slope)
+
+
+def _derived_slice(source: Dataset, description: str) -> Dataset:
+    """A copy of a source slice header, marked as the derived image of a new series."""
+    ds = copy.deepcopy(source)
+    for keyword in _STALE:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.ImageType = ["DERIVED", "PRIMARY", *list(source.get("ImageType", []))[2:]]
+    original = str(source.get("SeriesDescription", "")).strip()
+    described = f"{original[: max(0, 63 - len(description))]} {description}" if original else description
+    ds.SeriesDescription = described[:64].strip()  # LO holds 64 characters: keep the suffix whole
+    ds.DerivationDescription = f"{description} (tgdpet {__version__})"
+    ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000  # next to its source in series lists, yet distinct
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    ds.SourceImageSequence = Sequence([ref])
+    return ds
+
+
+def _scratch_template(volume: Volume, description: str, now: dt.datetime) -> Dataset:
+    """The attributes shared by every slice of a series built from nothing."""
+    series_time = volume.meta.get("series_datetime") or now
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = PET_IMAGE_STORAGE
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.PatientName = "TGDPET^ANONYMOUS"
+    ds.PatientID = "TGDPET"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime = format_da(series_time), format_tm(series_time)
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.Modality = "PT"
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = description[:64]
+    ds.DerivationDescription = f"{description} (tgdpet {__version__})"
+    ds.Manufacturer = "tgdpet"
+    ds.SoftwareVersions = __version__
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.CountsSource = "EMISSION"
+    ds.SeriesType = ["STATIC", "IMAGE"]
+    ds.CollimatorType = "NONE"
+    ds.NumberOfSlices = volume.shape[0]
+    ds.FrameReferenceTime = "0"
+    ds.PatientOrientationCodeSequence = Sequence()
+    ds.PatientGantryRelationshipCodeSequence = Sequence()
+    apply_meta(ds, volume.meta, series_time)
+    return ds
+
+
+def _check_source_matches(volume: Volume, source: tuple) -> None:
+    nz, ny, nx = volume.shape
+    first = source[0]
+    if len(source) != nz or (int(first.Rows), int(first.Columns)) != (ny, nx):
+        raise TgdpetError(
+            f"the volume is {nz} x {ny} x {nx} voxels but the DICOM series it is written like is "
+            f"{len(source)} x {first.Rows} x {first.Columns}; write it as NIfTI or without like=."
+        )
+
+
+def write_dicom_series(
+    volume: Volume,
+    folder: Path,
+    *,
+    like: Volume | None,
+    description: str,
+    dicom_meta: Mapping[str, Any] | None,
+    overwrite: bool,
+) -> None:
+    """Write ``volume`` as a new PET series of one file per slice into ``folder``, atomically."""
+    source = volume.dicom_headers or (like.dicom_headers if like is not None else ())
+    if source:
+        _check_source_matches(volume, source)
+    if not np.isfinite(volume.data).all():
+        raise TgdpetError(
+            "the volume holds NaN or infinite voxels, which DICOM cannot store; write it as NIfTI instead."
+        )
+    check_dicom_meta(dicom_meta)
+    now = dt.datetime.now()
+    template = None if source else _scratch_template(volume, description, now)
+    series_uid = generate_uid()
+    orientation, pixel_spacing, positions, thickness = dicom_plane_from_affine(volume.affine, volume.shape[0])
+    normal = slice_normal(np.array(orientation))
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        for k in range(volume.shape[0]):
+            ds = _derived_slice(source[k], description) if source else copy.deepcopy(template)
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.InstanceNumber = k + 1
+            ds.ImageIndex = k + 1
+            ds.ContentDate = ds.InstanceCreationDate = format_da(now)
+            ds.ContentTime = ds.InstanceCreationTime = format_tm(now)
+            ds.ImageOrientationPatient = [f"{v:.8g}" for v in orientation]
+            ds.ImagePositionPatient = [f"{v:.8g}" for v in positions[k]]
+            ds.PixelSpacing = [f"{v:.8g}" for v in pixel_spacing]
+            if not ds.get("SliceThickness"):  # a source's reconstructed thickness stays as it was
+                ds.SliceThickness = f"{thickness:.8g}"
+            ds.SliceLocation = f"{float(positions[k] @ normal):.8g}"
+            set_units(ds, volume.units)
+            for keyword, value in (dicom_meta or {}).items():
+                setattr(ds, keyword, value)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta = meta
+            stored, slope = quantise(volume.data[k])
+            ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
+            ds.RescaleSlope = slope
+            ds.RescaleIntercept = "0"
+            pydicom.dcmwrite(tmp / f"slice_{k + 1:04d}.dcm", ds, enforce_file_format=True)

@@ -1,0 +1,151 @@
+"""NIfTI in and out.
+
+nibabel gives arrays ``(x, y, z[, t])`` in Fortran order; tgdpet's ``(z, y, x)``
+C-order array is the same memory, so reading is a transpose and writing is a
+transposed view. Outputs keep the source header (intent, units, descrip
+history...) and its qform/sform codes, and are always float32 with
+``scl_slope = 1, scl_inter = 0``: nibabel itself would write NaN there, which
+some older readers turn into an all-NaN image.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
+from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import array_to_file
+
+from ..errors import TgdpetError
+from ..files import atomic_file
+from .volume import Volume, check_voxel_count
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+#: DEFLATE never compresses better than ~1032:1, so a .nii.gz cannot hold more
+#: voxel bytes than this many times its own size.
+_MAX_DEFLATE_RATIO = 1100
+
+_UNITS_NOTE = re.compile(r"units=([A-Za-z0-9]+)")
+
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+
+
+def is_nifti_name(path: str | Path) -> bool:
+    """True for ``*.nii`` and ``*.nii.gz`` (case-insensitive)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _damaged(path: Path, err: BaseException) -> TgdpetError:
+    return TgdpetError(f"{path} is not a readable NIfTI file ({err}); check it was copied completely, or re-export it.")
+
+
+def _check_size(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...]) -> None:
+    """Refuse a header whose voxels cannot fit in the file, before anything is allocated."""
+    needed = int(np.prod(shape, dtype=np.float64)) * header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if str(path).lower().endswith(".gz"):
+        if needed > _MAX_DEFLATE_RATIO * size:
+            raise TgdpetError(
+                f"{path} declares {needed:,} bytes of voxels, more than a {size:,}-byte .nii.gz can hold; "
+                "the header is damaged, re-export the image."
+            )
+    elif needed + int(header.get_data_offset()) > size:
+        raise TgdpetError(
+            f"{path} is truncated: its header declares {needed:,} bytes of voxels but the file holds {size:,} bytes; "
+            "copy it again or re-export it."
+        )
+
+
+def _pick_frame(path: Path, shape: tuple[int, ...], frame: int | None) -> tuple[int, ...]:
+    """Check dimensionality and the frame asked for; return the 3-D shape that will be read."""
+    if len(shape) < 3:
+        raise TgdpetError(f"{path} is a {len(shape)}-D image {shape}; tgdpet needs a 3-D volume.")
+    if len(shape) > 4:
+        raise TgdpetError(
+            f"{path} is a {len(shape)}-D image {shape}; tgdpet reads 3-D volumes or one frame of a 4-D series."
+        )
+    if min(shape) < 1:
+        raise TgdpetError(f"{path} declares an empty image {shape}; the header is damaged, re-export the image.")
+    frames = shape[3] if len(shape) == 4 else 1
+    if frame is None:
+        if frames > 1:
+            raise TgdpetError(
+                f"{path} is 4-D with {frames} frames; choose one with frame=N (--frame N), 0 <= N < {frames}."
+            )
+    elif not 0 <= frame < frames:
+        raise TgdpetError(
+            f"frame {frame} does not exist in {path}, which has {frames} frame(s); use 0 to {frames - 1}."
+        )
+    return shape[:3]
+
+
+def read_nifti(path: Path, frame: int | None = None) -> Volume:
+    """Read a 3-D NIfTI file (or one frame of a 4-D one) into a :class:`Volume`."""
+    try:
+        img = nib.load(str(path))
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise TgdpetError(f"{path} is not a NIfTI image; give a .nii or .nii.gz file.")
+    header = img.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    shape3 = _pick_frame(path, shape, frame)
+    check_voxel_count(shape3, path)
+    _check_size(path, header, shape)
+    try:
+        xyz = np.asarray(img.dataobj[..., frame or 0] if len(shape) == 4 else img.dataobj)
+        data = np.array(xyz.transpose(2, 1, 0), dtype=np.float32, order="C", copy=True)
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
+    note = _UNITS_NOTE.search(header["descrip"].tobytes().decode("latin-1"))
+    return Volume(
+        data=data,
+        affine=img.affine,
+        units=note.group(1).upper() if note else "BQML",
+        source_format="nifti",
+        nifti_header=header.copy(),
+        source_paths=(path,),
+    )
+
+
+def _output_header(volume: Volume, like: Volume | None, description: str) -> nib.Nifti1Header | nib.Nifti2Header:
+    """The header to write: the source's (codes, units, intent kept) or a new one."""
+    source = volume.nifti_header if volume.nifti_header is not None else (like.nifti_header if like else None)
+    if source is None:
+        hdr = nib.Nifti1Header()
+        hdr.set_xyzt_units("mm", "sec")
+        qcode = scode = 1  # scanner coordinates
+    else:
+        hdr = source.copy()  # NIfTI-1 stays NIfTI-1, NIfTI-2 stays NIfTI-2
+        qcode, scode = int(source["qform_code"]), int(source["sform_code"])
+    hdr.set_data_shape(volume.data.shape[::-1])
+    hdr.set_data_dtype(np.float32)
+    hdr.set_sform(volume.affine, code=scode)
+    hdr.set_qform(volume.affine, code=qcode)
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = hdr["cal_max"] = 0.0  # the source's display range no longer applies
+    hdr["vox_offset"] = 0  # recomputed from the extensions on write
+    note = f"; units={volume.units}"
+    hdr["descrip"] = (description.encode("ascii", "replace")[: 79 - len(note)] + note.encode()).decode()
+    return hdr
+
+
+def write_nifti(volume: Volume, path: Path, *, like: Volume | None, description: str) -> None:
+    """Write ``volume`` as float32 NIfTI (gzipped for ``.nii.gz``), atomically.
+
+    The units travel in ``descrip`` (``...; units=BQML``) because NIfTI has no
+    field for activity units; :func:`read_nifti` reads them back.
+    """
+    hdr = _output_header(volume, like, description)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    with atomic_file(path, suffix=suffix) as tmp:
+        with ImageOpener(str(tmp), "wb") as f:
+            hdr.write_to(f)
+            xyz = volume.data.transpose(2, 1, 0)  # a view: (z, y, x) C-order is (x, y, z) F-order
+            array_to_file(xyz, f, hdr.get_data_dtype(), offset=int(hdr["vox_offset"]), order="F")

@@ -1,0 +1,434 @@
+"""Targeted Gradient Descent: retrain only the kernels that make meaningless feature maps.
+
+Three steps, each a function here:
+
+1. :func:`build_masks` turns KSE scores (:mod:`tgdpet.kse`) into one boolean
+   mask per conv layer, over its output channels: True = retrain, False = freeze.
+2. :func:`attach` hooks the masks into a model for fine-tuning and returns a
+   :class:`TGDEngine`; the model's forward pass is unchanged.
+3. :func:`count_retrained` and the kernel-drop study (:func:`drop_kernels`,
+   :func:`drop_study`, paper Fig. 4) say what a threshold ``phi`` implies.
+
+What belongs to output channel ``n`` of ``convs[i]``: the kernel
+``weight[n]``, ``bias[n]`` and, when a BatchNorm follows the conv, its
+``weight[n]`` (gamma), ``bias[n]`` (beta), ``running_mean[n]`` and
+``running_var[n]``. Freezing channel ``n`` freezes all of them; the input
+slices ``weight[:, c]`` of a layer are not masked separately.
+
+TGD^n (paper Sect. 2.1): after fine-tuning, :func:`build_masks` on the
+fine-tuned weights gives the masks for the next task. Every round's masks are
+kept in the model file (``masks`` and ``masks_history``, :mod:`tgdpet.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from .infer import denoise_array
+from .kse import LayerScore, bn_after, channel_parameter_count, conv_name, score_network
+from .models import DnCNN, count_parameters
+
+Masks = dict[int, torch.Tensor]
+Conv1Option = Literal["retrain", "freeze"]
+Mode = Literal["activation", "parameter"]
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def masks_from_scores(model: DnCNN, scores: Sequence[LayerScore], conv1: Conv1Option = "retrain") -> Masks:
+    """Retrain masks for every conv layer from the per-layer KSE scores of :func:`~tgdpet.kse.score_network`.
+
+    See :func:`build_masks` for the rules; this variant reuses scores already computed.
+    """
+    if conv1 not in ("retrain", "freeze"):
+        raise ValueError(f"conv1 must be 'retrain' or 'freeze', got {conv1!r}.")
+    masks = {s.source: s.meaningless.clone() for s in scores}
+    if conv1 == "freeze":
+        masks[0] = torch.zeros_like(masks[0])
+    last = len(model.convs) - 1
+    masks[last] = torch.zeros(model.convs[last].out_channels, dtype=torch.bool)
+    return dict(sorted(masks.items()))
+
+
+def build_masks(
+    model: DnCNN, phi: float, conv1: Conv1Option = "retrain", k: int = 5, alpha: float = 1.0
+) -> Masks:
+    """One boolean mask per conv layer, keyed by index into ``model.convs``: True = retrain.
+
+    Output channel ``n`` of ``convs[i]`` is retrained when the KSE that
+    ``convs[i + 1]`` gives it is below ``phi`` (paper Eq. for ``M_n``).
+
+    - The last conv layer (the "noise classifier", conv8 in the paper) is
+      always frozen: nothing scores its output, and the paper keeps it fixed.
+    - ``conv1``: ``"retrain"`` (default) applies conv2's KSE mask to conv1
+      like to every other layer. The paper's text puts a TGD layer after
+      every conv layer and its Eq. 4 covers any layer whose outputs are
+      scored, which includes conv1; only Fig. 1 draws none there. Retraining
+      conv1's meaningless kernels also lets the net adapt its first features
+      to the new reconstruction's noise texture. ``"freeze"`` keeps conv1
+      entirely fixed (Fig. 1's reading).
+    """
+    return masks_from_scores(model, score_network(model, phi, k=k, alpha=alpha), conv1)
+
+
+def check_masks(model: DnCNN, masks: dict) -> Masks:
+    """Validate masks against ``model`` and return them as CPU bool tensors for every conv layer.
+
+    A layer missing from ``masks`` is frozen entirely: TGD retrains only what
+    it is told to. Raises ValueError naming the first inconsistency.
+    """
+    n_layers = len(model.convs)
+    out: Masks = {}
+    for key, value in masks.items():
+        i = int(key)
+        if not 0 <= i < n_layers:
+            raise ValueError(f"mask for conv index {i}, but the model has conv indices 0..{n_layers - 1}")
+        m = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).detach().cpu()
+        width = model.convs[i].out_channels
+        if m.ndim != 1 or m.numel() != width:
+            raise ValueError(f"mask for {conv_name(i)} has shape {tuple(m.shape)}, expected ({width},)")
+        if m.dtype != torch.bool:
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError(f"mask for {conv_name(i)} holds values other than 0 and 1")
+            m = m != 0
+        out[i] = m.clone()
+    for i in range(n_layers):
+        out.setdefault(i, torch.zeros(model.convs[i].out_channels, dtype=torch.bool))
+    return dict(sorted(out.items()))
+
+
+def masks_to_lists(masks: Masks) -> dict[str, list[int]]:
+    """Masks as JSON-ready ``{"conv index": [0/1 per output channel]}``."""
+    return {str(i): [int(v) for v in m.tolist()] for i, m in sorted(masks.items())}
+
+
+# --------------------------------------------------------------------------- counting
+
+
+@dataclass
+class LayerCount:
+    """How many of one conv layer's output channels, and of their parameters, are retrained."""
+
+    conv_index: int
+    name: str
+    channels: int
+    retrained_channels: int
+    params_per_channel: int
+
+    @property
+    def parameters(self) -> int:
+        return self.channels * self.params_per_channel
+
+    @property
+    def retrained_parameters(self) -> int:
+        return self.retrained_channels * self.params_per_channel
+
+
+@dataclass
+class RetrainCount:
+    """Per-layer and whole-network count of the parameters TGD retrains for some masks."""
+
+    layers: list[LayerCount]
+    total_parameters: int
+
+    @property
+    def retrained_parameters(self) -> int:
+        return sum(layer.retrained_parameters for layer in self.layers)
+
+    @property
+    def fraction(self) -> float:
+        return self.retrained_parameters / self.total_parameters
+
+
+def count_retrained(model: DnCNN, masks: dict) -> RetrainCount:
+    """Count the trainable parameters that ``masks`` let TGD change (see :func:`~tgdpet.kse.channel_parameter_count`)."""
+    masks = check_masks(model, masks)
+    layers = [
+        LayerCount(
+            conv_index=i,
+            name=conv_name(i),
+            channels=conv.out_channels,
+            retrained_channels=int(masks[i].sum()),
+            params_per_channel=channel_parameter_count(model, i),
+        )
+        for i, conv in enumerate(model.convs)
+    ]
+    return RetrainCount(layers=layers, total_parameters=count_parameters(model))
+
+
+def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "retrain", k: int = 5, alpha: float = 1.0) -> dict:
+    """JSON-ready account of what TGD at ``phi`` would retrain, layer by layer (``tgdpet score-kse``).
+
+    Each layer lists its output channels, how many of them KSE flags as
+    meaningless (``None`` for the last layer, which nothing scores), how many
+    are retrained under the ``conv1`` option, the parameters that implies,
+    and the per-channel KSE scores.
+    """
+    scores = score_network(model, phi, k=k, alpha=alpha)
+    masks = masks_from_scores(model, scores, conv1)
+    count = count_retrained(model, masks)
+    by_source = {s.source: s for s in scores}
+    layers = []
+    for layer in count.layers:
+        scored = by_source.get(layer.conv_index)
+        layers.append(
+            {
+                "layer": layer.name,
+                "conv_index": layer.conv_index,
+                "channels": layer.channels,
+                "meaningless_channels": scored.n_meaningless if scored else None,
+                "retrained_channels": layer.retrained_channels,
+                "parameters": layer.parameters,
+                "retrained_parameters": layer.retrained_parameters,
+                "retrained_fraction_of_network": layer.retrained_parameters / count.total_parameters,
+                "kse": scored.scores.tolist() if scored else None,
+            }
+        )
+    return {
+        "phi": phi,
+        "conv1": conv1,
+        "layers": layers,
+        "total": {
+            "parameters": count.total_parameters,
+            "retrained_parameters": count.retrained_parameters,
+            "retrained_fraction": count.fraction,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _zero_masked(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A gradient hook that zeroes the entries where ``keep`` (broadcastable) is False.
+
+    ``masked_fill`` keeps the gradient's dtype (bf16/fp16 under autocast) and
+    turns a NaN gradient of a frozen channel into an exact 0.
+    """
+    drop = ~keep
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        return grad.masked_fill(drop.to(grad.device), 0)
+
+    return hook
+
+
+def _mask_output_gradient(keep: torch.Tensor):
+    """A forward hook that makes the module's output pass dL/dY_n * M_n backwards (the TGD layer).
+
+    The output tensor itself is returned untouched, so the forward pass is
+    bit-identical; only a gradient hook is added to it.
+    """
+    grad_hook = _zero_masked(keep.view(1, -1, 1, 1))
+
+    def forward_hook(module: torch.nn.Module, inputs, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            output.register_hook(grad_hook)
+
+    return forward_hook
+
+
+class TGDEngine:
+    """TGD attached to a model; make it with :func:`attach`.
+
+    Call :meth:`restore_frozen` after every ``optimizer.step()`` (or pass the
+    optimizer to :func:`attach`, which does it for you): gradient masking
+    alone does not keep frozen entries exact, because Adam's ``weight_decay``,
+    AdamW's decoupled decay and momentum carried in the optimizer state move
+    parameters whose gradient is zero, and BatchNorm in train mode updates
+    the running statistics of every channel. :meth:`restore_frozen` writes
+    the values snapshotted at attach time back into the frozen entries, so
+    they stay bit-identical for any number of steps. Use as a context
+    manager, or call :meth:`detach`, to return to the plain model.
+    """
+
+    def __init__(
+        self, model: DnCNN, masks: dict, mode: Mode = "activation", optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        if mode not in ("activation", "parameter"):
+            raise ValueError(f"mode must be 'activation' or 'parameter', got {mode!r}.")
+        self.model = model
+        self.mode = mode
+        self.masks = check_masks(model, masks)
+        self._handles: list[RemovableHandle] = []
+        self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._snapshot_frozen()
+        self._install_gradient_masks()
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore_frozen()))
+
+    def _channel_tensors(self, i: int) -> Iterable[torch.Tensor]:
+        """Every tensor whose first axis runs over the output channels of ``convs[i]``."""
+        conv = self.model.convs[i]
+        yield conv.weight
+        if conv.bias is not None:
+            yield conv.bias
+        bn = bn_after(self.model, i)
+        if bn is not None:
+            yield from (t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None)
+
+    def _snapshot_frozen(self) -> None:
+        for i, keep in self.masks.items():
+            if bool(keep.all()):
+                continue
+            for t in self._channel_tensors(i):
+                idx = (~keep).nonzero().flatten().to(t.device)
+                self._frozen.append((t, idx, t.detach()[idx].clone()))
+
+    def _install_gradient_masks(self) -> None:
+        last = len(self.model.convs) - 1
+        for i, keep in self.masks.items():
+            if bool(keep.all()):
+                continue
+            keep = keep.to(self.model.convs[i].weight.device)
+            bn = bn_after(self.model, i)
+            if self.mode == "activation" and i != last:
+                # TGD layers after the conv and after its BN (paper Fig. 1).
+                self._handles.append(self.model.convs[i].register_forward_hook(_mask_output_gradient(keep)))
+                if bn is not None:
+                    self._handles.append(bn.register_forward_hook(_mask_output_gradient(keep)))
+            else:
+                # Parameter mode, and the last conv in either mode: its output is
+                # the prediction, so masking its output gradient would stop all
+                # learning; its parameters are masked instead.
+                params = [self.model.convs[i].weight, self.model.convs[i].bias]
+                if bn is not None:
+                    params += [bn.weight, bn.bias]
+                for p in params:
+                    if p is not None:
+                        shape = (-1,) + (1,) * (p.ndim - 1)
+                        self._handles.append(p.register_hook(_zero_masked(keep.view(shape))))
+
+    @torch.no_grad()
+    def restore_frozen(self) -> None:
+        """Write the attach-time values back into every frozen parameter entry and BN running statistic."""
+        for tensor, idx, saved in self._frozen:
+            tensor.index_copy_(0, idx.to(tensor.device), saved.to(tensor.device))
+
+    def detach(self) -> None:
+        """Remove every hook; the model is the plain network again (its weights are kept as they are)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "TGDEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+
+def attach(
+    model: DnCNN, masks: dict, mode: Mode = "activation", optimizer: torch.optim.Optimizer | None = None
+) -> TGDEngine:
+    """Attach TGD to ``model`` for fine-tuning with ``masks`` (True = retrain, per output channel).
+
+    ``mode="activation"`` (default) is the paper's TGD layer: identity in the
+    forward pass, and in the backward pass the gradient of every conv output
+    and every BN output is multiplied by the mask. Frozen kernels, biases,
+    gammas and betas therefore get no gradient, and no gradient flows to
+    earlier layers through a frozen channel. ``mode="parameter"`` masks only
+    the parameter gradients, so gradient still flows upstream through frozen
+    channels: a different method, offered for comparison.
+
+    Attach after moving the model to its device. With ``optimizer`` given,
+    :meth:`TGDEngine.restore_frozen` runs after each of its steps; otherwise
+    call it yourself after every ``optimizer.step()``.
+    """
+    return TGDEngine(model, masks, mode=mode, optimizer=optimizer)
+
+
+# --------------------------------------------------------------------------- kernel-drop study
+
+
+def zero_channels(model: DnCNN, masks: dict) -> DnCNN:
+    """A copy of ``model`` with the channels where ``masks`` is True dropped (set to zero).
+
+    Dropping output channel ``n`` of ``convs[i]`` zeroes its kernel
+    ``weight[n]``, ``bias[n]`` and, when a BN follows, BN gamma ``[n]`` and
+    beta ``[n]``. Zeroing the BN affine parameters too makes the feature map
+    exactly zero after BN and ReLU (zeroing the kernel alone would leave a
+    constant map ``beta - gamma * mean / std``), so the channel is truly
+    removed. The dropped parameters are thus the same set TGD would retrain.
+    """
+    masks = check_masks(model, masks)
+    dropped = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, drop in masks.items():
+            if not bool(drop.any()):
+                continue
+            conv = dropped.convs[i]
+            params = [conv.weight, conv.bias]
+            bn = bn_after(dropped, i)
+            if bn is not None:
+                params += [bn.weight, bn.bias]
+            for p in params:
+                if p is not None:
+                    p[drop.to(p.device)] = 0
+    return dropped
+
+
+def drop_kernels(model: DnCNN, phi: float, k: int = 5, alpha: float = 1.0) -> tuple[DnCNN, float]:
+    """Paper Fig. 4: a copy of ``model`` without its meaningless kernels, and the fraction of parameters dropped.
+
+    Meaningless kernels are those of every channel with KSE < ``phi``
+    (conv1 included; the last layer is never dropped); see
+    :func:`zero_channels` for what is zeroed. The fraction is over all
+    trainable parameters of the network.
+    """
+    masks = build_masks(model, phi, conv1="retrain", k=k, alpha=alpha)
+    return zero_channels(model, masks), count_retrained(model, masks).fraction
+
+
+def relative_rms_change(reference: np.ndarray, other: np.ndarray) -> float:
+    """``RMS(other - reference) / RMS(reference)``: 0 for identical outputs; 0 if both are all zero."""
+    ref = np.asarray(reference, dtype=np.float64)
+    diff = np.asarray(other, dtype=np.float64) - ref
+    denom = math.sqrt(float(np.mean(ref**2)))
+    num = math.sqrt(float(np.mean(diff**2)))
+    return num / denom if denom > 0 else num
+
+
+@dataclass
+class DropResult:
+    """One point of the kernel-drop study."""
+
+    phi: float
+    fraction_dropped: float
+    output_change: float | None  # relative RMS change of the denoised volume; None without a volume
+
+
+def drop_study(
+    model: DnCNN,
+    phis: Sequence[float],
+    volume: np.ndarray | None = None,
+    k: int = 5,
+    alpha: float = 1.0,
+) -> list[DropResult]:
+    """Paper Fig. 4 over several thresholds: parameters dropped and, given a volume, how much the output changes.
+
+    ``volume`` is a ``(z, y, x)`` array, denoised by :func:`tgdpet.infer.denoise_array`
+    on the model's device in fp32, so that the change measured is the
+    dropped kernels' and not reduced-precision rounding.
+    """
+
+    def denoise(net: DnCNN) -> np.ndarray:
+        return denoise_array(net, volume, device=next(net.parameters()).device, precision="fp32")
+
+    reference = denoise(model) if volume is not None else None
+    results = []
+    for phi in phis:
+        dropped, fraction = drop_kernels(model, phi, k=k, alpha=alpha)
+        change = None
+        if reference is not None:
+            change = relative_rms_change(reference, denoise(dropped))
+        results.append(DropResult(phi=float(phi), fraction_dropped=fraction, output_change=change))
+    return results

@@ -1,0 +1,224 @@
+"""Training settings: one dataclass per workflow, filled from defaults < YAML file < command line.
+
+A run folder's ``config.yaml`` is the resolved config of that run; passing it
+back with ``--config`` repeats the run. The shipped setups live in
+``configs/*.yaml`` (``train_small``, ``train_paper``, ``tgd_finetune``,
+``n2n_online``).
+
+An *epoch* is ``patches_per_epoch`` random patches (patches are drawn at
+random, so there is no natural pass over the data); a *step* is one optimiser
+update on ``batch_size`` patches. Both are global: under DDP the patches of a
+step are split over the ranks, so a config means the same training on 1 or N
+GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ..errors import TgdpetError
+from ..models import PRESETS
+
+METHODS = ("tgd", "all", "last3", "ewc")
+CONV1_OPTIONS = ("retrain", "freeze")
+TGD_MODES = ("activation", "parameter")
+
+# Settings a resumed run may change: how long to train and where, not what is trained.
+RESUME_MUTABLE = frozenset({"epochs", "iterations", "device", "workers"})
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise TgdpetError(f"{name.replace('_', '-')} must be positive, got {value}.")
+
+
+@dataclass
+class LoopConfig:
+    """Settings of the training loop shared by ``train``, ``tgd-finetune`` and ``n2n-online``."""
+
+    epochs: int = 20
+    iterations: int | None = None  # total optimiser steps; overrides epochs when set
+    patches_per_epoch: int = 4096
+    batch_size: int = 64
+    patch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    flips: bool = True
+    device: str = "auto"
+    amp: bool | None = None  # None: on where it pays (CUDA, and CPUs with bf16 matrix units)
+    channels_last: bool = True
+    workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
+    val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr")
+        if self.patches_per_epoch < self.batch_size:
+            raise TgdpetError(
+                f"patches-per-epoch ({self.patches_per_epoch}) is smaller than one batch ({self.batch_size}); "
+                "raise it or lower --batch-size."
+            )
+        if self.seed < 0:
+            raise TgdpetError(f"seed must be 0 or positive, got {self.seed}.")
+        if self.workers is not None and self.workers < 0:
+            raise TgdpetError(f"workers must be 0 or positive, got {self.workers}.")
+        if self.val_max_slices < 0:
+            raise TgdpetError(f"val_max_slices must be 0 (every slice) or positive, got {self.val_max_slices}.")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.patches_per_epoch // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.iterations if self.iterations is not None else self.epochs * self.steps_per_epoch
+
+    @property
+    def total_epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """``tgdpet train``: a DnCNN from scratch."""
+
+    preset: str = "small"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.preset not in PRESETS:
+            raise TgdpetError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
+    """``tgdpet tgd-finetune``: adapt a trained model to new data by TGD or a baseline."""
+
+    epochs: int = 10
+    method: str = "tgd"
+    phi: float = 0.3
+    conv1: str = "retrain"
+    tgd_mode: str = "activation"
+    ewc_lambda: float = 1.0
+    ewc_patches: int = 1024  # patches of the new data the EWC Fisher is estimated on
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, value, choices in (
+            ("method", self.method, METHODS),
+            ("conv1", self.conv1, CONV1_OPTIONS),
+            ("tgd-mode", self.tgd_mode, TGD_MODES),
+        ):
+            if value not in choices:
+                raise TgdpetError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")
+        if not 0.0 <= self.phi <= 1.0:
+            raise TgdpetError(f"the KSE threshold phi must be between 0 and 1, got {self.phi}; the paper uses 0.3.")
+        if self.ewc_lambda < 0:
+            raise TgdpetError(f"ewc-lambda must be 0 or positive, got {self.ewc_lambda}.")
+        _positive(self, "ewc_patches")
+
+
+@dataclass
+class N2NConfig(FinetuneConfig):
+    """``tgdpet n2n-online``: TGD with Noise2Noise pairs on one study (paper: phi 0.4)."""
+
+    epochs: int = 10
+    patches_per_epoch: int = 1024
+    phi: float = 0.4
+
+
+C = TypeVar("C", bound=LoopConfig)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a YAML or CLI value to the field's type, or say which field is wrong."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise TgdpetError(f"config key {name!r} cannot be empty.")
+    base = next(a for a in args if a is not type(None))
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML reads 1e-3 as a string
+        return str(value)
+    except (TypeError, ValueError):
+        raise TgdpetError(f"config key {name!r} must be a {base.__name__}, got {value!r}.") from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A config file's mapping, or a clear error for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise TgdpetError(f"config file {p} does not exist; pass a YAML file such as configs/train_small.yaml.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise TgdpetError(f"config file {p} is not valid YAML ({e}).") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TgdpetError(f"config file {p} must hold a mapping of settings (key: value).")
+    return raw
+
+
+def resolve_config(cls: type[C], path: str | os.PathLike | None = None, **overrides: Any) -> C:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by the non-None ``overrides``."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise TgdpetError(
+                f"config file {path} has unknown keys {', '.join(unknown)}; known keys: {', '.join(names)}."
+            )
+        values.update({k: _coerce(k, v, hints[k]) for k, v in raw.items()})
+    for k, v in overrides.items():
+        if k not in names:
+            raise TypeError(f"{cls.__name__} has no setting {k!r}")
+        if v is not None:
+            values[k] = _coerce(k, v, hints[k])
+    return cls(**values)
+
+
+def check_resumable(stored: dict, cfg: LoopConfig) -> None:
+    """Refuse to resume with settings that change what is trained (only :data:`RESUME_MUTABLE` may differ)."""
+    current = cfg.to_dict()
+    changed = sorted(k for k in current if k not in RESUME_MUTABLE and stored.get(k) != current[k])
+    if changed:
+        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise TgdpetError(
+            f"cannot resume: the run was started with other settings ({detail}); resume with the same options "
+            f"(only {', '.join(sorted(RESUME_MUTABLE))} may change) or start a new run in another --out folder."
+        )
+
+
+def to_yaml(cfg: LoopConfig, header: str = "") -> str:
+    """The config as YAML, readable back by :func:`resolve_config`, with ``header`` as a comment."""
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    comment = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    return comment + body

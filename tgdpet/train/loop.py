@@ -1,0 +1,347 @@
+"""The one training loop behind ``train``, ``tgd-finetune`` and ``n2n-online``.
+
+Adam on the MSE between the network's output stack and the target stack,
+constant learning rate (paper: Adam, lr 1e-3, MSE). Per step: forward under
+autocast where it pays, backward, optimiser step, then the method's
+``after_step`` (TGD restores its frozen entries there). Per epoch: validate
+on the held-out studies, then (rank 0) write the models, metrics, plot and
+the training state. A non-finite loss stops the run before anything of that
+epoch is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import capture_rng_state, restore_rng_state, save_model
+from ..data import NORMALIZATION, PatchDataset, Study, stack_indices
+from ..errors import TgdpetError
+from ..models import DnCNN
+from ..runtime import autocast_dtype
+from . import ddp
+from .config import LoopConfig
+from .methods import Method
+from .outputs import BEST, LAST, RunFolder
+
+Echo = Callable[[str], None]
+
+
+def amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to train in: None (fp32) when ``amp`` is False or, for ``None``, where it does not pay.
+
+    ``amp=True`` on a CPU without bf16 units still uses bf16 (correct, but
+    slower than fp32 there).
+    """
+    if amp is False:
+        return None
+    best = autocast_dtype(device)
+    return best if amp is None else (best or torch.bfloat16)
+
+
+def worker_count(workers: int | None, device: torch.device) -> int:
+    """DataLoader workers: the user's number, else none on CPU (cutting patches is cheap next to a
+    CPU training step, and workers would take cores from it) and 4 on CUDA."""
+    if workers is not None:
+        return workers
+    return 4 if device.type == "cuda" else 0
+
+
+@torch.no_grad()
+def validate(
+    model: DnCNN,
+    studies: list[Study],
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    max_slices: int = 0,
+    batch: int = 8,
+) -> tuple[float, float]:
+    """Mean MSE and PSNR (dB) of the denoised centre slices against the target, over every input of ``studies``.
+
+    Whole slices, in normalised intensities (divided by the input's scale,
+    like in training). ``max_slices`` > 0 takes that many evenly spaced
+    slices per volume. PSNR's peak is the normalised target's maximum.
+    The model is left in eval mode.
+    """
+    model.eval()
+    half = model.config.in_slices // 2
+    mses, psnrs = [], []
+    for study in studies:
+        depth = study.shape[0]
+        zs = np.arange(depth)
+        if 0 < max_slices < depth:
+            zs = np.unique(np.linspace(0, depth - 1, max_slices).round().astype(np.int64))
+        for inp, scale in zip(study.inputs, study.scales):
+            err = 0.0
+            for start in range(0, len(zs), batch):
+                chunk = zs[start : start + batch]
+                x = torch.from_numpy(inp[stack_indices(chunk, depth, model.config.in_slices)] / np.float32(scale))
+                t = torch.from_numpy(study.target[chunk] / np.float32(scale)).to(device)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    out = model(x.to(device))[:, half].float()
+                err += float(((out - t) ** 2).sum())
+            mse = err / (len(zs) * study.shape[1] * study.shape[2])
+            peak = float(study.target.max()) / scale
+            mses.append(mse)
+            psnrs.append(10 * math.log10(peak**2 / mse) if mse > 0 and peak > 0 else math.inf)
+    return float(np.mean(mses)), float(np.mean(psnrs))
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved with the training state, restored by ``--resume``."""
+
+    step: int = 0
+    patches_seen: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    # Sums over the steps of the current epoch so far, so that an epoch split by
+    # a resume reports the same training loss as an uninterrupted one.
+    epoch_loss: float = 0.0
+    epoch_penalty: float = 0.0
+    epoch_steps: int = 0
+
+    def start_epoch(self) -> None:
+        self.epoch_loss, self.epoch_penalty, self.epoch_steps = 0.0, 0.0, 0
+
+    def add_epoch(self, row: dict, metric: float) -> bool:
+        """Record an epoch's metrics row (replacing a truncated earlier row of the same epoch); True if best so far."""
+        self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
+        improved = self.best_metric is None or metric < self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = metric, row["epoch"]
+        return improved
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class Outputs:
+    """Where and what rank 0 writes for a run; ``run=None`` writes nothing (n2n-online's adaptation)."""
+
+    run: RunFolder | None = None
+    preset: str | None = None
+    base_history: list = field(default_factory=list)  # masks of earlier TGD rounds of the starting model
+    provenance: dict = field(default_factory=dict)  # command, data, base model: merged into every model's record
+
+
+@dataclass
+class FitResult:
+    """How a run ended; ``model`` holds the last weights (the inner module, never a DDP wrapper)."""
+
+    model: DnCNN
+    progress: Progress
+    selected_by: str  # the metric that chose best.safetensors: val_loss, or train_loss without val studies
+    method: dict  # Method.summary(): what was retrained
+
+
+def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    t = t.to(device, non_blocking=True)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def _provenance(outputs: Outputs, cfg: LoopConfig, progress: Progress, summary: dict, device, env) -> dict:
+    return {
+        **outputs.provenance,
+        "config": cfg.to_dict(),
+        "method": summary,
+        "epochs": progress.history[-1]["epoch"],
+        "steps": progress.step,
+        "patches_seen": progress.patches_seen,
+        "wall_time_s": round(progress.elapsed_s, 3),
+        "device": str(device),
+        "world_size": env.world_size,
+        "tgdpet_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def fit(
+    model: DnCNN,
+    method: Method,
+    patches: PatchDataset,
+    cfg: LoopConfig,
+    *,
+    device: torch.device,
+    env: ddp.DistEnv = ddp.DistEnv(),
+    val: list[Study] | tuple = (),
+    outputs: Outputs | None = None,
+    state: dict | None = None,
+    progress_bar: bool = True,
+    echo: Echo | None = None,
+) -> FitResult:
+    """Train ``model`` (on ``device``, with ``method`` set up on it) until ``cfg.total_steps`` steps are done.
+
+    ``patches`` yields this rank's share of each epoch: ``steps_per_epoch``
+    batches of ``batch_size / world_size`` patches. ``state`` is the training
+    state an earlier run of the same settings saved: training continues after
+    its last step and ends with the weights an uninterrupted run would have.
+    """
+    outputs = outputs or Outputs()
+    say = echo if (echo is not None and env.is_main) else (lambda _msg: None)
+    dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    progress = Progress()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        progress = Progress.from_state(state["progress"])
+        restore_rng_state(state["rng"])
+    net = ddp.wrap(model, env, device)
+    optimizer = torch.optim.Adam(method.trainable(), lr=cfg.lr)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    selected_by = "val_loss" if val else "train_loss"
+    summary = method.summary()
+    say(
+        f"{summary['method']}: training {summary['retrained_parameters']:,} of {summary['total_parameters']:,} "
+        f"parameters ({100 * summary['retrained_fraction']:.1f} %) on {device}"
+        + (f" x {env.world_size} ranks" if env.is_distributed else "")
+        + f", {'fp32' if dtype is None else str(dtype).replace('torch.', '')}"
+        + f", {cfg.total_steps} steps of {cfg.batch_size} patches"
+    )
+    rank_batch = cfg.batch_size // env.world_size
+    workers = worker_count(cfg.workers, device)
+    spe = cfg.steps_per_epoch
+    while progress.step < cfg.total_steps:
+        epoch, skip = divmod(progress.step, spe)
+        steps = min(spe, cfg.total_steps - epoch * spe) - skip
+        patches.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            patches,
+            batch_size=rank_batch,
+            sampler=range(skip * rank_batch, len(patches)),  # a resumed run picks up mid-epoch
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+        )
+        if skip == 0:
+            progress.start_epoch()
+        method.set_train_mode()
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.total_epochs}",
+            leave=False,
+            disable=not (progress_bar and env.is_main),
+        )
+        for x, y in itertools.islice(loader, steps):
+            x, y = _to_device(x, device, cfg.channels_last), _to_device(y, device, cfg.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = net(x)
+            loss = F.mse_loss(out.float(), y)
+            penalty = method.penalty()
+            total = loss if penalty is None else loss + penalty
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                total.backward()
+                optimizer.step()
+            method.after_step()
+            value = float(ddp.mean_over_ranks(total.detach(), env))
+            if not math.isfinite(value):
+                bar.close()
+                raise TgdpetError(
+                    f"training diverged: the loss became {value} at step {progress.step + 1}; nothing of epoch "
+                    f"{epoch + 1} was saved. Lower --lr, try --no-amp, or check the training images."
+                )
+            progress.epoch_loss += value
+            progress.epoch_steps += 1
+            if penalty is not None:
+                progress.epoch_penalty += float(ddp.mean_over_ranks(penalty.detach(), env))
+            progress.step += 1
+            progress.patches_seen += cfg.batch_size
+            bar.update()
+            bar.set_postfix(loss=f"{value:.3e}", refresh=False)
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        progress.elapsed_s += epoch_time
+        row = {
+            "epoch": epoch + 1,
+            "step": progress.step,
+            "patches_seen": progress.patches_seen,
+            "train_loss": progress.epoch_loss / progress.epoch_steps,
+            "val_loss": None,
+            "val_psnr": None,
+            "lr": optimizer.param_groups[0]["lr"],
+            "time_s": round(progress.elapsed_s, 3),
+            "patches_per_s": round(steps * cfg.batch_size / epoch_time, 2),
+        }
+        if penalty is not None:
+            row["penalty"] = progress.epoch_penalty / progress.epoch_steps
+        if val and env.is_main:
+            row["val_loss"], row["val_psnr"] = validate(
+                model, val, device=device, dtype=dtype, max_slices=cfg.val_max_slices
+            )
+        # Only rank 0 validates; the other ranks never save, so their notion of "best" does not matter.
+        improved = progress.add_epoch(row, row[selected_by] if env.is_main else row["train_loss"])
+        if env.is_main and outputs.run is not None:
+            _write_epoch(outputs, model, method, optimizer, scaler, cfg, progress, improved, selected_by, summary, device, env)
+        ddp.barrier(env)
+        say(
+            f"epoch {epoch + 1}/{cfg.total_epochs}  step {progress.step}  train {row['train_loss']:.4e}"
+            + (f"  val {row['val_loss']:.4e} ({row['val_psnr']:.2f} dB)" if row["val_loss"] is not None else "")
+            + f"  {row['patches_per_s']:.1f} patches/s"
+            + ("  (best)" if improved else "")
+        )
+    return FitResult(model=model, progress=progress, selected_by=selected_by, method=summary)
+
+
+def _write_epoch(
+    outputs: Outputs,
+    model: DnCNN,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    cfg: LoopConfig,
+    progress: Progress,
+    improved: bool,
+    selected_by: str,
+    summary: dict,
+    device: torch.device,
+    env: ddp.DistEnv,
+) -> None:
+    """Rank 0's end-of-epoch files, the training state last, so a crash resumes from a complete epoch."""
+    run = outputs.run
+    prov = _provenance(outputs, cfg, progress, summary, device, env)
+    record = {"preset": outputs.preset, "normalization": NORMALIZATION, **method.record(outputs.base_history)}
+    save_model(run.file(LAST), model, provenance=prov, **record)
+    if improved:
+        save_model(run.file(BEST), model, provenance={**prov, "selected_by": selected_by, selected_by: progress.best_metric}, **record)
+    run.write_metrics(progress.history)
+    run.plot(progress.history)
+    run.save_state(
+        {
+            "config": cfg.to_dict(),
+            "progress": progress.to_state(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": capture_rng_state(),
+            "method": method.state_dict(),
+        }
+    )

@@ -1,0 +1,124 @@
+"""``n2n-online``: adapt a model to one study with Noise2Noise pairs, then denoise that study.
+
+Online learning (paper Sect. 3.2): the study's data are split into two
+disjoint halves of equal counts. The network is fine-tuned (TGD by default,
+phi = 0.4) with half 1 as input and half 2 as target, and half 2 as input and
+half 1 as target (MSE). Each pair is normalised like any training pair, by
+the intensity scale of its input half.
+
+The full study. Reconstructed activity images (Bq/mL, SUV) of a half-count
+acquisition still estimate the full activity, only with more noise, so the
+full-count image is the **mean** of the halves, not their sum (the sum is
+what count images would need). Without ``--full`` the mean is denoised. The
+network's input normalisation is scale-free, so for count images the mean
+only halves the output's units; pass ``--full`` to denoise the real full
+image in its own units. The output is written like ``--full`` (or half 1):
+same grid, header and, for DICOM, the same patient and study.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import load_model, save_model
+from ..data import NORMALIZATION, PatchDataset, Study, body_mask
+from ..errors import TgdpetError
+from ..files import check_can_write
+from ..runtime import resolve_device
+from .config import N2NConfig
+from .loop import Echo, FitResult, Outputs, fit
+from .workflows import build_method, prepare_model
+
+
+@dataclass
+class N2NResult:
+    """What ``n2n_online`` produced."""
+
+    output: Path
+    model_path: Path | None
+    fit: FitResult
+
+
+def n2n_online(
+    model_path: str | os.PathLike,
+    half1: str | os.PathLike,
+    half2: str | os.PathLike,
+    output: str | os.PathLike,
+    cfg: N2NConfig,
+    *,
+    full: str | os.PathLike | None = None,
+    save_model_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress_bar: bool = True,
+    echo: Echo | None = None,
+    command: str = "tgdpet n2n-online",
+) -> N2NResult:
+    """Fine-tune ``model_path`` on the halves of one study (half1 <-> half2), denoise the full study into ``output``.
+
+    ``save_model_path`` also keeps the adapted model (with its TGD masks
+    appended to the model's ``masks_history``).
+    """
+    from ..infer import denoise_array
+    from ..io import read_volume, write_volume
+
+    output = check_can_write(output, overwrite)
+    if save_model_path is not None:
+        save_model_path = check_can_write(save_model_path, overwrite)
+    device = resolve_device(cfg.device)
+    h1, h2 = read_volume(half1), read_volume(half2)
+    if h1.shape != h2.shape:
+        raise TgdpetError(
+            f"the halves are on different grids ({h1.shape} and {h2.shape}, z y x); pass two halves of one study."
+        )
+    target = read_volume(full) if full is not None else h1.with_data((h1.data + h2.data) / np.float32(2))
+    body = body_mask((h1.data + h2.data) / 2)  # less noisy than either half
+    studies = [
+        Study.from_arrays("half1->half2", h2.data, [h1.data], body=body),
+        Study.from_arrays("half2->half1", h1.data, [h2.data], body=body),
+    ]
+    record = load_model(model_path, device)
+    model = prepare_model(record.model, cfg, device)
+    patches = PatchDataset(
+        studies,
+        patch_size=cfg.patch_size,
+        in_slices=model.config.in_slices,
+        length=cfg.steps_per_epoch * cfg.batch_size,
+        seed=cfg.seed,
+        flips=cfg.flips,
+    )
+    method = build_method(model, cfg, patches=patches, device=device)
+    result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
+    method.close()
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    precision = "fp32" if cfg.amp is False else "auto"
+    denoised = denoise_array(model, target.data, device=device, precision=precision, progress=progress_bar)
+    write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)
+    if save_model_path is not None:
+        save_model(
+            save_model_path,
+            model,
+            preset=record.preset,
+            normalization=NORMALIZATION,
+            provenance={
+                "workflow": "n2n-online",
+                "command": command,
+                "base_model": str(Path(model_path).resolve()),
+                "halves": [str(Path(half1).resolve()), str(Path(half2).resolve())],
+                "full": str(Path(full).resolve()) if full is not None else "mean of the halves",
+                "config": cfg.to_dict(),
+                "method": result.method,
+                "steps": result.progress.step,
+                "patches_seen": result.progress.patches_seen,
+                "wall_time_s": round(result.progress.elapsed_s, 3),
+                "device": str(device),
+                "tgdpet_version": __version__,
+            },
+            **method.record(record.masks_history),
+        )
+    return N2NResult(output=output, model_path=save_model_path, fit=result)
