@@ -189,6 +189,12 @@ def test_architecture_mismatch_is_refused(tmp_path, saved):
 
     with pytest.raises(TgdpetError, match="does not match its recorded architecture"):
         load_model(_rewrite(path, tmp_path / "a.safetensors", meta=widen))
+
+    def forge(m):  # a real network of these widths would take 3.6 GB: refused without allocating it
+        m["architecture"]["widths"] = [4096] * 7 + [3]
+
+    with pytest.raises(TgdpetError, match="expected a \\[4096, 3, 3, 3\\] tensor"):
+        load_model(_rewrite(path, tmp_path / "f.safetensors", meta=forge))
     with pytest.raises(TgdpetError, match="missing"):
         load_model(_rewrite(path, tmp_path / "b.safetensors", tensors=lambda d: d.pop("convs.3.bias")))
     with pytest.raises(TgdpetError, match="unexpected"):

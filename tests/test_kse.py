@@ -265,7 +265,8 @@ def test_cli_drop_study_with_volume(model_file, tmp_path):
     from tgdpet.io import Volume, write_volume
 
     path, model = model_file
-    vol = write_volume(Volume(np.random.default_rng(0).gamma(2.0, 3.0, size=(4, 16, 16)), np.eye(4)), tmp_path / "v.nii")
+    voxels = np.random.default_rng(0).gamma(2.0, 3.0, size=(4, 16, 16))
+    vol = write_volume(Volume(voxels, np.eye(4)), tmp_path / "v.nii")
     result = _run(path, "--phis", "0,0.6", "--volume", vol, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     drop = json.loads(result.output)["drop"]

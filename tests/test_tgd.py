@@ -273,6 +273,7 @@ def test_tgd_squared_scores_the_finetuned_weights():
     scores_after = score_network(model, 0.5)
     assert any(not torch.allclose(a.scores, b) for a, b in zip(scores_after, scores_before))
     masks2 = build_masks(model, 0.5)
+    assert any(not torch.equal(masks1[i], masks2[i]) for i in masks1)
     for ls in scores_after:
         assert torch.equal(masks2[ls.source], ls.scores < 0.5)
     # A second TGD round honours the new masks.

@@ -158,20 +158,26 @@ def _read_header(path: Path) -> dict:
     return header
 
 
+def _tensor_extent(info: Any) -> tuple[int, int] | None:
+    """``(begin, end)`` of a tensor's bytes when its header entry is self-consistent, else None."""
+    try:
+        begin, end = (int(v) for v in info["data_offsets"])
+        nbytes = math.prod(int(s) for s in info["shape"]) * _DTYPE_BYTES[info["dtype"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (begin, end) if 0 <= begin <= end and end - begin == nbytes else None
+
+
 def _check_data_extent(path: Path, header: dict, data_bytes: int) -> None:
     """Refuse a header whose tensors do not exactly fill the rest of the file (truncation, damage)."""
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            begin, stop = (int(v) for v in info["data_offsets"])
-            nbytes = math.prod(int(s) for s in info["shape"]) * _DTYPE_BYTES[info["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise TgdpetError(f"{path} has a damaged safetensors header (tensor {name!r}); re-save the model.") from None
-        if not 0 <= begin <= stop or stop - begin != nbytes:
+        extent = _tensor_extent(info)
+        if extent is None:
             raise TgdpetError(f"{path} has a damaged safetensors header (tensor {name!r}); re-save the model.")
-        end = max(end, stop)
+        end = max(end, extent[1])
     if end != data_bytes:
         raise TgdpetError(
             f"{path} is truncated or damaged: its header describes {end} bytes of tensors but the file holds "
@@ -239,8 +245,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
         config = DnCNNConfig.from_dict(meta["architecture"])
     except (KeyError, TypeError, ValueError) as e:
         raise TgdpetError(f"{path} records an invalid architecture ({e}); re-save the model.") from None
+    with torch.device("meta"):  # shapes only: a forged architecture allocates nothing
+        _check_tensors_match(path, header, DnCNN(config))
     model = DnCNN(config)
-    _check_tensors_match(path, header, model)
     tensors = safetensors.torch.load_file(path)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -17,8 +17,9 @@ path computes the same thing with:
 - **a few slices per batch**, built on the fly from the numpy volume: memory
   is the input, the output and one batch of activations, whatever the volume
   size. On CPU small batches win (activations stay in cache); on CUDA larger
-  ones keep the GPU busy. The last batch is padded to the batch size, so every
-  forward call sees one shape (one cuDNN search, no torch.compile recompiles);
+  ones keep the GPU busy. The last batch is padded to the batch size, so all
+  forward calls on a volume see one shape (one cuDNN search, no torch.compile
+  recompiles);
 - optionally **torch.compile** with weight freezing.
 
 Precision (asserted in ``tests/test_infer.py``, measured on the paper preset
@@ -237,6 +238,12 @@ class Denoiser:
         with torch.autocast(self.device.type, dtype=self.dtype):
             return self._predict_noise(x).float()
 
+    def batch_for(self, shape_zyx: tuple[int, int, int]) -> int:
+        """Slices per forward call for a volume of this shape: as asked or the device's default, at most the depth."""
+        depth, height, width = shape_zyx
+        batch = self.batch_slices or default_batch_slices(self.device, self.config, height, width, self.dtype)
+        return min(batch, depth)
+
     def __call__(self, volume_zyx: np.ndarray, *, progress: bool = False) -> np.ndarray:
         """Denoise a ``(z, y, x)`` volume; returns a new float32 array of the same shape."""
         from tqdm.auto import tqdm
@@ -245,7 +252,7 @@ class Denoiser:
         check_volume(volume_zyx)
         depth, height, width = volume_zyx.shape
         scale = intensity_scale(volume_zyx) if self.normalize else 1.0
-        batch = self.batch_slices or default_batch_slices(self.device, self.config, height, width, self.dtype)
+        batch = self.batch_for(volume_zyx.shape)
         centre = self.config.in_slices // 2
         out = np.empty((depth, height, width), dtype=np.float32)
         with torch.inference_mode(), _cuda_conv_settings(self.device, self.dtype is None), tqdm(

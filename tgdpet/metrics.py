@@ -30,8 +30,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 #: SSIM constants of Wang et al., IEEE TIP 13(4), 2004: an 11-tap Gaussian
 #: window of standard deviation 1.5 and K1 = 0.01, K2 = 0.03.
@@ -156,24 +154,28 @@ def psnr(img: np.ndarray, ref: np.ndarray, data_range: float | None = None) -> f
     return math.inf if mse == 0 else float(10.0 * np.log10(L * L / mse))
 
 
-def _gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
+def _gaussian_taps(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def _gaussian_filter_valid(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter over every spatial axis of ``(N, 1, *spatial)``, 'valid' part only.
+def _gaussian_filter_valid(x: np.ndarray, taps: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Separable Gaussian filter along ``axes``, keeping only the 'valid' part.
 
     Only windows that lie entirely inside the image are kept, as in Wang et
-    al.'s reference code, so no padding rule leaks into the score.
+    al.'s reference code, so no padding rule leaks into the score. Each axis
+    is a weighted sum of shifted views: vectorised, float64, and faster than
+    a float64 convolution.
     """
-    spatial = x.ndim - 2
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
-    for axis in range(spatial):
-        shape = [1, 1] + [1] * spatial
-        shape[2 + axis] = taps.numel()
-        x = conv(x, taps.reshape(shape))
+    n_taps = taps.size
+    for axis in axes:
+        moved = np.moveaxis(x, axis, 0)
+        n = moved.shape[0] - n_taps + 1
+        out = taps[0] * moved[:n]
+        for k in range(1, n_taps):
+            out += taps[k] * moved[k : k + n]
+        x = np.moveaxis(out, 0, axis)
     return x
 
 
@@ -200,14 +202,12 @@ def ssim(img: np.ndarray, ref: np.ndarray, data_range: float | None = None, *, d
         )
     L = _data_range(b, data_range)
     c1, c2 = (SSIM_K1 * L) ** 2, (SSIM_K2 * L) ** 2
-    spatial = a.shape[-dims:]
-    x = torch.from_numpy(a).reshape(-1, 1, *spatial)
-    y = torch.from_numpy(b).reshape(-1, 1, *spatial)
+    axes = tuple(range(a.ndim - dims, a.ndim))
     taps = _gaussian_taps()
-    mu_x, mu_y = _gaussian_filter_valid(x, taps), _gaussian_filter_valid(y, taps)
-    var_x = _gaussian_filter_valid(x * x, taps) - mu_x**2
-    var_y = _gaussian_filter_valid(y * y, taps) - mu_y**2
-    cov = _gaussian_filter_valid(x * y, taps) - mu_x * mu_y
+    mu_x, mu_y = _gaussian_filter_valid(a, taps, axes), _gaussian_filter_valid(b, taps, axes)
+    var_x = _gaussian_filter_valid(a * a, taps, axes) - mu_x**2
+    var_y = _gaussian_filter_valid(b * b, taps, axes) - mu_y**2
+    cov = _gaussian_filter_valid(a * b, taps, axes) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return float(s.mean())
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def check_masks(model: DnCNN, masks: dict) -> Masks:
         i = int(key)
         if not 0 <= i < n_layers:
             raise ValueError(f"mask for conv index {i}, but the model has conv indices 0..{n_layers - 1}")
-        m = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value).detach().cpu()
+        m = torch.as_tensor(value).detach().cpu()
         width = model.convs[i].out_channels
         if m.ndim != 1 or m.numel() != width:
             raise ValueError(f"mask for {conv_name(i)} has shape {tuple(m.shape)}, expected ({width},)")
@@ -149,7 +149,7 @@ class RetrainCount:
 
 
 def count_retrained(model: DnCNN, masks: dict) -> RetrainCount:
-    """Count the trainable parameters that ``masks`` let TGD change (see :func:`~tgdpet.kse.channel_parameter_count`)."""
+    """Count the trainable parameters ``masks`` let TGD change (:func:`~tgdpet.kse.channel_parameter_count`)."""
     masks = check_masks(model, masks)
     layers = [
         LayerCount(
@@ -205,6 +205,19 @@ def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "retrain", k:
 
 
 # --------------------------------------------------------------------------- engine
+
+
+def _channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.Tensor]:
+    """The tensors whose first axis runs over the output channels of ``convs[i]``.
+
+    Conv weight and bias, the following BN's gamma and beta, and with
+    ``buffers`` also its running mean and variance.
+    """
+    conv, bn = model.convs[i], bn_after(model, i)
+    tensors = [conv.weight, conv.bias]
+    if bn is not None:
+        tensors += [bn.weight, bn.bias] + ([bn.running_mean, bn.running_var] if buffers else [])
+    return [t for t in tensors if t is not None]
 
 
 def _zero_masked(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -265,21 +278,11 @@ class TGDEngine:
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore_frozen()))
 
-    def _channel_tensors(self, i: int) -> Iterable[torch.Tensor]:
-        """Every tensor whose first axis runs over the output channels of ``convs[i]``."""
-        conv = self.model.convs[i]
-        yield conv.weight
-        if conv.bias is not None:
-            yield conv.bias
-        bn = bn_after(self.model, i)
-        if bn is not None:
-            yield from (t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None)
-
     def _snapshot_frozen(self) -> None:
         for i, keep in self.masks.items():
             if bool(keep.all()):
                 continue
-            for t in self._channel_tensors(i):
+            for t in _channel_tensors(self.model, i, buffers=True):
                 idx = (~keep).nonzero().flatten().to(t.device)
                 self._frozen.append((t, idx, t.detach()[idx].clone()))
 
@@ -299,13 +302,9 @@ class TGDEngine:
                 # Parameter mode, and the last conv in either mode: its output is
                 # the prediction, so masking its output gradient would stop all
                 # learning; its parameters are masked instead.
-                params = [self.model.convs[i].weight, self.model.convs[i].bias]
-                if bn is not None:
-                    params += [bn.weight, bn.bias]
-                for p in params:
-                    if p is not None:
-                        shape = (-1,) + (1,) * (p.ndim - 1)
-                        self._handles.append(p.register_hook(_zero_masked(keep.view(shape))))
+                for p in _channel_tensors(self.model, i):
+                    shape = (-1,) + (1,) * (p.ndim - 1)
+                    self._handles.append(p.register_hook(_zero_masked(keep.view(shape))))
 
     @torch.no_grad()
     def restore_frozen(self) -> None:
@@ -365,14 +364,8 @@ def zero_channels(model: DnCNN, masks: dict) -> DnCNN:
         for i, drop in masks.items():
             if not bool(drop.any()):
                 continue
-            conv = dropped.convs[i]
-            params = [conv.weight, conv.bias]
-            bn = bn_after(dropped, i)
-            if bn is not None:
-                params += [bn.weight, bn.bias]
-            for p in params:
-                if p is not None:
-                    p[drop.to(p.device)] = 0
+            for p in _channel_tensors(dropped, i):
+                p[drop.to(p.device)] = 0
     return dropped
 
 
@@ -389,7 +382,7 @@ def drop_kernels(model: DnCNN, phi: float, k: int = 5, alpha: float = 1.0) -> tu
 
 
 def relative_rms_change(reference: np.ndarray, other: np.ndarray) -> float:
-    """``RMS(other - reference) / RMS(reference)``: 0 for identical outputs; 0 if both are all zero."""
+    """``RMS(other - reference) / RMS(reference)``; against an all-zero reference, the plain RMS difference."""
     ref = np.asarray(reference, dtype=np.float64)
     diff = np.asarray(other, dtype=np.float64) - ref
     denom = math.sqrt(float(np.mean(ref**2)))

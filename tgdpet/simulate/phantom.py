@@ -16,9 +16,11 @@ organs grow only with its square root, so a bigger body is mostly a thicker
 fat layer (0.85 / 1.0 / 1.3 give BMI about 16.5 / 23.7 / 42). Bigger bodies
 attenuate more and give fewer counts, as in real scans.
 
-Activity is in Bq/mL: SUV values times :data:`BQML_PER_SUV`, the
-concentration of SUV 1 for 350 MBq in 70 kg. Attenuation is in 1/mm at
-511 keV. Random anatomy (sizes, positions, uptakes, bowel, lesions,
+Activity is painted in SUV and stored in Bq/mL: every patient gets the same
+370 MBq and is scanned 60 min later, so a heavier patient has lower
+concentrations and, with more attenuation, far fewer counts (as in the
+prototype's figures: trues per liver slice about 84 k / 55 k / 25 k for
+low / normal / high BMI). Attenuation is in 1/mm at 511 keV. Random anatomy (sizes, positions, uptakes, bowel, lesions,
 texture) is drawn from numpy's generator seeded with ``spec.seed``, so a
 seed gives the same phantom on every device.
 """
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.acquisition import F18_HALF_LIFE_S
 from .grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM, Grid
 
 #: Label codes of the phantom's label map (0 is air).
@@ -53,8 +56,10 @@ LABEL_CODES: dict[str, int] = {
 #: Body-size classes: scale of the body outline.
 BODY_SCALES: dict[str, float] = {"low": 0.85, "normal": 1.0, "high": 1.3}
 
-#: Bq/mL of SUV 1: 350 MBq at scan time in a 70 kg patient.
-BQML_PER_SUV = 350e6 / 70e3
+#: FDG injection and uptake time of every simulated study (recorded in its DICOM series, so
+#: its images convert back to the SUVs painted here).
+INJECTED_DOSE_BQ = 370e6
+UPTAKE_S = 3600.0
 
 #: Linear attenuation at 511 keV, 1/mm (soft tissue 0.096/cm, fat 0.090, lung 0.028, bone 0.150).
 MU_SOFT, MU_FAT, MU_LUNG, MU_BONE = 0.0096, 0.0090, 0.0028, 0.0150
@@ -118,7 +123,7 @@ class Phantom:
     grid: Grid
     spec: PhantomSpec
     weight_kg: float
-    liver_suv: float
+    bqml_per_suv: float
 
     @property
     def bmi(self) -> float:
@@ -136,14 +141,14 @@ class _Canvas:
         self.grid = grid
         self.X, self.Y, self.Z = grid.ras_axes(device)
         self.h = grid.voxel_mm  # (z, y, x)
-        self.activity = torch.zeros(grid.shape, device=device)
+        self.suv = torch.zeros(grid.shape, device=device)
         self.mu = torch.zeros(grid.shape, device=device)
         self.labels = torch.zeros(grid.shape, dtype=torch.uint8, device=device)
 
     def paint(self, occupancy: torch.Tensor, suv: float | torch.Tensor, mu: float, label: str) -> None:
         """Replace what lies under ``occupancy`` (partial volumes mix); label where it is >= 1/2."""
         keep = 1.0 - occupancy
-        self.activity.mul_(keep).add_(occupancy * (suv * BQML_PER_SUV))
+        self.suv.mul_(keep).add_(occupancy * suv)
         self.mu.mul_(keep).add_(occupancy * mu)
         self.labels[occupancy >= 0.5] = LABEL_CODES[label]
 
@@ -300,7 +305,7 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
         canvas.paint(organ((88.0 * side, 5.0, 555.0), (24.0, 24.0, 24.0)), bone_suv, MU_BONE, "bone")
 
     if spec.texture:
-        canvas.activity.mul_(1.0 + _texture(grid, rng, device))
+        canvas.suv.mul_(1.0 + _texture(grid, rng, device))
 
     if spec.lesions:
         _paint_random_lesions(canvas, rng, so, liver_centre)
@@ -313,15 +318,17 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
         tube = canvas.polyline_tube([(x * so, y * so, d) for x, y, d in path], radius=3.0)
         canvas.paint(tube * outline, SUV["catheter"], MU_SOFT, "catheter")
 
-    weight = float(canvas.mu.sum()) * 10.0 * grid.voxel_ml / MASS_ATTENUATION_CM2_PER_G / 1000.0
+    torso_kg = float(canvas.mu.sum()) * 10.0 * grid.voxel_ml / MASS_ATTENUATION_CM2_PER_G / 1000.0
+    weight_kg = torso_kg / TORSO_MASS_FRACTION
+    bqml_per_suv = INJECTED_DOSE_BQ * 2.0 ** (-UPTAKE_S / F18_HALF_LIFE_S) / (weight_kg * 1000.0)
     return Phantom(
-        activity=canvas.activity,
+        activity=canvas.suv * bqml_per_suv,
         mu=canvas.mu,
         labels=canvas.labels,
         grid=grid,
         spec=spec,
-        weight_kg=weight / TORSO_MASS_FRACTION,
-        liver_suv=liver_suv,
+        weight_kg=weight_kg,
+        bqml_per_suv=bqml_per_suv,
     )
 
 

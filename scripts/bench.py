@@ -1,0 +1,355 @@
+"""How fast tgdpet runs on this machine, measured side by side in one run.
+
+- the machine's matrix-multiply peak in each precision (the yardstick);
+- denoising throughput of the fast path (:mod:`tgdpet.infer`, each precision)
+  against the plain way (eager fp32, contiguous NCHW, BatchNorm unfolded,
+  8 slices per batch), for the ``paper`` and ``small`` presets;
+- one training step with and without TGD attached (``bench_tgd_step.py``);
+- KSE scoring of a whole paper-preset network;
+- peak memory of a separate process denoising a 256x256x600 volume.
+
+Variants are timed in rotating order within each repeat, so a shared
+machine's slow spells hit them all alike; medians are reported. Ratios are
+therefore more trustworthy than absolute numbers on a busy machine.
+
+    python scripts/bench.py                        # CPU, a few minutes
+    python scripts/bench.py --quick                # everything shrunk, under a minute
+    python scripts/bench.py --device cuda --json bench-cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tgdpet.data import intensity_scale, stack_indices  # noqa: E402
+from tgdpet.files import atomic_file  # noqa: E402
+from tgdpet.infer import Denoiser, denoise_array  # noqa: E402
+from tgdpet.models import DnCNN, build_model  # noqa: E402
+from tgdpet.runtime import autocast_dtype, resolve_device  # noqa: E402
+
+GIB = 2**30
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, with the device's queue drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each variant, run in a rotating order in every repeat (after one warm-up call each)."""
+    for fn in variants.values():
+        fn()
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(timed(variants[name], device))
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+# --------------------------------------------------------------------------- peaks
+
+
+def precisions(device: torch.device) -> list[torch.dtype]:
+    """fp32 plus the reduced precisions the device has units for."""
+    if device.type == "cuda":
+        return [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
+    return [torch.float32] + ([torch.bfloat16] if autocast_dtype(device) is not None else [])
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> dict:
+    """GFLOP/s of torch.mm on n x n matrices, and of the same GEMM as a 1x1 convolution.
+
+    The 1x1 channels-last convolution runs in oneDNN (CPU) or cuDNN, the
+    libraries that run the denoiser's convs; torch.mm runs in MKL/cuBLAS. On
+    AMD CPUs MKL's fp32 GEMM reaches only about half of what oneDNN does, so
+    the fraction of peak below uses the better of the two.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    conv = torch.nn.Conv2d(n, n, 1, bias=False).to(device, dtype).to(memory_format=torch.channels_last).eval()
+    # n pixels of n channels into n channels: the same n^3 multiply-adds as the mm.
+    x = torch.randn(1, n, n // 64, 64, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        t = interleaved_medians({"mm": lambda: torch.mm(a, b), "conv": lambda: conv(x)}, repeats, device)
+    return {
+        "torch_mm_gflops": 2 * n**3 / t["mm"] / 1e9,
+        "conv1x1_gflops": 2 * n**3 / t["conv"] / 1e9,
+    }
+
+
+# --------------------------------------------------------------------------- denoising
+
+
+def synthetic_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """PET-like positive, skewed float32 values (made without a float64 temporary)."""
+    volume = np.random.default_rng(seed).standard_gamma(2.0, size=shape, dtype=np.float32)
+    volume *= 1000.0
+    return volume
+
+
+def plain_denoise(model: DnCNN, volume: np.ndarray, device: torch.device, batch: int = 8) -> np.ndarray:
+    """The in-house baseline: eager fp32, contiguous NCHW, BatchNorm as trained, 8 slices per batch."""
+    depth = volume.shape[0]
+    scale = intensity_scale(volume)
+    centre = model.config.in_slices // 2
+    out = np.empty_like(volume)
+    with torch.no_grad():
+        for start in range(0, depth, batch):
+            ks = np.arange(start, min(start + batch, depth))
+            x = torch.from_numpy(volume[stack_indices(ks, depth, model.config.in_slices)] / scale).to(device)
+            out[ks] = (model(x)[:, centre] * scale).cpu().numpy()
+    return out
+
+
+def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+
+def bench_denoise(preset: str, shape: tuple[int, int, int], device: torch.device, repeats: int, compile_: bool) -> list[dict]:
+    """Throughput of the plain baseline and of the fast path in every precision on one volume."""
+    torch.manual_seed(0)
+    model = build_model(preset).to(device).eval()
+    volume = synthetic_volume(shape)
+    voxels = volume.size
+    flop = 2 * model.config.macs_per_voxel() * voxels
+    auto = DTYPE_NAMES[autocast_dtype(device) or torch.float32]
+    denoisers = {"plain": None}
+    for dtype in precisions(device):
+        denoisers[f"fast {DTYPE_NAMES[dtype]}"] = Denoiser(model, device=device, precision=DTYPE_NAMES[dtype])
+    if compile_:
+        start = time.perf_counter()
+        denoisers[f"fast {auto} compiled"] = Denoiser(model, device=device, precision=auto, compile=True)
+        denoisers[f"fast {auto} compiled"](volume[:1])
+        print(f"  ({preset}: torch.compile's first call took {time.perf_counter() - start:.1f} s)", flush=True)
+    outputs: dict[str, np.ndarray] = {}
+
+    def run(name: str) -> Callable[[], None]:
+        def call() -> None:
+            d = denoisers[name]
+            outputs[name] = plain_denoise(model, volume, device) if d is None else d(volume)
+
+        return call
+
+    seconds = interleaved_medians({name: run(name) for name in denoisers}, repeats, device)
+    rows = []
+    for name, d in denoisers.items():
+        noise_ref = volume - outputs["plain"]
+        rows.append(
+            {
+                "preset": preset,
+                "variant": name,
+                "precision": "fp32" if d is None else DTYPE_NAMES[d.dtype or torch.float32],
+                "batch_slices": 8 if d is None else d.batch_for(shape),
+                "shape_zyx": list(shape),
+                "seconds": seconds[name],
+                "voxels_per_s": voxels / seconds[name],
+                "gflops": flop / seconds[name] / 1e9,
+                "speedup_vs_plain": seconds["plain"] / seconds[name],
+                "noise_estimate_rel_rms_vs_plain": rel_rms(volume - outputs[name], noise_ref),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- TGD, KSE
+
+
+def bench_tgd(device: torch.device, quick: bool) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_tgd_step import bench_tgd_step
+
+    if quick:
+        return bench_tgd_step(preset="small", batch=16, patch=32, steps=6, device=str(device))
+    return bench_tgd_step(preset="paper", batch=16, patch=32, steps=12, device=str(device))
+
+
+def bench_kse(repeats: int) -> dict:
+    from tgdpet.kse import score_network
+
+    model = build_model("paper")
+    seconds = interleaved_medians({"kse": lambda: score_network(model, 0.3)}, repeats, torch.device("cpu"))
+    return {"preset": "paper", "layers_scored": len(model.convs) - 1, "seconds": seconds["kse"]}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_child(preset: str, shape: tuple[int, int, int], device: str, precision: str) -> dict:
+    """Run in a fresh process: denoise a synthetic volume and report this process's peak memory."""
+    dev = resolve_device(device)
+    model = build_model(preset).to(dev).eval()
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    volume = synthetic_volume(shape)
+    start = time.perf_counter()
+    out = denoise_array(model, volume, device=dev, precision=precision)
+    seconds = time.perf_counter() - start
+    return {
+        "preset": preset,
+        "shape_zyx": list(shape),
+        "precision": precision,
+        "seconds": seconds,
+        "input_output_bytes": volume.nbytes + out.nbytes,
+        "rss_after_imports_bytes": rss_start,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
+    }
+
+
+def bench_memory(preset: str, shape: tuple[int, int, int], device: torch.device) -> dict:
+    """Peak memory of a child process running :func:`memory_child` (its own ru_maxrss, reported as JSON)."""
+    args = [sys.executable, __file__, "--memory-child", json.dumps([preset, list(shape), str(device), "auto"])]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the memory child failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(result: dict) -> None:
+    peaks = result["peaks"]
+    print(f"\n{result['machine']}")
+    print("\nMatrix-multiply peak (GFLOP/s, median)")
+    print(f"  {'precision':<10}{'torch.mm':>10}{'1x1 conv':>10}{'peak used':>11}")
+    for name, p in peaks.items():
+        print(f"  {name:<10}{p['torch_mm_gflops']:>10.0f}{p['conv1x1_gflops']:>10.0f}{p['peak_gflops']:>11.0f}")
+    print("\nDenoising throughput (medians; ratio and fraction of peak in the same precision)")
+    header = f"  {'preset':<7}{'variant':<22}{'batch':>6}{'Mvox/s':>9}{'GFLOP/s':>9}{'vs plain':>9}{'of peak':>9}{'noise err':>11}"
+    print(header)
+    for r in result["denoise"]:
+        print(
+            f"  {r['preset']:<7}{r['variant']:<22}{r['batch_slices']:>6}{r['voxels_per_s'] / 1e6:>9.3f}"
+            f"{r['gflops']:>9.0f}{r['speedup_vs_plain']:>8.2f}x{100 * r['fraction_of_peak']:>8.0f}%"
+            f"{r['noise_estimate_rel_rms_vs_plain']:>11.1e}"
+        )
+    t = result["tgd_step"]
+    print(
+        f"\nTraining step, {t['preset']} preset, batch {t['batch']} of {t['patch']}x{t['patch']}: plain "
+        f"{t['plain_ms']:.0f} ms, with TGD {t['tgd_ms']:.0f} ms, ratio {t['ratio']:.3f}"
+    )
+    k = result["kse"]
+    print(f"KSE scores of a whole {k['preset']} network ({k['layers_scored']} layers): {1e3 * k['seconds']:.1f} ms")
+    print("\nPeak memory of a process denoising a synthetic volume (fast path, auto precision)")
+    for m in result["memory"]:
+        z, y, x = m["shape_zyx"]
+        print(
+            f"  {m['preset']:<7}{x}x{y}x{z}: peak RSS {m['peak_rss_bytes'] / GIB:.2f} GiB (after imports "
+            f"{m['rss_after_imports_bytes'] / GIB:.2f} GiB; input+output arrays {m['input_output_bytes'] / GIB:.2f} GiB)"
+            f"  {m['seconds']:.1f} s"
+            + (f"; CUDA peak {m['cuda_peak_allocated_bytes'] / GIB:.2f} GiB" if m["cuda_peak_allocated_bytes"] else "")
+        )
+    print("\nTargets")
+    for name, (value, met) in result["targets"].items():
+        print(f"  [{'met' if met else 'NOT met'}] {name}: {value}")
+
+
+def targets(result: dict, auto: str) -> dict:
+    """The issue's targets, each with the measured value and whether it is met."""
+    fast = next(r for r in result["denoise"] if r["preset"] == "paper" and r["variant"] == f"fast {auto}")
+    tgd = result["tgd_step"]["ratio"] - 1
+    big = max(result["memory"], key=lambda m: np.prod(m["shape_zyx"]))
+    z, y, x = big["shape_zyx"]
+    mem = max(big["cuda_peak_allocated_bytes"] or 0, big["peak_rss_bytes"])
+    return {
+        f"paper preset, fast {auto} >= 50 % of the {auto} matmul peak": (f"{100 * fast['fraction_of_peak']:.0f} %", fast["fraction_of_peak"] >= 0.5),
+        f"paper preset, fast {auto} >= 3x the plain baseline": (f"{fast['speedup_vs_plain']:.2f}x", fast["speedup_vs_plain"] >= 3),
+        "TGD training-step overhead < 5 %": (f"{100 * tgd:+.1f} %", tgd < 0.05),
+        f"peak memory denoising {x}x{y}x{z} ({big['preset']} preset) < 4 GiB": (f"{mem / GIB:.2f} GiB", mem < 4 * GIB),
+    }  # fmt: skip
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--quick", action="store_true", help="shrink everything to finish in under a minute")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        preset, shape, device, precision = json.loads(args.memory_child)
+        print(json.dumps(memory_child(preset, tuple(shape), device, precision)))
+        return
+
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    repeats = 3 if args.quick else 5
+    auto = DTYPE_NAMES[autocast_dtype(device) or torch.float32]
+    result: dict = {"machine": machine(device), "device": str(device), "quick": args.quick}
+
+    print("Matrix-multiply peaks...", flush=True)
+    n = (4096 if args.quick else 8192) if gpu else (1024 if args.quick else 2048)
+    result["peaks"] = {DTYPE_NAMES[dt]: matmul_peak(device, dt, n, repeats) for dt in precisions(device)}
+    for p in result["peaks"].values():
+        p["peak_gflops"] = max(p["torch_mm_gflops"], p["conv1x1_gflops"])
+
+    slices = {"paper": 2, "small": 8} if args.quick else {"paper": 8, "small": 32}
+    side = 128 if args.quick else 256
+    if gpu:
+        slices = {k: 8 * v for k, v in slices.items()}
+    result["denoise"] = []
+    for preset in ("paper", "small"):
+        print(f"Denoising, {preset} preset...", flush=True)
+        rows = bench_denoise(preset, (slices[preset], side, side), device, repeats, args.compile)
+        for r in rows:
+            r["fraction_of_peak"] = r["gflops"] / result["peaks"][r["precision"]]["peak_gflops"]
+        result["denoise"] += rows
+
+    print("TGD training step...", flush=True)
+    result["tgd_step"] = bench_tgd(device, args.quick)
+    print("KSE scoring...", flush=True)
+    result["kse"] = bench_kse(repeats)
+    print("Peak memory (separate processes)...", flush=True)
+    memory_runs = [("small", (60, 128, 128))] if args.quick else [("small", (600, 256, 256)), ("paper", (48, 256, 256))]
+    result["memory"] = [bench_memory(preset, shape, device) for preset, shape in memory_runs]
+    result["targets"] = targets(result, auto)
+
+    print_report(result)
+    if args.json:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"\nWrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""`tgdpet evaluate` and tgdpet.evaluate on a tiny synthetic test study written as NIfTI + manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tgdpet import metrics
+from tgdpet.checkpoint import load_model, save_model
+from tgdpet.cli import main
+from tgdpet.data import intensity_scale, load_manifest
+from tgdpet.errors import TgdpetError
+from tgdpet.evaluate import COLUMNS, evaluate_manifest, evaluate_models
+from tgdpet.io import Volume, write_volume
+from tgdpet.models import build_model
+
+SHAPE = (6, 16, 16)
+CODES = {"body": 1, "liver": 2, "lesion": 3, "bladder": 4, "catheter": 5}
+SHIFT = 0.1  # the constant noise estimate of the "shift" model, in normalised units
+
+
+def _labels() -> np.ndarray:
+    lab = np.zeros(SHAPE, np.int16)
+    lab[:, 2:14, 2:14] = CODES["body"]
+    lab[1:5, 3:10, 3:11] = CODES["liver"]
+    lab[2:4, 5:7, 5:7] = CODES["lesion"]
+    lab[:, 11:13, 12] = CODES["catheter"]
+    return lab
+
+
+def _target(lab: np.ndarray) -> np.ndarray:
+    uptake = {0: 1.0, 1: 50.0, 2: 100.0, 3: 400.0, 5: 800.0}
+    return np.vectorize(uptake.get)(lab).astype(np.float32)
+
+
+def _write(path: Path, data: np.ndarray) -> str:
+    write_volume(Volume(data=data.astype(np.float32), affine=np.diag([3.0, 3.0, 2.0, 1.0])), path, overwrite=True)
+    return path.name
+
+
+def _study(tmp_path: Path, *, realisations=None, halves=None, truth=True, split="test", sid="s000") -> Path:
+    """Write one study and its manifest; realisations default to 3 noisy copies of the target."""
+    lab = _labels()
+    target = _target(lab)
+    rng = np.random.default_rng(0)
+    if realisations is None and halves is None:
+        realisations = [target * rng.normal(1.0, 0.2, SHAPE) for _ in range(3)]
+    study = {
+        "id": sid,
+        "split": split,
+        "target": _write(tmp_path / "target.nii.gz", target),
+        "inputs": [_write(tmp_path / "input.nii.gz", target * rng.normal(1.0, 0.2, SHAPE))],
+        "labels": _write(tmp_path / "labels.nii.gz", lab),
+        "meta": {},
+    }
+    if realisations is not None:
+        study["realisations"] = [_write(tmp_path / f"real{r}.nii.gz", x) for r, x in enumerate(realisations)]
+    if halves is not None:
+        study["halves"] = [_write(tmp_path / f"half{k}.nii.gz", x) for k, x in enumerate(halves)]
+    if truth:
+        study["meta"]["truth"] = _write(tmp_path / "truth.nii.gz", target * 1.25)
+    manifest = {"format": "tgdpet-manifest", "version": 1, "label_codes": CODES, "studies": [study]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path / "manifest.json"
+
+
+def _shift_model(path: Path) -> Path:
+    """A DnCNN whose noise estimate is the constant SHIFT: it returns ``x - SHIFT * scale(x)`` exactly."""
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.convs[-1].weight.zero_()
+        model.convs[-1].bias.fill_(SHIFT)
+    return save_model(path, model.eval(), preset="tiny")
+
+
+def _expected_row(images, target, lab, truth=None) -> dict:
+    """Every figure computed straight from tgdpet.metrics on the arrays."""
+    stack = np.stack(images)
+    row = {
+        "lesion_bias_pct": metrics.lesion_ensemble_bias(stack, target, lab == CODES["lesion"]),
+        "liver_cov_pct": metrics.liver_cov(stack, lab == CODES["liver"]) if len(images) > 1 else None,
+        "lesion_bias_truth_pct": None if truth is None else metrics.bias_vs_truth(stack, truth, lab == CODES["lesion"]),
+        "psnr_db": float(np.mean([metrics.psnr(x, target) for x in images])),
+        "ssim": float(np.mean([metrics.ssim(x, target) for x in images])),
+        "hallucination_bladder_pct": None,
+        "hallucination_catheter_pct": float(
+            np.mean([metrics.hallucination_score(x, target, lab == CODES["catheter"]) for x in images])
+        ),
+    }
+    return row
+
+
+def _assert_rows_equal(got: dict, expected: dict, rel: float = 1e-5) -> None:
+    assert set(got) == set(COLUMNS) == set(expected)
+    for key, value in expected.items():
+        if value is None:
+            assert got[key] is None, key
+        else:
+            assert got[key] == pytest.approx(value, rel=rel, abs=1e-6), key
+
+
+def _read_reals(manifest: Path) -> list[np.ndarray]:
+    from tgdpet.io import read_volume
+
+    return [read_volume(p).data for p in load_manifest(manifest).studies[0].realisations]
+
+
+def test_every_row_is_scored_on_what_the_model_returned(tmp_path):
+    manifest = _study(tmp_path)
+    model_path = _shift_model(tmp_path / "shift.safetensors")
+    result = evaluate_manifest(manifest, {"shift": model_path}, device="cpu")
+    (study,) = result["studies"]
+    assert study["study"] == "s000" and study["images"] == "realisations" and study["n_images"] == 3
+    assert study["truth"] is True and study["region_voxels"]["lesion"] == 8
+
+    lab, target = _labels(), _target(_labels())
+    reals = _read_reals(manifest)
+    _assert_rows_equal(study["rows"]["input"], _expected_row(reals, target, lab, target * 1.25))
+    shifted = [x - np.float32(SHIFT * intensity_scale(x)) for x in reals]
+    _assert_rows_equal(study["rows"]["shift"], _expected_row(shifted, target, lab, target * 1.25))
+    # The shift lowers every lesion mean: the model's row really differs from the input's.
+    assert study["rows"]["shift"]["lesion_bias_pct"] < study["rows"]["input"]["lesion_bias_pct"] - 1.0
+
+
+def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp_path):
+    target = _target(_labels())
+    manifest = _study(tmp_path, realisations=[target, target])
+    identity = build_model("tiny")
+    with torch.no_grad():
+        identity.convs[-1].weight.zero_()
+    model_path = save_model(tmp_path / "identity.safetensors", identity.eval())
+    record = load_model(model_path)
+    entry = load_manifest(manifest).studies[0]
+    study = evaluate_models({"identity": record}, entry, label_codes=CODES, device="cpu")
+    for name in ("input", "identity"):
+        row = study["rows"][name]
+        assert row["lesion_bias_pct"] == pytest.approx(0.0, abs=1e-4)
+        assert row["liver_cov_pct"] == pytest.approx(0.0, abs=1e-4)
+        assert row["ssim"] == pytest.approx(1.0, abs=1e-6)
+        assert row["hallucination_catheter_pct"] == pytest.approx(0.0, abs=1e-4)
+    assert study["rows"]["input"]["psnr_db"] is None  # identical images: infinite PSNR
+    assert study["rows"]["input"]["lesion_bias_truth_pct"] is None  # no truth passed
+
+
+def test_halves_study_scores_the_mean_of_the_halves(tmp_path):
+    target = _target(_labels())
+    rng = np.random.default_rng(3)
+    halves = [target * rng.normal(1.0, 0.3, SHAPE) for _ in range(2)]
+    manifest = _study(tmp_path, halves=halves, truth=False)
+    (study,) = evaluate_manifest(manifest, {}, device="cpu")["studies"]
+    assert study["images"] == "halves" and study["n_images"] == 1
+    from tgdpet.io import read_volume
+
+    full = sum(read_volume(p).data for p in load_manifest(manifest).studies[0].halves) / np.float32(2)
+    _assert_rows_equal(study["rows"]["input"], _expected_row([full], target, _labels()))
+
+
+def test_label_map_on_another_grid_is_refused(tmp_path):
+    manifest = _study(tmp_path)
+    _write(tmp_path / "labels.nii.gz", np.zeros((6, 16, 15)))
+    with pytest.raises(TgdpetError, match="label map .* shape"):
+        evaluate_manifest(manifest, {}, device="cpu")
+
+
+def test_cli_prints_the_table_and_writes_json_once(tmp_path):
+    manifest = _study(tmp_path)
+    model_path = _shift_model(tmp_path / "shift.safetensors")
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(tmp_path), "--model", f"v1-net={model_path}", "--json", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(main, args + ["--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("model"))
+    for heading in ("lesion bias %", "liver CoV %", "bias vs truth %", "PSNR dB", "SSIM", "halluc. catheter %"):
+        assert heading in header
+    assert "halluc. bladder" not in header  # no bladder in this study
+    assert any(line.startswith("input ") for line in lines) and any(line.startswith("v1-net ") for line in lines)
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    saved = json.loads(out.read_text(), parse_constant=no_nan)
+    assert saved["format"] == "tgdpet-evaluation" and saved["models"] == {"v1-net": str(model_path)}
+    assert set(saved["studies"][0]["rows"]) == {"input", "v1-net"}
+
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert CliRunner().invoke(main, args + ["--overwrite", "--no-progress"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "no-equals-sign"], "NAME=PATH"),
+        (["--model", "a=missing.safetensors"], "is not a file"),
+        (["--model", "input={model}"], "may not be named 'input'"),
+        (["--model", "a={model}", "--model", "a={model}"], "twice"),
+        (["--study", "nope"], "no study 'nope'"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_sentence(tmp_path, extra, message):
+    manifest = _study(tmp_path)
+    model_path = _shift_model(tmp_path / "m.safetensors")
+    args = ["evaluate", str(manifest), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args + [a.format(model=model_path) for a in extra])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_refuses_a_manifest_without_test_studies(tmp_path):
+    _study(tmp_path, split="train")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 2 and "--study" in result.output
+    named = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--study", "s000", "--no-progress", "--device", "cpu"])
+    assert named.exit_code == 0 and "study s000" in named.output

@@ -1,0 +1,342 @@
+"""Evaluating denoisers on the test studies of a dataset, as in the paper's Table 1.
+
+For each test study every model denoises the same set of images, and
+:mod:`tgdpet.metrics` scores the results against the study's target (the
+long scan, the paper's reference T); the un-denoised images are scored too,
+as the row ``"input"``, so every figure has its baseline beside it.
+
+Which images a study contributes, in order of preference:
+
+1. its ``realisations``: R i.i.d. equal-count images (the paper's 10 x 60 s);
+   this is what the ensemble figures (lesion bias, liver CoV) are defined on;
+2. otherwise, when it lists ``halves``: the full-count image, taken as the
+   mean of the two halves, as ``tgdpet n2n-online`` does (the paper's
+   out-of-distribution studies, where a per-study adapted model is compared
+   with the models it came from);
+3. otherwise its ``inputs``, each scored on its own and the scores averaged.
+
+Figures, per study and row (``None`` where a study lacks what a figure
+needs: a label, a truth image, two images for a CoV):
+
+- ``lesion_bias_pct``: lesion ensemble bias against the target (eq. 6);
+- ``liver_cov_pct``: liver CoV across the images (eq. 7, ddof = 1);
+- ``lesion_bias_truth_pct``: lesion ensemble bias against the phantom's true
+  activity, when the study's ``meta`` names a ``truth`` image (a path
+  relative to the manifest, on the study's grid, in the image units);
+- ``psnr_db``, ``ssim``: against the target, averaged over the images (SSIM
+  per axial slice); an infinite PSNR (identical images) is reported as None;
+- ``hallucination_<label>_pct`` for the out-of-distribution labels
+  (:data:`OOD_LABELS`) present in the study: relative RMS error against the
+  target in the structure and a rim of ``dilation`` voxels around it,
+  averaged over the images.
+
+Regions come from the study's label map and the manifest's ``label_codes``
+(``lesion``, ``liver``, ``bladder``, ``catheter``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from . import metrics
+from .checkpoint import ModelRecord
+from .data import NORMALIZATION, Manifest, StudyEntry, load_manifest
+from .errors import TgdpetError
+from .files import atomic_file, check_can_write
+from .infer import Denoiser, load_denoiser
+from .io import read_volume
+from .runtime import resolve_device
+
+FORMAT = "tgdpet-evaluation"
+FORMAT_VERSION = 1
+
+#: The row holding the scores of the images before denoising.
+INPUT_ROW = "input"
+
+#: Labels of structures a denoiser has not learnt, where it may hallucinate.
+OOD_LABELS = ("bladder", "catheter")
+
+#: Every figure's key and its column heading, in table order.
+COLUMNS: dict[str, str] = {
+    "lesion_bias_pct": "lesion bias %",
+    "liver_cov_pct": "liver CoV %",
+    "lesion_bias_truth_pct": "bias vs truth %",
+    "psnr_db": "PSNR dB",
+    "ssim": "SSIM",
+    **{f"hallucination_{name}_pct": f"halluc. {name} %" for name in OOD_LABELS},
+}
+
+ModelSpec = str | os.PathLike | ModelRecord
+
+
+@dataclass
+class StudyImages:
+    """What one study's evaluation needs, in memory, all on the target's grid.
+
+    ``regions`` holds the non-empty masks of the labels the figures use;
+    ``kind`` says where ``images`` came from (``realisations``, ``halves``
+    meaning their mean, or ``inputs``).
+    """
+
+    id: str
+    target: np.ndarray
+    images: list[np.ndarray]
+    kind: str
+    regions: dict[str, np.ndarray]
+    truth: np.ndarray | None = None
+
+
+def _read_on_grid(path: Path, shape: tuple[int, ...] | None, study_id: str, what: str) -> np.ndarray:
+    data = read_volume(path).data
+    if shape is not None and data.shape != shape:
+        raise TgdpetError(
+            f"study {study_id!r}: the {what} {path} has shape {data.shape} (z, y, x) but the target has {shape}; "
+            "every image of a study must be on the target's grid."
+        )
+    return data
+
+
+def truth_path(manifest: Manifest, study: StudyEntry) -> Path | None:
+    """The phantom truth image a study's ``meta`` names (relative to the manifest), if any."""
+    value = study.meta.get("truth")
+    if value is None:
+        return None
+    path = manifest.path.parent / str(value)
+    if not path.exists():
+        raise TgdpetError(f"study {study.id!r}: its truth image {path} does not exist; fix 'meta.truth' in the manifest.")
+    return path
+
+
+def load_study_images(
+    study: StudyEntry, label_codes: Mapping[str, int], truth: str | os.PathLike | None = None
+) -> StudyImages:
+    """Read a study's target, labels, truth and the images to denoise (see the module docstring)."""
+    target = _read_on_grid(study.target, None, study.id, "target")
+    shape = target.shape
+    if study.realisations:
+        images = [_read_on_grid(p, shape, study.id, "realisation") for p in study.realisations]
+        kind = "realisations"
+    elif study.halves:
+        h1, h2 = (_read_on_grid(p, shape, study.id, "half") for p in study.halves)
+        images, kind = [(h1 + h2) / np.float32(2)], "halves"
+    else:
+        images = [_read_on_grid(p, shape, study.id, "input") for p in study.inputs]
+        kind = "inputs"
+    regions: dict[str, np.ndarray] = {}
+    if study.labels is not None:
+        if not label_codes:
+            raise TgdpetError(
+                f"study {study.id!r} has a label map but the manifest has no 'label_codes'; add e.g. "
+                '{"liver": 2, "lesion": 3, "bladder": 4, "catheter": 5}.'
+            )
+        labels = np.rint(_read_on_grid(study.labels, shape, study.id, "label map")).astype(np.int64)
+        for name in ("lesion", "liver", *OOD_LABELS):
+            if name in label_codes:
+                mask = labels == int(label_codes[name])
+                if mask.any():
+                    regions[name] = mask
+    truth_image = _read_on_grid(Path(truth), shape, study.id, "truth image") if truth is not None else None
+    return StudyImages(study.id, target, images, kind, regions, truth_image)
+
+
+def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str) -> Denoiser:
+    if isinstance(spec, ModelRecord):
+        if spec.normalization != NORMALIZATION:
+            raise TgdpetError(
+                f"model {name!r} was trained with intensity normalisation {spec.normalization}, but this tgdpet "
+                f"applies {NORMALIZATION}; use a tgdpet release matching the model."
+            )
+        return Denoiser(spec.model, device=device, precision=precision)
+    return load_denoiser(spec, device=device, precision=precision)
+
+
+def prepare_denoisers(
+    models: Mapping[str, ModelSpec], *, device: str | torch.device = "auto", precision: str = "fp32"
+) -> dict[str, Denoiser]:
+    """Load every model once (files are checked before any study is read)."""
+    if INPUT_ROW in models:
+        raise TgdpetError(f"a model may not be named {INPUT_ROW!r}: that row holds the un-denoised images.")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return {name: _denoiser(name, spec, dev, precision) for name, spec in models.items()}
+
+
+def _bounding_box(masks: Iterable[np.ndarray]) -> tuple[slice, ...] | None:
+    """The smallest box holding every mask: ensemble figures need only these voxels of each image."""
+    union = None
+    for m in masks:
+        union = m if union is None else union | m
+    if union is None:
+        return None
+    idx = np.nonzero(union)
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return _finite(float(np.mean(values))) if values else None
+
+
+def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: int = 2) -> dict[str, float | None]:
+    """Every figure of one row: ``images`` are the study's images as one model left them, in order.
+
+    The images are consumed one at a time; only the part of each that the
+    ensemble figures need (the box around lesion and liver) is kept.
+    """
+    ensemble = {k: v for k, v in study.regions.items() if k in ("lesion", "liver")}
+    box = _bounding_box(ensemble.values())
+    crops, psnrs, ssims = [], [], []
+    halluc: dict[str, list[float]] = {name: [] for name in OOD_LABELS if name in study.regions}
+    slices_fit_ssim = min(study.target.shape[1:]) >= metrics.SSIM_WINDOW
+    for img in images:
+        psnrs.append(metrics.psnr(img, study.target))
+        if slices_fit_ssim:
+            ssims.append(metrics.ssim(img, study.target))
+        for name, values in halluc.items():
+            values.append(metrics.hallucination_score(img, study.target, study.regions[name], dilation=dilation))
+        if box is not None:
+            crops.append(img[box])
+    row: dict[str, float | None] = dict.fromkeys(COLUMNS)
+    if "lesion" in ensemble:
+        stack, lesion = np.stack(crops), ensemble["lesion"][box]
+        row["lesion_bias_pct"] = metrics.lesion_ensemble_bias(stack, study.target[box], lesion)
+        if study.truth is not None:
+            row["lesion_bias_truth_pct"] = metrics.bias_vs_truth(stack, study.truth[box], lesion)
+    if "liver" in ensemble and len(crops) >= 2:
+        row["liver_cov_pct"] = metrics.liver_cov(np.stack(crops), ensemble["liver"][box])
+    row["psnr_db"] = _mean(psnrs)
+    row["ssim"] = _mean(ssims)
+    for name, values in halluc.items():
+        row[f"hallucination_{name}_pct"] = _mean(values)
+    return row
+
+
+def _denoised(denoiser: Denoiser, images: list[np.ndarray]) -> Iterator[np.ndarray]:
+    for img in images:
+        yield denoiser(img)
+
+
+def evaluate_study(
+    denoisers: Mapping[str, Denoiser], study: StudyImages, *, dilation: int = 2, progress: bool = False
+) -> dict:
+    """Score the un-denoised images and every model's output on one study (a JSON-able dict)."""
+    from tqdm.auto import tqdm
+
+    try:
+        rows = {INPUT_ROW: score_images(study.images, study, dilation=dilation)}
+        for name, denoiser in tqdm(denoisers.items(), desc=f"study {study.id}", unit="model", disable=not progress):
+            rows[name] = score_images(_denoised(denoiser, study.images), study, dilation=dilation)
+    except ValueError as e:  # a degenerate study, e.g. a target that is 0 throughout the lesion
+        raise TgdpetError(f"study {study.id!r} cannot be scored: {e} Check its target and label map.") from None
+    return {
+        "study": study.id,
+        "images": study.kind,
+        "n_images": len(study.images),
+        "region_voxels": {name: int(mask.sum()) for name, mask in study.regions.items()},
+        "truth": study.truth is not None,
+        "rows": rows,
+    }
+
+
+def evaluate_models(
+    models: Mapping[str, ModelSpec],
+    study: StudyEntry,
+    *,
+    label_codes: Mapping[str, int],
+    truth: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    dilation: int = 2,
+    progress: bool = False,
+) -> dict:
+    """Evaluate models (name -> model file or :class:`ModelRecord`) on one study of a manifest.
+
+    ``precision`` defaults to fp32: bf16 moves outputs by ~0.1-0.3 %, the
+    size of the differences between models the paper reports.
+    """
+    denoisers = prepare_denoisers(models, device=device, precision=precision)
+    images = load_study_images(study, label_codes, truth)
+    return evaluate_study(denoisers, images, dilation=dilation, progress=progress)
+
+
+def evaluate_manifest(
+    manifest_path: str | os.PathLike,
+    models: Mapping[str, ModelSpec],
+    *,
+    study_id: str | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    dilation: int = 2,
+    progress: bool = False,
+) -> dict:
+    """Evaluate models on every ``test`` study of a manifest, or on the study named ``study_id``."""
+    manifest = load_manifest(manifest_path)
+    if study_id is not None:
+        studies = [s for s in manifest.studies if s.id == study_id]
+        if not studies:
+            raise TgdpetError(
+                f"{manifest.path} has no study {study_id!r}; its studies are {', '.join(s.id for s in manifest.studies)}."
+            )
+    else:
+        studies = manifest.split("test")
+        if not studies:
+            raise TgdpetError(f"{manifest.path} has no study with split 'test'; name one to evaluate with --study.")
+    denoisers = prepare_denoisers(models, device=device, precision=precision)
+    results = [
+        evaluate_study(
+            denoisers,
+            load_study_images(s, manifest.label_codes, truth_path(manifest, s)),
+            dilation=dilation,
+            progress=progress,
+        )
+        for s in studies
+    ]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "manifest": str(manifest.path),
+        "models": {name: (str(spec) if not isinstance(spec, ModelRecord) else None) for name, spec in models.items()},
+        "precision": precision,
+        "dilation_voxels": dilation,
+        "studies": results,
+    }
+
+
+def format_table(study_result: dict) -> str:
+    """A plain-text table of one study: a row per model, a column per figure it has."""
+    rows = study_result["rows"]
+    keys = [k for k in COLUMNS if any(r[k] is not None for r in rows.values())]
+    name_width = max(len("model"), *(len(n) for n in rows))
+    widths = [max(len(COLUMNS[k]), 8) for k in keys]
+
+    def fmt(key: str, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if key == "ssim" else f"{value:.2f}"
+
+    lines = [
+        f"study {study_result['study']} ({study_result['n_images']} image(s): {study_result['images']})",
+        "  ".join([f"{'model':<{name_width}}"] + [f"{COLUMNS[k]:>{w}}" for k, w in zip(keys, widths)]),
+    ]
+    lines.append("-" * len(lines[-1]))
+    for name, row in rows.items():
+        lines.append("  ".join([f"{name:<{name_width}}"] + [f"{fmt(k, row[k]):>{w}}" for k, w in zip(keys, widths)]))
+    return "\n".join(lines)
+
+
+def save_results(results: dict, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write evaluation results as JSON, atomically; refuses to replace a file without ``overwrite``."""
+    dest = check_can_write(path, overwrite)
+    with atomic_file(dest) as tmp:
+        tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return dest
