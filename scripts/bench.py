@@ -313,6 +313,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
+    if gpu:  # fp32 rows mean fp32, as in torch.mm; cuDNN would otherwise run fp32 convs in TF32
+        torch.backends.cudnn.allow_tf32 = False
     repeats = 3 if args.quick else 5
     auto = DTYPE_NAMES[autocast_dtype(device) or torch.float32]
     result: dict = {"machine": machine(device), "device": str(device), "quick": args.quick}

@@ -109,13 +109,16 @@ def _edit_series(folder: Path, edit: Callable[[pydicom.Dataset, int], None]) -> 
         ds.save_as(f)
 
 
-def _manifest(root: Path, edit: Callable[[dict], object]) -> str:
-    """A copy of the workspace's dataset whose manifest ``edit`` changed; returns the manifest path."""
+def _manifest(root: Path, edit: Callable[[dict], object] | str) -> str:
+    """A copy of the workspace's dataset whose manifest ``edit`` changed (or a string replaced); its path."""
     shutil.copytree(root / "data", root / "bad")
     path = root / "bad" / "manifest.json"
-    raw = json.loads(path.read_text())
-    out = edit(raw)
-    path.write_text(out if isinstance(out, str) else json.dumps(raw))
+    if isinstance(edit, str):
+        path.write_text(edit)
+    else:
+        raw = json.loads(path.read_text())
+        edit(raw)
+        path.write_text(json.dumps(raw))
     return "bad/manifest.json"
 
 
@@ -155,7 +158,7 @@ def _case_setups() -> dict[str, tuple[str, Callable[[Path], list[str]], str]]:
 
         return setup
 
-    def manifest(edit: Callable[[dict], object]):
+    def manifest(edit: Callable[[dict], object] | str):
         return lambda root: ["train", _manifest(root, edit), "-o", "run", *FAST]
 
     def bad_study_image(make: Callable[[Path], object]):
@@ -181,6 +184,7 @@ def _case_setups() -> dict[str, tuple[str, Callable[[Path], list[str]], str]]:
         return lambda root: ((root / name).mkdir(), list(args))[1]
 
     def two_series(root: Path) -> list[str]:
+        (root / "two").mkdir()
         write_test_series(root / "two" / "a")
         write_test_series(root / "two" / "b")
         return [*denoise, "two"]
@@ -282,7 +286,7 @@ def _case_setups() -> dict[str, tuple[str, Callable[[Path], list[str]], str]]:
         "manifest-missing-file": ("a manifest naming a file that is not there",
                                   manifest(lambda m: m["studies"][0]["inputs"].append("s000/gone.nii.gz")),
                                   "gone.nii.gz does not exist"),
-        "manifest-not-json": ("a manifest that is not JSON", manifest(lambda m: "{studies: ["), "not valid JSON"),
+        "manifest-not-json": ("a manifest that is not JSON", manifest("{studies: ["), "not valid JSON"),
         "manifest-no-studies": ("a manifest listing no studies", manifest(lambda m: m.update(studies=[])),
                                 "lists no studies"),
         "manifest-no-target": ("a study without `target`", manifest(lambda m: m["studies"][0].pop("target")),

@@ -16,7 +16,7 @@ from tgdpet.cli import main
 from tgdpet.data import intensity_scale, load_manifest
 from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import COLUMNS, evaluate_manifest, evaluate_models
-from tgdpet.io import Volume, write_volume
+from tgdpet.io import Volume, read_volume, write_volume
 from tgdpet.models import build_model
 
 SHAPE = (6, 16, 16)
@@ -105,8 +105,6 @@ def _assert_rows_equal(got: dict, expected: dict, rel: float = 1e-5) -> None:
 
 
 def _read_reals(manifest: Path) -> list[np.ndarray]:
-    from tgdpet.io import read_volume
-
     return [read_volume(p).data for p in load_manifest(manifest).studies[0].realisations]
 
 
@@ -147,16 +145,14 @@ def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp
     assert study["rows"]["input"]["lesion_bias_truth_pct"] is None  # no truth passed
 
 
-def test_halves_study_scores_the_mean_of_the_halves(tmp_path):
+def test_study_without_realisations_scores_its_full_input_not_its_halves(tmp_path):
     target = _target(_labels())
     rng = np.random.default_rng(3)
     halves = [target * rng.normal(1.0, 0.3, SHAPE) for _ in range(2)]
     manifest = _study(tmp_path, halves=halves, truth=False)
     (study,) = evaluate_manifest(manifest, {}, device="cpu")["studies"]
-    assert study["images"] == "halves" and study["n_images"] == 1
-    from tgdpet.io import read_volume
-
-    full = sum(read_volume(p).data for p in load_manifest(manifest).studies[0].halves) / np.float32(2)
+    assert study["images"] == "inputs" and study["n_images"] == 1
+    (full,) = (read_volume(p).data for p in load_manifest(manifest).studies[0].inputs)
     _assert_rows_equal(study["rows"]["input"], _expected_row([full], target, _labels()))
 
 

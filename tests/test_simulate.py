@@ -151,7 +151,7 @@ def _noise_figures(images: list[torch.Tensor], liver: torch.Tensor) -> tuple[flo
 
 
 def test_v1_noise_is_coarser_and_smoother_than_v2_on_the_same_counts(device):
-    grid = Grid(64, 32)
+    grid = Grid(96, 32)  # 5.3 mm pixels: fine enough for the two PSFs and filters to differ
     ph = build_phantom(PhantomSpec(seed=2, texture=False), grid, device)
     proj = projector_for(grid.size, grid.pixel_mm, str(device))
     rates = count_rates(ph, proj)
@@ -165,8 +165,8 @@ def test_v1_noise_is_coarser_and_smoother_than_v2_on_the_same_counts(device):
         mean = float(torch.stack(images).mean(0)[liver].mean() / ph.activity[liver].mean())
         assert 0.85 < mean < 1.2, (name, mean)  # quantitative images in Bq/mL
     (cov1, corr1), (cov2, corr2) = figures["v1"], figures["v2"]
-    assert corr1 > corr2 + 0.05
-    assert cov1 < 0.85 * cov2
+    assert corr1 > corr2 + 0.1  # measured 0.55 vs 0.31
+    assert cov1 < 0.85 * cov2  # measured 0.73 x
 
 
 def test_a_seed_reproduces_a_study_and_another_seed_does_not(device):

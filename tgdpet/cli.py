@@ -16,17 +16,37 @@ from .errors import TgdpetError
 
 
 class _Group(click.Group):
-    """A click group that turns user errors into one line and exit status 2."""
+    """A click group that turns user errors into one line and exit status 2.
+
+    Both kinds of user error end the same way: a :class:`TgdpetError` from the
+    library, and click's own usage errors (a bad option value, a missing
+    path), which click would otherwise print as four lines of usage and hint.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            _usage_error(ctx, e)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            _usage_error(ctx, e)
         except TgdpetError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; nothing was written under the output name.", err=True)
+            click.echo("Interrupted; outputs are written whole or not at all (continue a training run with --resume).", err=True)
             ctx.exit(130)
+
+
+def _usage_error(ctx: click.Context, e: click.UsageError) -> None:
+    """Print a click usage error as one line that names the command's --help, and exit 2."""
+    where = (e.ctx or ctx).command_path
+    click.echo(f"Error: {e.format_message()} See '{where} --help'.", err=True)
+    ctx.exit(e.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

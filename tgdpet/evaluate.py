@@ -5,15 +5,16 @@ For each test study every model denoises the same set of images, and
 long scan, the paper's reference T); the un-denoised images are scored too,
 as the row ``"input"``, so every figure has its baseline beside it.
 
-Which images a study contributes, in order of preference:
+Which images a study contributes:
 
-1. its ``realisations``: R i.i.d. equal-count images (the paper's 10 x 60 s);
-   this is what the ensemble figures (lesion bias, liver CoV) are defined on;
-2. otherwise, when it lists ``halves``: the full-count image, taken as the
-   mean of the two halves, as ``tgdpet n2n-online`` does (the paper's
-   out-of-distribution studies, where a per-study adapted model is compared
-   with the models it came from);
-3. otherwise its ``inputs``, each scored on its own and the scores averaged.
+- its ``realisations`` when it lists them: R i.i.d. equal-count images (the
+  paper's 10 x 60 s), what the ensemble figures (lesion bias, liver CoV) are
+  defined on;
+- otherwise its ``inputs``, each scored on its own and the scores averaged.
+  An out-of-distribution study written by ``tgdpet simulate`` has one input,
+  the full 120 s scan whose halves ``tgdpet n2n-online`` adapts a model on:
+  that full image is what the adapted model and its parents are compared on.
+  Its ``halves`` are training data and are not scored.
 
 Figures, per study and row (``None`` where a study lacks what a figure
 needs: a label, a truth image, two images for a CoV):
@@ -82,8 +83,7 @@ class StudyImages:
     """What one study's evaluation needs, in memory, all on the target's grid.
 
     ``regions`` holds the non-empty masks of the labels the figures use;
-    ``kind`` says where ``images`` came from (``realisations``, ``halves``
-    meaning their mean, or ``inputs``).
+    ``kind`` says where ``images`` came from (``realisations`` or ``inputs``).
     """
 
     id: str
@@ -124,9 +124,6 @@ def load_study_images(
     if study.realisations:
         images = [_read_on_grid(p, shape, study.id, "realisation") for p in study.realisations]
         kind = "realisations"
-    elif study.halves:
-        h1, h2 = (_read_on_grid(p, shape, study.id, "half") for p in study.halves)
-        images, kind = [(h1 + h2) / np.float32(2)], "halves"
     else:
         images = [_read_on_grid(p, shape, study.id, "input") for p in study.inputs]
         kind = "inputs"

@@ -3,7 +3,12 @@
 Writers write into a hidden temporary sibling in the same directory (so the
 final ``os.replace`` is a rename on one filesystem), fsync, then rename. A
 crash or ``kill -9`` leaves at most a ``.tmp-*`` sibling, never a half-written
-output under the real name.
+output under the real name. Such leftovers are hidden, never read back by
+tgdpet (its readers skip hidden entries) and safe to delete.
+
+The temporary files are created private (``mkstemp`` makes them 0600) and get
+the permissions an ordinary ``open()`` would give (0666 or 0777 less the
+umask) before they are renamed: outputs are shared like any other file.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ def check_can_write(path: str | os.PathLike, overwrite: bool) -> Path:
     return p
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; the restrictive stand-in is never looser)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -49,6 +61,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -70,6 +83,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     dest = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent or "."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
         if dest.exists():

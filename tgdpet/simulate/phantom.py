@@ -135,7 +135,7 @@ class Phantom:
 
 
 class _Canvas:
-    """Activity, mu and label volumes that shapes are painted onto in priority order."""
+    """SUV, mu and label volumes that shapes are painted onto in priority order."""
 
     def __init__(self, grid: Grid, device: torch.device):
         self.grid = grid
@@ -287,7 +287,7 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
     canvas.paint(organ((-85.0, -35.0, 305.0), (32.0, 50.0, 55.0), -30.0), uptake("spleen"), MU_SOFT, "spleen")
     kidney_suv = uptake("kidney")
     for side, d, angle in ((-1.0, 380.0, -20.0), (1.0, 390.0, 20.0)):
-        y = float(spine_y(np.array(d))) / so + 8.0
+        y = float(spine_y(np.array(d))) / so + 8.0  # beside the spine; organ() applies the scale
         canvas.paint(organ((62.0 * side, y, d), (28.0, 30.0, 55.0), angle), kidney_suv, MU_SOFT, "kidney")
     for _ in range(int(rng.integers(6, 11))):
         centre = (rng.uniform(-90, 90), rng.uniform(-20, 55), rng.uniform(400, 500))

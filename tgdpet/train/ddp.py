@@ -12,10 +12,10 @@ step, so all ranks keep identical weights.
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -73,24 +73,24 @@ def _rank_device(spec: str, env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-@contextlib.contextmanager
-def distributed(device_spec: str) -> Iterator[tuple[DistEnv, torch.device]]:
-    """Join the process group torchrun set up (if any) and yield this rank's place and device.
+def distributed(device_spec: str) -> tuple[DistEnv, torch.device]:
+    """Join the process group torchrun set up (if any); return this rank's place and device.
 
-    The group is created here and destroyed on exit, unless the caller had
-    already created one (then it is left as it was).
+    The group is created once per process and kept until the process exits,
+    so one process may run several workflows (train, then fine-tune):
+    re-creating a destroyed group on torchrun's store is not supported.
     """
     env = env_from_environ()
     device = _rank_device(device_spec, env)
-    created = False
     if env.is_distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        created = True
-    try:
-        yield env, device
-    finally:
-        if created:
-            dist.destroy_process_group()
+        atexit.register(_destroy)
+    return env, device
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -125,21 +125,21 @@ def train(
     Validation uses the manifest's ``val`` studies (best.safetensors is the
     lowest validation loss); without them the training loss selects it.
     """
-    with ddp.distributed(cfg.device) as (env, device):
-        manifest = load_manifest(data)
-        run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
-        train_studies, val, info = _data(manifest)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-        model = prepare_model(build_model(cfg.preset), cfg, device)
-        method = Method(model)
-        outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
-        patches = patch_dataset(train_studies, model, cfg, env)
-        result = fit(
-            model, method, patches, cfg,
-            device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
-        )  # fmt: skip
-        method.close()
-        return result
+    env, device = ddp.distributed(cfg.device)
+    manifest = load_manifest(data)
+    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    train_studies, val, info = _data(manifest)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = prepare_model(build_model(cfg.preset), cfg, device)
+    method = Method(model)
+    outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
+    patches = patch_dataset(train_studies, model, cfg, env)
+    result = fit(
+        model, method, patches, cfg,
+        device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
+    )  # fmt: skip
+    method.close()
+    return result
 
 
 def finetune(
@@ -160,31 +160,31 @@ def finetune(
     starting model's ``masks_history``: fine-tuning a TGD model again is
     TGD^2, with masks from its fine-tuned weights.
     """
-    with ddp.distributed(cfg.device) as (env, device):
-        manifest = load_manifest(data)
-        record = load_model(model_path, device)
-        run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
-        train_studies, val, info = _data(manifest)
-        model = prepare_model(record.model, cfg, device)
-        patches = patch_dataset(train_studies, model, cfg, env)
-        method = build_method(
-            model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None
-        )
-        outputs = Outputs(
-            run,
-            preset=record.preset,
-            base_history=record.masks_history,
-            provenance={
-                "workflow": "tgd-finetune",
-                "command": command,
-                "base_model": str(Path(model_path).resolve()),
-                "base_provenance": {k: record.provenance.get(k) for k in ("workflow", "data", "base_model")},
-                **info,
-            },
-        )
-        result = fit(
-            model, method, patches, cfg,
-            device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
-        )  # fmt: skip
-        method.close()
-        return result
+    env, device = ddp.distributed(cfg.device)
+    manifest = load_manifest(data)
+    record = load_model(model_path, device)
+    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    train_studies, val, info = _data(manifest)
+    model = prepare_model(record.model, cfg, device)
+    patches = patch_dataset(train_studies, model, cfg, env)
+    method = build_method(
+        model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None
+    )
+    outputs = Outputs(
+        run,
+        preset=record.preset,
+        base_history=record.masks_history,
+        provenance={
+            "workflow": "tgd-finetune",
+            "command": command,
+            "base_model": str(Path(model_path).resolve()),
+            "base_provenance": {k: record.provenance.get(k) for k in ("workflow", "data", "base_model")},
+            **info,
+        },
+    )
+    result = fit(
+        model, method, patches, cfg,
+        device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
+    )  # fmt: skip
+    method.close()
+    return result

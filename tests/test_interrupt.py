@@ -1,0 +1,242 @@
+"""Work killed at any moment (``kill -9``) leaves only complete files, and training resumes to the same weights.
+
+The killed commands run as real subprocesses (``python -m tgdpet.cli``). A
+kill is aimed either at the moment a file is being written (the poller sees
+its hidden ``.tmp-*`` sibling appear and kills at once) or at a random
+moment; after each one, every output present must be complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import make_volume, tree_snapshot, write_test_nifti, write_test_series
+from test_data import make_dataset
+
+from tgdpet.checkpoint import load_model, load_training_state, save_model
+from tgdpet.cli import main
+from tgdpet.io import read_volume
+from tgdpet.models import build_model
+from tgdpet.train import FinetuneConfig, TrainConfig, finetune, resolve_config, train
+from tgdpet.train.outputs import FILES, STATE
+
+# One optimiser step per epoch, so a run writes its checkpoint files after every step.
+LOOP = dict(device="cpu", amp=False, patch_size=16, batch_size=4, patches_per_epoch=4, seed=3)
+LOOP_ARGS = ["--device", "cpu", "--no-amp", "--patch-size", "16", "--batch-size", "4",
+             "--patches-per-epoch", "4", "--seed", "3", "--no-progress"]  # fmt: skip
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start ``tgdpet ARGS`` as its own process, with the thread count of this one (same arithmetic)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    log = open(cwd / f"log-{time.monotonic_ns()}.txt", "w")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen([sys.executable, "-m", "tgdpet.cli", *args], cwd=cwd, env=env, stdout=log, stderr=log)
+
+
+def temp_entries(folder: Path, name: str = "") -> list[str]:
+    """Hidden temporary siblings (of ``name``, or of anything) in ``folder``."""
+    try:
+        return [e.name for e in os.scandir(folder) if e.name.startswith(f".tmp-{name}")]
+    except FileNotFoundError:
+        return []
+
+
+def kill_when(proc: subprocess.Popen, folder: Path, *, writing: str | None = None, after: float | None = None,
+              timeout: float = 60.0) -> list[str]:
+    """``kill -9`` the process as soon as ``writing``'s temporary file appears in ``folder`` (or ``after`` s).
+
+    Returns the temporary files present at the kill ([] if the process ended first).
+    """
+    start = time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < timeout:
+        seen = temp_entries(folder, writing) if writing is not None else []
+        if seen or (after is not None and time.monotonic() - start >= after):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return seen
+        time.sleep(0.0002)
+    proc.wait(timeout=5)
+    return []
+
+
+def finish(proc: subprocess.Popen, cwd: Path) -> None:
+    assert proc.wait(timeout=120) == 0, "\n".join(p.read_text() for p in cwd.glob("log-*.txt"))
+
+
+def assert_complete_run_folder(run: Path) -> None:
+    """Whatever a killed run left under its real names is complete and loads; leftovers are hidden temporaries."""
+    for name in os.listdir(run):
+        assert name in FILES or name.startswith(".tmp-"), name
+    for model in run.glob("*.safetensors"):
+        load_model(model)
+    if (run / STATE).exists():
+        load_training_state(run / STATE)
+
+
+def state_dicts_equal(a: Path, b: Path) -> bool:
+    wa, wb = load_model(a).model.state_dict(), load_model(b).model.state_dict()
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metrics(run: Path) -> list[str]:
+    return (run / "metrics.jsonl").read_text().splitlines()
+
+
+def interrupt_and_resume(command: list[str], run: Path, kills: list[dict], cwd: Path) -> list[list[str]]:
+    """Run ``command`` (which writes to ``run``), killing it as each of ``kills`` says, then resume to the end.
+
+    After each kill the run folder is checked. The next leg resumes when a
+    training state exists and otherwise starts afresh (a run killed before its
+    first epoch ended has nothing to resume). Returns the temporaries each kill
+    interrupted.
+    """
+    interrupted = []
+    for kill in kills:
+        extra = ["--resume"] if (run / STATE).exists() else (["--overwrite"] if run.exists() else [])
+        interrupted.append(kill_when(launch(command + extra, cwd), run, **kill))
+        assert_complete_run_folder(run)
+    finish(launch(command + ["--resume"], cwd), cwd)
+    assert_complete_run_folder(run)
+    return interrupted
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n_train=1, n_val=1, shape=(4, 16, 16))
+
+
+@pytest.mark.slow
+def test_train_killed_anywhere_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, dataset):
+    epochs = 12
+    reference = tmp_path / "reference"
+    train(dataset, reference, resolve_config(TrainConfig, preset="tiny", epochs=epochs, **LOOP), progress_bar=False)
+
+    run = tmp_path / "run"
+    command = ["train", str(dataset), "-o", str(run), "--preset", "tiny", "--epochs", str(epochs), *LOOP_ARGS]
+    rng = random.Random(7)
+    kills = [
+        {"writing": "training_state.pt"},  # inside save_training_state: torch.save, the check read, fsync
+        {"writing": "last.safetensors"},  # inside save_model
+        {"after": rng.uniform(0.5, 4.0)},  # anywhere: start-up, a step, validation, a write
+        {"writing": ""},  # during whichever file is written next
+    ]
+    interrupted = interrupt_and_resume(command, run, kills, tmp_path)
+
+    assert any(".tmp-training_state.pt-" in n for seen in interrupted for n in seen), interrupted
+    assert any(".tmp-last.safetensors-" in n for seen in interrupted for n in seen), interrupted
+    for name in ("last.safetensors", "best.safetensors"):
+        assert state_dicts_equal(reference / name, run / name), name
+    assert metrics(run) != [] and [r[: r.index('"time_s"')] for r in metrics(run)] == [
+        r[: r.index('"time_s"')] for r in metrics(reference)
+    ]
+    assert load_training_state(run / STATE)["progress"]["step"] == epochs
+
+
+@pytest.mark.slow
+def test_tgd_finetune_killed_while_writing_resumes_to_the_same_weights(tmp_path, dataset):
+    torch.manual_seed(5)
+    base = tmp_path / "base.safetensors"
+    save_model(base, build_model("tiny"), preset="tiny")
+    epochs = 8
+    reference = tmp_path / "reference"
+    cfg = resolve_config(FinetuneConfig, epochs=epochs, phi=0.3, **LOOP)
+    finetune(base, dataset, reference, cfg, progress_bar=False)
+
+    run = tmp_path / "run"
+    command = ["tgd-finetune", str(base), str(dataset), "-o", str(run), "--phi", "0.3", "--epochs", str(epochs), *LOOP_ARGS]
+    interrupted = interrupt_and_resume(command, run, [{"writing": "training_state.pt"}, {"writing": "best"}], tmp_path)
+
+    assert all(seen for seen in interrupted), interrupted
+    assert state_dicts_equal(reference / "last.safetensors", run / "last.safetensors")
+    assert load_model(run / "last.safetensors").masks == load_model(reference / "last.safetensors").masks
+
+
+# --------------------------------------------------------------------------- atomic outputs of denoise
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, build_model("tiny"), preset="tiny")
+    return path
+
+
+def denoise_args(model: Path, src: str, out: str, *more: str) -> list[str]:
+    return ["denoise", "--model", str(model), "--device", "cpu", "--precision", "fp32", "--no-progress", src, "-o", out,
+            *more]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["nifti", "dicom"])
+def test_denoise_killed_while_writing_leaves_nothing_under_the_output_name(tmp_path, model_file, kind):
+    # Big enough (4 M voxels) that writing takes a while; the kill lands while the temporary output exists.
+    work = tmp_path / "work"
+    work.mkdir()
+    volume = make_volume(shape=(64, 256, 256) if kind == "nifti" else (48, 128, 128))
+    if kind == "nifti":
+        src, out = "study.nii.gz", "study_dn.nii.gz"
+        write_test_nifti(work / src, volume)
+    else:
+        src, out = "study", "study_dn"
+        write_test_series(work / src, volume)
+    inputs = tree_snapshot(work)
+
+    seen = kill_when(launch(denoise_args(model_file, src, out), work), work, writing=out)
+    assert seen, "the process ended before its output was written"
+    assert not (work / out).exists()  # nothing under the output name...
+    assert all(name.startswith(".") for name in seen)  # ...only a hidden temporary sibling
+    assert tree_snapshot(work) == {**inputs, **{k: v for k, v in tree_snapshot(work).items() if k.startswith(".tmp-")}}
+
+    # The next run is not confused by the leftover: no --overwrite needed, and its output is complete.
+    result = CliRunner().invoke(main, denoise_args(model_file, str(work / src), str(work / out)))
+    assert result.exit_code == 0, result.output
+    assert {k: v for k, v in tree_snapshot(work).items() if k.split("/")[0] == src or k == src} == inputs
+    written = read_volume(work / out).data
+    assert written.shape == volume.shape and np.isfinite(written).all()
+
+
+def test_outputs_are_not_replaced_without_overwrite_and_inputs_never_change(tmp_path, model_file):
+    src = write_test_nifti(tmp_path / "study.nii.gz")
+    write_test_series(tmp_path / "series")
+    inputs = tree_snapshot(tmp_path)
+    runner = CliRunner()
+    for name in ("study.nii.gz", "series"):
+        out = tmp_path / f"{name}_out" if name == "series" else tmp_path / "study_out.nii.gz"
+        assert runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out))).exit_code == 0
+        first = tree_snapshot(tmp_path)
+        again = runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out)))
+        assert again.exit_code == 2 and "--overwrite" in again.stderr
+        assert tree_snapshot(tmp_path) == first
+        assert runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out), "--overwrite")).exit_code == 0
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers after success
+    # even with --overwrite, an output over the input is refused
+    over = runner.invoke(main, denoise_args(model_file, str(src), str(src), "--overwrite"))
+    assert over.exit_code == 2 and "would replace the input" in over.stderr
+    assert {k: v for k, v in tree_snapshot(tmp_path).items() if k in inputs} == inputs
+
+
+def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path, model_file):
+    """Temporary files are private (0600); the renamed output must not stay so (others must read results)."""
+    old = os.umask(0o022)
+    try:
+        write_test_nifti(tmp_path / "a.nii.gz")
+        write_test_series(tmp_path / "s")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.nii.gz").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in (tmp_path / "s").iterdir())
+    shutil.rmtree(tmp_path / "s")
