@@ -66,10 +66,15 @@ def main() -> None:
         panels.append((f"{p} 60 s\nliver CoV {cov:.0f} %, corr {corr:.2f}", images[1]))
     panels += [(f"{p} 600 s target", study.images[p][0].cpu()) for p in ("v1", "v2")]
 
+    body = (phantom.labels > 0).cpu()
+    rows = body.any(dim=(0, 2)).nonzero()[[0, -1], 0].tolist()  # crop the empty field of view
+    cols = body.any(dim=(0, 1)).nonzero()[[0, -1], 0].tolist()
+    crop_y, crop_x = slice(max(rows[0] - 3, 0), rows[1] + 4), slice(max(cols[0] - 3, 0), cols[1] + 4)
     aspect = config.grid.slice_mm / config.grid.pixel_mm
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 8.6), height_ratios=(1, 1.5))
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 7.4), height_ratios=(1, 2))
     for col, (title, volume) in enumerate(panels):
-        axial, coronal = volume[k] * suv, volume[:, row, :].flip(0) * suv
+        axial = volume[k, crop_y, crop_x] * suv
+        coronal = volume[:, row, crop_x].flip(0) * suv
         axes[0, col].imshow(axial, cmap="gray_r", vmin=0, vmax=7)
         axes[1, col].imshow(coronal, cmap="gray_r", vmin=0, vmax=7, aspect=aspect)
         axes[0, col].set_title(title, fontsize=10)

@@ -442,7 +442,8 @@ def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesio
         realisations=realisations, seed=seed, dicom=dicom, device=device, progress=not no_progress,
     )  # fmt: skip
     manifests = write_dataset(out, config, overwrite=overwrite)
-    click.echo(f"Wrote {len(config.studies)} studies to {out}: " + ", ".join(str(m) for m in manifests.values()))
+    n = len(config.studies)
+    click.echo(f"Wrote {n} {'study' if n == 1 else 'studies'} to {out}: " + ", ".join(str(m) for m in manifests.values()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,10 +96,6 @@ class Projector:
         self._entries = (rows.int(), cols.int(), w)  # kept (compactly) to cut OSEM subsets from
         self._subsets: dict[int, list[Subset]] = {}
 
-    @property
-    def nnz(self) -> int:
-        return int(self._entries[2].numel())
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Line integrals (value x mm) of ``(..., ny, nx)`` images: sinograms ``(..., n_angles, n_bins)``."""
         lead = image.shape[:-2]

@@ -136,7 +136,7 @@ def _osem(counts, tau, per_subset, uniform, additive, fov, model, protocol: Prot
     b, z, n_pix = len(counts), grid.slices, grid.size**2
     y = torch.stack([_columns(c) for c in counts], dim=1)  # (rows, b, z)
     net = (y - tau.view(1, -1, 1) * additive.unsqueeze(1)).clamp_min(0).sum(dim=(0, 2))
-    start = net / (tau * uniform.sum())
+    start = (net / (tau * uniform.sum())).clamp_min(1e-6)  # > 0, or the multiplicative updates stay at 0
     x = (fov.unsqueeze(1) * start.view(1, -1, 1)).expand(n_pix, b, z).contiguous()
     y_sub = [y[s.rows] for s, *_ in per_subset]
     inv_tau = (1.0 / tau).view(1, -1, 1)
