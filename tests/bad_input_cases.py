@@ -6,10 +6,12 @@ through the real CLI and asserts the contract (exit status 2, one line
 ``scripts/bad_inputs_table.py`` runs the same cases to print the table of
 ``docs/bad-inputs.md``, so the documented messages are the real ones.
 
-Each case builds its bad input in a folder that already holds good ones
-(see :func:`build_workspace`) and returns the command line to run there; the
-command runs with that folder as the working directory, so messages name
-short relative paths.
+A case is a function registered with :func:`case`: it builds its bad input
+in a folder that already holds good ones (see :func:`build_workspace`) and
+returns the command line to run there. The command runs with that folder as
+the working directory, so messages name short relative paths. Case ids start
+with the kind of input (``nifti-``, ``dicom-``, ``manifest-``, ``config-``,
+``model-``, ``cli-``, ``simulate-``, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import os
 import shlex
 import shutil
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +65,32 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Case:
+    """One malformed input: what is wrong, how to build it, and what the message must say."""
+
+    id: str
+    what: str
+    setup: Callable[[Path], list[str]]
+    match: str
+
+
+CASES: list[Case] = []
+
+
+def case(what: str, match: str) -> Callable[[Callable[[Path], list[str]]], Callable[[Path], list[str]]]:
+    """Register the decorated ``setup(root) -> command line`` as a case named after it (``_`` -> ``-``).
+
+    ``match`` is a regular expression the one-line message must contain.
+    """
+
+    def register(setup: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+        CASES.append(Case(setup.__name__.replace("_", "-"), what, setup, match))
+        return setup
+
+    return register
+
+
+@dataclass(frozen=True)
 class Result:
     exit_code: int
     stdout: str
@@ -68,17 +98,21 @@ class Result:
 
 
 def run_cli(args: list[str], cwd: Path) -> Result:
-    """Run ``tgdpet ARGS`` in-process (click's CliRunner) with ``cwd`` as the working directory."""
+    """Run ``tgdpet ARGS`` in-process (click's CliRunner) with ``cwd`` as the working directory.
+
+    Its stderr is what a user would see: warnings Python would print and the
+    traceback of a crash are added to it.
+    """
     old = Path.cwd()
     os.chdir(cwd)
     try:
-        r = CliRunner().invoke(main, args, catch_exceptions=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = CliRunner().invoke(main, args, prog_name="tgdpet", catch_exceptions=True)
     finally:
         os.chdir(old)
-    stderr = r.stderr
-    if r.exception is not None and not isinstance(r.exception, SystemExit):  # a crash: show it like Python would
-        import traceback
-
+    stderr = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught) + r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
         stderr += "".join(traceback.format_exception(r.exception))
     return Result(r.exit_code, r.stdout, stderr)
 
@@ -86,11 +120,12 @@ def run_cli(args: list[str], cwd: Path) -> Result:
 # --------------------------------------------------------------------------- making bad files
 
 
-def _nifti(path: Path, shape: tuple[int, ...]) -> None:
+def _nifti(path: Path, shape: tuple[int, ...]) -> Path:
     nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)).to_filename(path)
+    return path
 
 
-def _lying_nifti(path: Path, shape: tuple[int, ...]) -> None:
+def _lying_nifti(path: Path, shape: tuple[int, ...]) -> Path:
     """A small NIfTI file whose header claims ``shape``."""
     hdr = nib.Nifti1Header()
     hdr.set_data_shape(shape)
@@ -99,22 +134,31 @@ def _lying_nifti(path: Path, shape: tuple[int, ...]) -> None:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 4096)
+    return path
 
 
-def _edit_series(folder: Path, edit: Callable[[pydicom.Dataset, int], None]) -> None:
-    """Apply ``edit(ds, k)`` to every slice file of a series (k = position in sorted file order)."""
-    for k, f in enumerate(sorted(folder.iterdir())):
+def _with_voxel(path: Path, value: float) -> Path:
+    volume = make_volume()
+    volume.data[3, 5, 5] = value
+    return write_test_nifti(path, volume)
+
+
+def _bad_series(root: Path, edit: Callable[[pydicom.Dataset, int], None]) -> str:
+    """A copy of the workspace's series with ``edit(ds, k)`` applied to slice file k (sorted order)."""
+    shutil.copytree(root / "series", root / "bad_series")
+    for k, f in enumerate(sorted((root / "bad_series").iterdir())):
         ds = pydicom.dcmread(f)
         edit(ds, k)
         ds.save_as(f)
+    return "bad_series"
 
 
-def _manifest(root: Path, edit: Callable[[dict], object] | str) -> str:
+def _bad_manifest(root: Path, edit: Callable[[dict], object] | str = "") -> str:
     """A copy of the workspace's dataset whose manifest ``edit`` changed (or a string replaced); its path."""
     shutil.copytree(root / "data", root / "bad")
     path = root / "bad" / "manifest.json"
     if isinstance(edit, str):
-        path.write_text(edit)
+        path.write_text(edit or path.read_text())
     else:
         raw = json.loads(path.read_text())
         edit(raw)
@@ -134,193 +178,376 @@ class _Payload:
         return (Path.touch, (Path("UNPICKLED"),))
 
 
-def _case_setups() -> dict[str, tuple[str, Callable[[Path], list[str]], str]]:
-    """id -> (what is wrong, setup(root) -> command line, regex the message must match)."""
-    train = ["train", "data", "-o", "run", *FAST]
-    finetune = ["tgd-finetune", "model.safetensors", "data", "-o", "run", *FAST]
-    denoise = ["denoise", "--model", "model.safetensors", "--device", "cpu", "--no-progress"]
-
-    def with_file(name: str, make: Callable[[Path], object], args: Callable[[str], list[str]]):
-        def setup(root: Path) -> list[str]:
-            make(root / name)
-            return args(name)
-
-        return setup
-
-    def den(name: str, make: Callable[[Path], object]):
-        return with_file(name, make, lambda n: [*denoise, n])
-
-    def series(edit: Callable[[pydicom.Dataset, int], None]):
-        def setup(root: Path) -> list[str]:
-            shutil.copytree(root / "series", root / "bad_series")
-            _edit_series(root / "bad_series", edit)
-            return [*denoise, "bad_series"]
-
-        return setup
-
-    def manifest(edit: Callable[[dict], object] | str):
-        return lambda root: ["train", _manifest(root, edit), "-o", "run", *FAST]
-
-    def bad_study_image(make: Callable[[Path], object]):
-        def edit_and_make(root: Path) -> list[str]:
-            args = ["train", _manifest(root, lambda m: None), "-o", "run", *FAST]
-            make(root / "bad" / "s000" / "noisy_2.nii.gz")
-            return args
-
-        return edit_and_make
-
-    def config(text: str, command: list[str] = train):
-        return lambda root: [*command, "--config", _yaml(root, text)]
-
-    def plain(args: list[str]):
-        return lambda root: list(args)
-
-    def existing_run(root: Path) -> list[str]:
-        (root / "run").mkdir()
-        (root / "run" / "config.yaml").write_text("seed: 0\n")
-        return train
-
-    def mkdir(name: str, args: list[str]):
-        return lambda root: ((root / name).mkdir(), list(args))[1]
-
-    def two_series(root: Path) -> list[str]:
-        (root / "two").mkdir()
-        write_test_series(root / "two" / "a")
-        write_test_series(root / "two" / "b")
-        return [*denoise, "two"]
-
-    def existing_output(root: Path) -> list[str]:
-        (root / "scan_denoised.nii.gz").write_bytes(b"an earlier result")
-        return [*denoise, "scan.nii.gz"]
-
-    def nan_volume(path: Path) -> None:
-        vol = make_volume()
-        vol.data[3, 5, 5] = np.nan
-        write_test_nifti(path, vol)
-
-    def foreign_safetensors(path: Path) -> None:
-        save_file({"encoder.weight": torch.zeros(4, 4)}, path, metadata={"framework": "someone-else"})
-
-    def other_shapes(root: Path) -> list[str]:
-        args = ["train", _manifest(root, lambda m: None), "-o", "run", *FAST]
-        vol = make_volume(shape=(4, 20, 16))
-        write_test_nifti(root / "bad" / "s000" / "noisy_2.nii.gz", vol, overwrite=True)
-        return args
-
-    return {
-        # ------------------------------------------------ command-line values
-        "negative-phi": ("`--phi -0.1`", plain(["score-kse", "model.safetensors", "--phi", "-0.1"]), "between 0 and 1"),
-        "phi-above-1": ("`--phi 1.5` for tgd-finetune", plain([*finetune, "--phi", "1.5"]), "between 0 and 1"),
-        "phis-not-numbers": ("`--phis a,b`", plain(["score-kse", "model.safetensors", "--drop", "--phis", "a,b"]),
-                             "comma-separated numbers"),
-        "zero-epochs": ("`--epochs 0`", plain([*train, "--epochs", "0"]), "epochs must be positive"),
-        "negative-lr": ("`--lr -0.001`", plain([*train, "--lr", "-0.001"]), "lr must be positive"),
-        "batch-above-epoch": ("`--batch-size 16 --patches-per-epoch 8`",
-                              plain([*train, "--batch-size", "16", "--patches-per-epoch", "8"]), "smaller than one batch"),
-        "patch-above-image": ("`--patch-size 64` on 16 x 16 slices", plain([*train, "--patch-size", "64"]),
-                              "smaller than the 64x64 patches"),
-        "unknown-preset": ("`--preset huge`", plain([*train, "--preset", "huge"]), "unknown preset 'huge'"),
-        "unknown-device": ("`--device tpu`", plain([*train, "--device", "tpu"]), "unknown device 'tpu'"),
-        "absent-gpu": ("`--device cuda:7`", plain([*denoise, "--device", "cuda:7", "scan.nii.gz"]), "cuda:7"),
-        "fp16-on-cpu": ("`--precision fp16 --device cpu`", plain([*denoise, "--precision", "fp16", "scan.nii.gz"]),
-                        "fp16 is for CUDA"),
-        "zero-batch-slices": ("`--batch-slices 0`", plain([*denoise, "--batch-slices", "0", "scan.nii.gz"]),
-                              "--batch-slices"),
-        "unknown-method": ("`--method sgd`", plain([*finetune, "--method", "sgd"]), "'sgd' is not one of"),
-        "missing-data": ("a data path that does not exist", plain(["train", "nowhere", "-o", "run", *FAST]),
-                         "'nowhere' does not exist"),
-        "empty-data-folder": ("an empty folder as training data", mkdir("empty", ["train", "empty", "-o", "run", *FAST]),
-                              "no dataset manifest"),
-        "resume-nothing": ("`--resume` where no run was started", plain([*train, "--resume"]), "nothing to resume"),
-        "run-exists": ("`--out` holding an earlier run, without `--overwrite`", existing_run, "already holds files"),
-        # ------------------------------------------------ model files
-        "model-missing": ("`--model` that does not exist", plain([*denoise[:1], "--model", "gone.safetensors",
-                                                                 "--device", "cpu", "scan.nii.gz"]), "does not exist"),
-        "model-pickle": ("a torch.save pickle (with a code payload) as model",
-                         with_file("evil.pt", lambda p: torch.save({"w": _Payload()}, p),
-                                   lambda n: [*denoise[:1], "--model", n, "--device", "cpu", "scan.nii.gz"]),
-                         "PyTorch pickle checkpoint"),
-        "model-foreign": ("a safetensors file from another project",
-                          with_file("other.safetensors", foreign_safetensors, lambda n: ["score-kse", n]),
-                          "not a tgdpet model"),
-        "model-truncated": ("a model file cut short",
-                            with_file("cut.safetensors", lambda p: p.write_bytes((p.parent / "model.safetensors")
-                                                                                  .read_bytes()[:5000]),
-                                      lambda n: ["tgd-finetune", n, "data", "-o", "run", *FAST]),
-                            "truncated"),
-        # ------------------------------------------------ NIfTI
-        "nifti-missing": ("a scan that does not exist", plain([*denoise, "gone.nii.gz"]), "does not exist"),
-        "nifti-nan": ("a NaN voxel in the scan", den("nan.nii.gz", nan_volume), "NaN or infinite voxels"),
-        "nifti-4d": ("a 4-D NIfTI (2 frames)", den("dyn.nii.gz", lambda p: _nifti(p, (16, 16, 4, 2))), "4-D with 2 frames"),
-        "nifti-2d": ("a 2-D NIfTI", den("flat.nii", lambda p: _nifti(p, (16, 16))), "2-D image"),
-        "nifti-truncated": ("a .nii cut in half",
-                            den("short.nii", lambda p: p.write_bytes((_nifti(p, (16, 16, 8)), p.read_bytes())[1][:2000])),
-                            "is truncated"),
-        "nifti-garbage": ("random bytes named .nii.gz", den("noise.nii.gz", lambda p: p.write_bytes(os.urandom(700))),
-                          "not a readable NIfTI"),
-        "nifti-huge": ("a NIfTI header claiming 4096^3 voxels", den("huge.nii", lambda p: _lying_nifti(p, (4096,) * 3)),
-                       "more than the"),
-        "nifti-bomb": ("a .nii.gz claiming 512^3 voxels in 5 kB", den("bomb.nii.gz", lambda p: _lying_nifti(p, (512,) * 3)),
-                       "can hold"),
-        "not-an-image": ("a text file as scan", den("notes.txt", lambda p: p.write_text("hello\n")),
-                         "neither a NIfTI file"),
-        "output-format": ("`-o out.nrrd`", plain([*denoise, "scan.nii.gz", "-o", "out.nrrd"]), "looks like a .nrrd"),
-        "output-exists": ("an existing output, without `--overwrite`", existing_output, "already exists"),
-        # ------------------------------------------------ DICOM
-        "dicom-empty": ("an empty folder as scan", mkdir("empty", [*denoise, "empty"]), "is empty"),
-        "dicom-missing-slice": ("a series with a slice missing",
-                                lambda root: (shutil.copytree(root / "series", root / "bad_series"),
-                                              sorted((root / "bad_series").iterdir())[4].unlink(),
-                                              [*denoise, "bad_series"])[2],
-                                r"1 slice\(s\) missing"),
-        "dicom-ct": ("a CT series", series(lambda ds, k: setattr(ds, "Modality", "CT")), "not PET"),
-        "dicom-two-series": ("a folder holding two series", two_series, "holds 2 series"),
-        "dicom-truncated": ("a slice with truncated pixel data",
-                            series(lambda ds, k: setattr(ds, "PixelData", ds.PixelData[:100]) if k == 3 else None),
-                            "truncated"),
-        "dicom-huge": ("a slice header claiming 60000 x 60000 pixels",
-                       series(lambda ds, k: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000)) if k == 0
-                              else None),
-                       "declares 60000 x 60000 pixels"),
-        # ------------------------------------------------ manifests
-        "manifest-missing-file": ("a manifest naming a file that is not there",
-                                  manifest(lambda m: m["studies"][0]["inputs"].append("s000/gone.nii.gz")),
-                                  "gone.nii.gz does not exist"),
-        "manifest-not-json": ("a manifest that is not JSON", manifest("{studies: ["), "not valid JSON"),
-        "manifest-no-studies": ("a manifest listing no studies", manifest(lambda m: m.update(studies=[])),
-                                "lists no studies"),
-        "manifest-no-target": ("a study without `target`", manifest(lambda m: m["studies"][0].pop("target")),
-                               "lacks 'target'"),
-        "manifest-bad-split": ("a study in split `training`", manifest(lambda m: m["studies"][0].update(split="training")),
-                               "unknown split 'training'"),
-        "manifest-duplicate-id": ("two studies with one id",
-                                  manifest(lambda m: m["studies"].append(dict(m["studies"][0]))), "twice"),
-        "manifest-4d-image": ("a manifest naming a 4-D NIfTI", bad_study_image(lambda p: _nifti(p, (16, 16, 4, 2))),
-                              "4-D with 2 frames"),
-        "manifest-grid-mismatch": ("an input on another grid than its target", other_shapes, "same grid"),
-        # ------------------------------------------------ configs
-        "config-unknown-key": ("a `--config` with an unknown key", config("epochs: 2\nlearning_rate: 0.1\n"),
-                               "unknown keys learning_rate"),
-        "config-wrong-type": ("a `--config` value of the wrong type", config("lr: fast\n"), "'lr' must be a float"),
-        "config-not-mapping": ("a `--config` that is a list", config("- 1\n- 2\n"), "must hold a mapping"),
-        "config-not-yaml": ("a `--config` that is not YAML", config("epochs: [1, 2\n"), "not valid YAML"),
-        "config-bad-phi": ("a `--config` with `phi: 2`", config("phi: 2\n", finetune), "between 0 and 1"),
-        "config-missing": ("a `--config` that does not exist", plain([*train, "--config", "gone.yaml"]),
-                           "'gone.yaml' does not exist"),
-    }
+TRAIN = ["train", "data", "-o", "run", *FAST]
+FINETUNE = ["tgd-finetune", "model.safetensors", "data", "-o", "run", *FAST]
+DENOISE = ["denoise", "--model", "model.safetensors", "--device", "cpu", "--no-progress"]
+SIMULATE = ["simulate", "sim", "--studies", "1", "--slices", "4", "--device", "cpu", "--no-progress"]
+SMALL_SIMULATE = [*SIMULATE, "--size", "16"]
 
 
-@dataclass(frozen=True)
-class Case:
-    """One malformed input: what is wrong, how to build it, and what the message must say."""
-
-    id: str
-    what: str
-    setup: Callable[[Path], list[str]]
-    match: str
+# --------------------------------------------------------------------------- command-line values
 
 
-CASES: list[Case] = [Case(k, what, setup, match) for k, (what, setup, match) in _case_setups().items()]
+@case("`--phi -0.1`", "between 0 and 1")
+def cli_negative_phi(root: Path) -> list[str]:
+    return ["score-kse", "model.safetensors", "--phi", "-0.1"]
+
+
+@case("`--phi 1.5` for tgd-finetune", "between 0 and 1")
+def cli_phi_above_1(root: Path) -> list[str]:
+    return [*FINETUNE, "--phi", "1.5"]
+
+
+@case("`--phis a,b`", "comma-separated numbers")
+def cli_phis_not_numbers(root: Path) -> list[str]:
+    return ["score-kse", "model.safetensors", "--drop", "--phis", "a,b"]
+
+
+@case("`--epochs 0`", "epochs must be positive")
+def cli_zero_epochs(root: Path) -> list[str]:
+    return [*TRAIN, "--epochs", "0"]
+
+
+@case("`--lr -0.001`", "lr must be positive")
+def cli_negative_lr(root: Path) -> list[str]:
+    return [*TRAIN, "--lr", "-0.001"]
+
+
+@case("`--batch-size 16 --patches-per-epoch 8`", "smaller than one batch")
+def cli_batch_above_epoch(root: Path) -> list[str]:
+    return [*TRAIN, "--batch-size", "16", "--patches-per-epoch", "8"]
+
+
+@case("`--patch-size 64` on 16 x 16 slices", "smaller than the 64x64 patches")
+def cli_patch_above_image(root: Path) -> list[str]:
+    return [*TRAIN, "--patch-size", "64"]
+
+
+@case("`--preset huge`", "unknown preset 'huge'")
+def cli_unknown_preset(root: Path) -> list[str]:
+    return [*TRAIN, "--preset", "huge"]
+
+
+@case("`--device tpu`", "unknown device 'tpu'")
+def cli_unknown_device(root: Path) -> list[str]:
+    return [*TRAIN, "--device", "tpu"]
+
+
+@case("`--device cuda:7` (no such GPU)", "cuda:7")
+def cli_absent_gpu(root: Path) -> list[str]:
+    return ["denoise", "--model", "model.safetensors", "--device", "cuda:7", "scan.nii.gz"]
+
+
+@case("`--precision fp16 --device cpu`", "fp16 is for CUDA")
+def cli_fp16_on_cpu(root: Path) -> list[str]:
+    return [*DENOISE, "--precision", "fp16", "scan.nii.gz"]
+
+
+@case("`--batch-slices 0`", "--batch-slices")
+def cli_zero_batch_slices(root: Path) -> list[str]:
+    return [*DENOISE, "--batch-slices", "0", "scan.nii.gz"]
+
+
+@case("`--method sgd`", "'sgd' is not one of")
+def cli_unknown_method(root: Path) -> list[str]:
+    return [*FINETUNE, "--method", "sgd"]
+
+
+@case("`-o` with two inputs", "single input")
+def cli_out_for_two_inputs(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "series", "-o", "out.nii.gz"]
+
+
+@case("a data path that does not exist", "'nowhere' does not exist")
+def cli_missing_data(root: Path) -> list[str]:
+    return ["train", "nowhere", "-o", "run", *FAST]
+
+
+@case("an empty folder as training data", "no dataset manifest")
+def cli_empty_data_folder(root: Path) -> list[str]:
+    (root / "empty").mkdir()
+    return ["train", "empty", "-o", "run", *FAST]
+
+
+@case("`--resume` where no run was started", "nothing to resume")
+def cli_resume_nothing(root: Path) -> list[str]:
+    return [*TRAIN, "--resume"]
+
+
+@case("`--out` holding an earlier run, without `--overwrite`", "already holds files")
+def cli_run_exists(root: Path) -> list[str]:
+    (root / "run").mkdir()
+    (root / "run" / "config.yaml").write_text("seed: 0\n")
+    return TRAIN
+
+
+# --------------------------------------------------------------------------- model files
+
+
+@case("`--model` that does not exist", "does not exist")
+def model_missing(root: Path) -> list[str]:
+    return ["denoise", "--model", "gone.safetensors", "--device", "cpu", "scan.nii.gz"]
+
+
+@case("a torch.save pickle (with a code payload) as model", "PyTorch pickle checkpoint")
+def model_pickle(root: Path) -> list[str]:
+    torch.save({"convs.0.weight": _Payload()}, root / "evil.pt")
+    return ["denoise", "--model", "evil.pt", "--device", "cpu", "scan.nii.gz"]
+
+
+@case("a safetensors file from another project", "not a tgdpet model")
+def model_foreign(root: Path) -> list[str]:
+    save_file({"encoder.weight": torch.zeros(4, 4)}, root / "other.safetensors", metadata={"framework": "other"})
+    return ["score-kse", "other.safetensors"]
+
+
+@case("a model file cut short", "truncated")
+def model_truncated(root: Path) -> list[str]:
+    (root / "cut.safetensors").write_bytes((root / "model.safetensors").read_bytes()[:5000])
+    return ["tgd-finetune", "cut.safetensors", "data", "-o", "run", *FAST]
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+
+@case("a scan that does not exist", "does not exist")
+def nifti_missing(root: Path) -> list[str]:
+    return [*DENOISE, "gone.nii.gz"]
+
+
+@case("a NaN voxel in the scan", "NaN or infinite voxels")
+def nifti_nan(root: Path) -> list[str]:
+    return [*DENOISE, _with_voxel(root / "nan.nii.gz", np.nan).name]
+
+
+@case("an infinite voxel in the scan", "NaN or infinite voxels")
+def nifti_inf(root: Path) -> list[str]:
+    return [*DENOISE, _with_voxel(root / "inf.nii", np.inf).name]
+
+
+@case("a 4-D NIfTI (2 frames)", "4-D with 2 frames")
+def nifti_4d(root: Path) -> list[str]:
+    return [*DENOISE, _nifti(root / "dyn.nii.gz", (16, 16, 4, 2)).name]
+
+
+@case("a 2-D NIfTI", "2-D image")
+def nifti_2d(root: Path) -> list[str]:
+    return [*DENOISE, _nifti(root / "flat.nii", (16, 16)).name]
+
+
+@case("a .nii cut short", "is truncated")
+def nifti_truncated(root: Path) -> list[str]:
+    whole = _nifti(root / "short.nii", (16, 16, 8))
+    whole.write_bytes(whole.read_bytes()[:2000])
+    return [*DENOISE, "short.nii"]
+
+
+@case("random bytes named .nii.gz", "not a readable NIfTI")
+def nifti_garbage(root: Path) -> list[str]:
+    (root / "noise.nii.gz").write_bytes(np.random.default_rng(0).bytes(700))
+    return [*DENOISE, "noise.nii.gz"]
+
+
+@case("a NIfTI header claiming 4096^3 voxels", "more than the")
+def nifti_huge(root: Path) -> list[str]:
+    return [*DENOISE, _lying_nifti(root / "huge.nii", (4096,) * 3).name]
+
+
+@case("a .nii.gz claiming 512^3 voxels in 5 kB", "can hold")
+def nifti_bomb(root: Path) -> list[str]:
+    return [*DENOISE, _lying_nifti(root / "bomb.nii.gz", (512,) * 3).name]
+
+
+@case("a text file as scan", "neither a NIfTI file")
+def nifti_not_an_image(root: Path) -> list[str]:
+    (root / "notes.txt").write_text("hello\n")
+    return [*DENOISE, "notes.txt"]
+
+
+@case("`-o out.nrrd`", "looks like a .nrrd")
+def nifti_output_format(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "-o", "out.nrrd"]
+
+
+@case("an existing output, without `--overwrite`", "already exists")
+def nifti_output_exists(root: Path) -> list[str]:
+    (root / "scan_denoised.nii.gz").write_bytes(b"an earlier result")
+    return [*DENOISE, "scan.nii.gz"]
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+@case("an empty folder as scan", "is empty")
+def dicom_empty_folder(root: Path) -> list[str]:
+    (root / "empty").mkdir()
+    return [*DENOISE, "empty"]
+
+
+@case("a series with a slice missing", r"1 slice\(s\) missing")
+def dicom_missing_slice(root: Path) -> list[str]:
+    shutil.copytree(root / "series", root / "bad_series")
+    sorted((root / "bad_series").iterdir())[4].unlink()
+    return [*DENOISE, "bad_series"]
+
+
+@case("a CT series", "not PET")
+def dicom_ct(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "Modality", "CT"))]
+
+
+@case("a folder holding two series", "holds 2 series")
+def dicom_two_series(root: Path) -> list[str]:
+    (root / "two").mkdir()
+    write_test_series(root / "two" / "a")
+    write_test_series(root / "two" / "b")
+    return [*DENOISE, "two"]
+
+
+@case("a slice with truncated pixel data", "truncated")
+def dicom_truncated(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "PixelData", ds.PixelData[:100]) if k == 3 else None)]
+
+
+@case("a RescaleSlope that overflows float32 (1e39)", "beyond the range of float32")
+def dicom_slope_overflow(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "RescaleSlope", "1e39") if k == 2 else None)]
+
+
+@case("a slice header claiming 60000 x 60000 pixels", "declares 60000 x 60000 pixels")
+def dicom_huge(root: Path) -> list[str]:
+    def claim(ds: pydicom.Dataset, k: int) -> None:
+        if k == 0:
+            ds.Rows = ds.Columns = 60000
+
+    return [*DENOISE, _bad_series(root, claim)]
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+@case("a manifest naming a file that is not there", "gone.nii.gz does not exist")
+def manifest_missing_file(root: Path) -> list[str]:
+    manifest = _bad_manifest(root, lambda m: m["studies"][0]["inputs"].append("s000/gone.nii.gz"))
+    return ["train", manifest, "-o", "run", *FAST]
+
+
+@case("a manifest that is not JSON", "not valid JSON")
+def manifest_not_json(root: Path) -> list[str]:
+    return ["train", _bad_manifest(root, "{studies: ["), "-o", "run", *FAST]
+
+
+@case("a manifest listing no studies", "lists no studies")
+def manifest_no_studies(root: Path) -> list[str]:
+    return ["train", _bad_manifest(root, lambda m: m.update(studies=[])), "-o", "run", *FAST]
+
+
+@case("a study without `target`", "lacks 'target'")
+def manifest_no_target(root: Path) -> list[str]:
+    return ["train", _bad_manifest(root, lambda m: m["studies"][0].pop("target")), "-o", "run", *FAST]
+
+
+@case("a study in split `training`", "unknown split 'training'")
+def manifest_bad_split(root: Path) -> list[str]:
+    return ["train", _bad_manifest(root, lambda m: m["studies"][0].update(split="training")), "-o", "run", *FAST]
+
+
+@case("two studies with one id", "twice")
+def manifest_duplicate_id(root: Path) -> list[str]:
+    return ["train", _bad_manifest(root, lambda m: m["studies"].append(dict(m["studies"][0]))), "-o", "run", *FAST]
+
+
+@case("a manifest naming a 4-D NIfTI", "4-D with 2 frames")
+def manifest_4d_image(root: Path) -> list[str]:
+    manifest = _bad_manifest(root)
+    _nifti(root / "bad" / "s000" / "noisy_2.nii.gz", (16, 16, 4, 2))
+    return ["train", manifest, "-o", "run", *FAST]
+
+
+@case("an input on another grid than its target", "same grid")
+def manifest_grid_mismatch(root: Path) -> list[str]:
+    manifest = _bad_manifest(root)
+    write_test_nifti(root / "bad" / "s000" / "noisy_2.nii.gz", make_volume(shape=(4, 20, 16)), overwrite=True)
+    return ["train", manifest, "-o", "run", *FAST]
+
+
+# --------------------------------------------------------------------------- n2n-online, evaluate, simulate
+
+
+@case("Noise2Noise halves on different grids", "different grids")
+def n2n_halves_on_two_grids(root: Path) -> list[str]:
+    write_test_nifti(root / "half1.nii.gz", make_volume(shape=(8, 16, 16)))
+    write_test_nifti(root / "half2.nii.gz", make_volume(shape=(8, 20, 16)))
+    return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
+
+
+@case("`evaluate` on a manifest without test studies", "no study with split 'test'")
+def evaluate_no_test_study(root: Path) -> list[str]:
+    return ["evaluate", "data", "--device", "cpu", "--no-progress"]
+
+
+@case("`evaluate --model` without NAME=", "must be NAME=PATH")
+def evaluate_model_without_name(root: Path) -> list[str]:
+    return ["evaluate", "data", "--model", "model.safetensors"]
+
+
+@case("`simulate --size 8`", "size 8 is out of range")
+def simulate_size(root: Path) -> list[str]:
+    return [*SIMULATE, "--size", "8"]
+
+
+@case("`simulate --levels 30,soon`", "comma-separated seconds")
+def simulate_levels_not_numbers(root: Path) -> list[str]:
+    return [*SMALL_SIMULATE, "--levels", "30,soon"]
+
+
+@case("`simulate --levels 900` (longer than the scan)", "between 0 and the 600 s")
+def simulate_level_too_long(root: Path) -> list[str]:
+    return [*SMALL_SIMULATE, "--levels", "900"]
+
+
+@case("`simulate --protocols v3`", "unknown protocol 'v3'")
+def simulate_protocol(root: Path) -> list[str]:
+    return [*SMALL_SIMULATE, "--protocols", "v3"]
+
+
+@case("`simulate` into an existing folder, without `--overwrite`", "already exists")
+def simulate_exists(root: Path) -> list[str]:
+    (root / "sim").mkdir()
+    return SMALL_SIMULATE
+
+
+# --------------------------------------------------------------------------- configs (--config YAML)
+
+
+@case("a `--config` with an unknown key", "unknown keys learning_rate")
+def config_unknown_key(root: Path) -> list[str]:
+    return [*TRAIN, "--config", _yaml(root, "epochs: 2\nlearning_rate: 0.1\n")]
+
+
+@case("a `--config` value of the wrong type", "'lr' must be a float")
+def config_wrong_type(root: Path) -> list[str]:
+    return [*TRAIN, "--config", _yaml(root, "lr: fast\n")]
+
+
+@case("a `--config` that is a list", "must hold a mapping")
+def config_not_mapping(root: Path) -> list[str]:
+    return [*TRAIN, "--config", _yaml(root, "- 1\n- 2\n")]
+
+
+@case("a `--config` that is not YAML", "not valid YAML")
+def config_not_yaml(root: Path) -> list[str]:
+    return [*TRAIN, "--config", _yaml(root, "epochs: [1, 2\n")]
+
+
+@case("a `--config` with `phi: 2`", "between 0 and 1")
+def config_bad_phi(root: Path) -> list[str]:
+    return [*FINETUNE, "--config", _yaml(root, "phi: 2\n")]
+
+
+@case("a `--config` that does not exist", "'gone.yaml' does not exist")
+def config_missing(root: Path) -> list[str]:
+    return [*TRAIN, "--config", "gone.yaml"]
 
 
 def command_text(args: list[str]) -> str:

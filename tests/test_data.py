@@ -58,7 +58,8 @@ def make_dataset(root: Path, n_train: int = 2, n_val: int = 1, shape=(6, 32, 32)
             name = f"{sid}/noisy_{int(level)}.nii.gz"
             write_volume(Volume(noisy(clean, level, rng), AFFINE), root / name)
             inputs.append(name)
-        entry = {"id": sid, "split": "train" if i < n_train else "val", "target": f"{sid}/target.nii.gz", "inputs": inputs}
+        split = "train" if i < n_train else "val"
+        entry = {"id": sid, "split": split, "target": f"{sid}/target.nii.gz", "inputs": inputs}
         if halves:
             entry["halves"] = []
             for h in (1, 2):
@@ -99,7 +100,10 @@ def _write(tmp_path: Path, content) -> Path:
     [
         ([{"id": "a", "inputs": ["s000/noisy_2.nii.gz"]}], "lacks 'target'"),
         ([{"id": "a", "target": "s000/target.nii.gz", "inputs": ["nope.nii.gz"]}], "nope.nii.gz does not exist"),
-        ([{"id": "a", "split": "training", "target": "s000/target.nii.gz", "inputs": ["s000/noisy_2.nii.gz"]}], "unknown split 'training'"),
+        (
+            [{"id": "a", "split": "training", "target": "s000/target.nii.gz", "inputs": ["s000/noisy_2.nii.gz"]}],
+            "unknown split 'training'",
+        ),
         ([{"id": "a", "target": "s000/target.nii.gz", "inputs": []}], "has no inputs"),
         ([{"id": "a", "target": "s000/target.nii.gz", "inputs": "s000/noisy_2.nii.gz"}], "must be a list"),
         ([{"id": "a", "target": "s000/target.nii.gz", "inputs": ["s000/noisy_2.nii.gz"]}] * 2, "twice"),
@@ -163,6 +167,14 @@ def test_patches_shape_and_determinism(dataset):
         ds[8]
     with pytest.raises(TgdpetError, match="smaller than the 64x64 patches"):
         PatchDataset(studies, patch_size=64, in_slices=3, length=8, seed=0)
+
+
+def test_patches_do_not_depend_on_the_number_of_workers(dataset):
+    ds = PatchDataset(load_studies(load_manifest(dataset), "train"), patch_size=16, in_slices=3, length=16, seed=3)
+    ds.set_epoch(2)
+    serial = list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0))
+    parallel = list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(serial, parallel))
 
 
 def test_patch_pairs_share_the_input_scale():

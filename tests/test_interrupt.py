@@ -1,13 +1,17 @@
 """Work killed at any moment (``kill -9``) leaves only complete files, and training resumes to the same weights.
 
 The killed commands run as real subprocesses (``python -m tgdpet.cli``). A
-kill is aimed either at the moment a file is being written (the poller sees
-its hidden ``.tmp-*`` sibling appear and kills at once) or at a random
-moment; after each one, every output present must be complete.
+kill is aimed either at a file being written (the poller sees its hidden
+``.tmp-*`` sibling appear, or start to hold data, and kills at once) or at a
+random moment; after each one, every output present must be complete. A
+temporary still there after the kill proves the kill landed mid-write; a
+writer that bypassed the temporaries would never be killed mid-write, and
+fails these tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +31,7 @@ from test_data import make_dataset
 
 from tgdpet.checkpoint import load_model, load_training_state, save_model
 from tgdpet.cli import main
+from tgdpet.data import load_manifest
 from tgdpet.io import read_volume
 from tgdpet.models import build_model
 from tgdpet.tgd import masks_to_lists
@@ -50,30 +55,42 @@ def launch(args: list[str], cwd: Path, logs: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "tgdpet.cli", *args], cwd=cwd, env=env, stdout=log, stderr=log)
 
 
-def temp_entries(folder: Path, name: str = "") -> list[str]:
-    """Hidden temporary siblings (of ``name``, or of anything) in ``folder``."""
+def temp_entries(folder: Path, name: str = "", *, written: bool = False) -> set[str]:
+    """Hidden temporary siblings (of ``name``, or of anything) in ``folder``; with ``written``, only those
+    that already hold data (a file with bytes, a folder with files): a write is under way."""
+    found = set()
     try:
-        return [e.name for e in os.scandir(folder) if e.name.startswith(f".tmp-{name}")]
+        for e in os.scandir(folder):
+            if e.name.startswith(f".tmp-{name}"):
+                with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                    if not written or (any(os.scandir(e.path)) if e.is_dir() else e.stat().st_size > 0):
+                        found.add(e.name)
     except FileNotFoundError:
-        return []
+        pass
+    return found
 
 
-def kill_when(proc: subprocess.Popen, folder: Path, *, writing: str | None = None, after: float | None = None,
-              timeout: float = 60.0) -> list[str]:
-    """``kill -9`` the process as soon as a new temporary file of ``writing`` appears in ``folder`` (or ``after`` s).
+def kill_when(proc: subprocess.Popen, folder: Path, *, writing: str | None = None, written: bool = False,
+              delay: float = 0.0, after: float | None = None, timeout: float = 60.0) -> list[str]:
+    """``kill -9`` the process ``delay`` s after a new temporary file of ``writing`` appears in ``folder``
+    (with ``written``: once it holds data), or ``after`` s after the start.
 
-    Returns the new temporary files present at the kill ([] if the process ended first).
+    Returns the new temporary files still present after the kill: non-empty
+    when the kill interrupted a write ([] too when the process ended first).
     """
     start = time.monotonic()
-    earlier = set(temp_entries(folder))  # leftovers of earlier kills
+    earlier = temp_entries(folder)  # leftovers of earlier kills
     while proc.poll() is None and time.monotonic() - start < timeout:
-        seen = sorted(set(temp_entries(folder, writing)) - earlier) if writing is not None else []
-        if seen or (after is not None and time.monotonic() - start >= after):
+        if (writing is not None and temp_entries(folder, writing, written=written) - earlier) or (
+            after is not None and time.monotonic() - start >= after
+        ):
+            time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return seen
+            return sorted(temp_entries(folder) - earlier)
         time.sleep(0.0002)
-    proc.wait(timeout=5)
+    proc.kill()
+    proc.wait()
     return []
 
 
@@ -137,10 +154,10 @@ def test_train_killed_anywhere_resumes_to_the_weights_of_an_uninterrupted_run(tm
     command = ["train", str(dataset), "-o", str(run), "--preset", "tiny", "--epochs", str(epochs), *LOOP_ARGS]
     rng = random.Random(7)
     kills = [
-        {"writing": "training_state.pt"},  # inside save_training_state: torch.save, the check read, fsync
-        {"writing": "last.safetensors"},  # inside save_model
+        {"writing": "training_state.pt", "written": True},  # in save_training_state, with bytes already written
+        {"writing": "last.safetensors"},  # inside save_model's atomic write
+        {"writing": "", "delay": rng.uniform(0, 0.02)},  # during, or just after, whichever file is written next
         {"after": rng.uniform(0.5, 4.0)},  # anywhere: start-up, a step, validation, a write
-        {"writing": ""},  # during whichever file is written next
     ]
     interrupted = interrupt_and_resume(command, run, kills, tmp_path / "logs")
 
@@ -163,8 +180,10 @@ def test_tgd_finetune_killed_while_writing_resumes_to_the_same_weights(tmp_path,
     finetune(base, dataset, reference, cfg, progress_bar=False)
 
     run = tmp_path / "run"
-    command = ["tgd-finetune", str(base), str(dataset), "-o", str(run), "--phi", "0.3", "--epochs", str(epochs), *LOOP_ARGS]
-    interrupted = interrupt_and_resume(command, run, [{"writing": "training_state.pt"}, {"writing": "best"}], tmp_path / "logs")
+    kills = [{"writing": "training_state.pt", "written": True}, {"writing": "best"}]
+    command = ["tgd-finetune", str(base), str(dataset), "-o", str(run), "--phi", "0.3", "--epochs", str(epochs),
+               *LOOP_ARGS]  # fmt: skip
+    interrupted = interrupt_and_resume(command, run, kills, tmp_path / "logs")
 
     assert all(seen for seen in interrupted), interrupted
     assert state_dicts_equal(reference / "last.safetensors", run / "last.safetensors")
@@ -203,7 +222,8 @@ def test_denoise_killed_while_writing_leaves_nothing_under_the_output_name(tmp_p
         write_test_series(work / src, volume)
     inputs = tree_snapshot(work)
 
-    seen = kill_when(launch(denoise_args(model_file, src, out), work, tmp_path / "logs"), work, writing=out)
+    denoising = launch(denoise_args(model_file, src, out), work, tmp_path / "logs")
+    seen = kill_when(denoising, work, writing=out, written=True)
     assert seen, "the process ended before its output was written"
     assert not (work / out).exists()  # nothing under the output name, only a hidden temporary sibling
     assert {k: v for k, v in tree_snapshot(work).items() if not k.startswith(".tmp-")} == inputs
@@ -214,6 +234,25 @@ def test_denoise_killed_while_writing_leaves_nothing_under_the_output_name(tmp_p
     assert {k: v for k, v in tree_snapshot(work).items() if k in inputs} == inputs
     written = read_volume(work / out).data
     assert written.shape == volume.shape and np.isfinite(written).all()
+
+
+@pytest.mark.slow
+def test_simulate_killed_while_writing_leaves_nothing_under_the_output_name(tmp_path, monkeypatch):
+    args = ["simulate", "sim", "--studies", "2", "--size", "32", "--slices", "8", "--levels", "30,60", "--protocols",
+            "v1", "--no-test-study", "--ood", "none", "--device", "cpu", "--no-progress"]  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    seen = kill_when(launch(args, work, tmp_path / "logs"), work, writing="sim", written=True)
+    assert seen and not (work / "sim").exists()
+    assert all(name.startswith(".tmp-sim-") for name in os.listdir(work))
+
+    # The leftover is no obstacle: the next run needs no --overwrite, and writes a complete dataset.
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(work / "sim" / "v1")
+    assert [s.id for s in manifest.studies] == ["s000", "s001"]
+    assert all(read_volume(p).shape == (8, 32, 32) for s in manifest.studies for p in (s.target, *s.inputs))
 
 
 def test_outputs_are_not_replaced_without_overwrite_and_inputs_never_change(tmp_path, model_file):
@@ -228,7 +267,8 @@ def test_outputs_are_not_replaced_without_overwrite_and_inputs_never_change(tmp_
         again = runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out)))
         assert again.exit_code == 2 and "--overwrite" in again.stderr
         assert tree_snapshot(tmp_path) == first
-        assert runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out), "--overwrite")).exit_code == 0
+        replaced = runner.invoke(main, denoise_args(model_file, str(tmp_path / name), str(out), "--overwrite"))
+        assert replaced.exit_code == 0
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers after success
     # even with --overwrite, an output over the input is refused
     over = runner.invoke(main, denoise_args(model_file, str(src), str(src), "--overwrite"))
@@ -236,7 +276,7 @@ def test_outputs_are_not_replaced_without_overwrite_and_inputs_never_change(tmp_
     assert {k: v for k, v in tree_snapshot(tmp_path).items() if k in inputs} == inputs
 
 
-def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path, model_file):
+def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path):
     """Temporary files are private (0600); the renamed output must not stay so (others must read results)."""
     old = os.umask(0o022)
     try:

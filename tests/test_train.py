@@ -18,9 +18,10 @@ from tgdpet.data import PatchDataset, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume
 from tgdpet.kse import bn_after
-from tgdpet.models import build_model
+from tgdpet.models import build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
+from tgdpet.train.loop import amp_dtype
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
 
@@ -122,8 +123,10 @@ def test_run_folder_rules(tmp_path, dataset):
     train(dataset, out, train_cfg(iterations=2), progress_bar=False)
     with pytest.raises(TgdpetError, match="already holds files"):
         train(dataset, out, train_cfg(iterations=2), progress_bar=False)
+    config = (out / "config.yaml").read_text()
     with pytest.raises(TgdpetError, match="cannot resume.*lr"):
         train(dataset, out, train_cfg(iterations=4, lr=0.01), resume=True, progress_bar=False)
+    assert (out / "config.yaml").read_text() == config
     with pytest.raises(TgdpetError, match="nothing to resume"):
         train(dataset, tmp_path / "new", train_cfg(iterations=2), resume=True, progress_bar=False)
     train(dataset, out, train_cfg(iterations=3), overwrite=True, progress_bar=False)
@@ -135,6 +138,17 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path, dataset):
     with pytest.raises(TgdpetError, match="training diverged"):
         train(dataset, out, train_cfg(epochs=2, lr=1e12), progress_bar=False)
     assert not (out / "last.safetensors").exists() and not (out / "training_state.pt").exists()
+
+
+def test_amp_choice_and_bf16_training(tmp_path, dataset):
+    cpu = torch.device("cpu")
+    assert amp_dtype(False, cpu, get_config("paper")) is None
+    assert amp_dtype(None, cpu, get_config("tiny")) is None  # bf16 does not pay for narrow nets on CPU
+    assert amp_dtype(True, cpu, get_config("tiny")) == torch.bfloat16
+    result = train(dataset, tmp_path / "bf16", train_cfg(iterations=3, amp=True), progress_bar=False)
+    assert np.isfinite(result.progress.history[-1]["train_loss"])
+    saved = weights(tmp_path / "bf16" / "last.safetensors").values()
+    assert all(t.dtype == torch.float32 for t in saved if t.is_floating_point())
 
 
 def test_config_errors(tmp_path):
@@ -240,12 +254,18 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
     runner = CliRunner()
     common = ["--device", "cpu", "--no-amp", "--patch-size", "16", "--batch-size", "16", "--no-progress"]
     out = tmp_path / "run"
-    args = ["train", str(dataset), "--out", str(out), "--preset", "tiny", "--iterations", "2", "--patches-per-epoch", "32"]
+    args = ["train", str(dataset), "--out", str(out), "--preset", "tiny", "--iterations", "2"]
+    args += ["--patches-per-epoch", "32"]
     res = runner.invoke(main, args + common)
     assert res.exit_code == 0, res.output
     assert "Done: 2 steps" in res.output and (out / "best.safetensors").exists()
     res = runner.invoke(main, args + common)
     assert res.exit_code == 2 and "already holds files" in res.output
+    # --resume takes the run's own settings (preset, patches per epoch) from its config.yaml
+    res = runner.invoke(main, ["train", str(dataset), "--out", str(out), "--resume", "--iterations", "4"] + common)
+    assert res.exit_code == 0, res.output
+    assert "Done: 4 steps" in res.output and "config.yaml" in res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["iterations"] == 4
 
     study = load_manifest(dataset).studies[0]
     denoised, adapted = tmp_path / "denoised.nii.gz", tmp_path / "adapted.safetensors"

@@ -146,7 +146,9 @@ def _study_entry(raw: object, index: int, root: Path, manifest: Path) -> StudyEn
         raise TgdpetError(f"{where} is not a JSON object; every study needs 'id', 'target' and 'inputs'.")
     missing = [k for k in ("id", "target", "inputs") if k not in raw]
     if missing:
-        raise TgdpetError(f"{where} lacks {', '.join(repr(k) for k in missing)}; every study needs 'id', 'target' and 'inputs'.")
+        raise TgdpetError(
+            f"{where} lacks {', '.join(repr(k) for k in missing)}; every study needs 'id', 'target' and 'inputs'."
+        )
     sid = raw["id"]
     if not isinstance(sid, str) or not sid:
         raise TgdpetError(f"{where}: 'id' must be a non-empty string; fix the manifest.")
@@ -190,7 +192,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     if not isinstance(raw, dict) or not isinstance(raw.get("studies"), list):
         raise TgdpetError(f"{file} has no 'studies' list; see docs/architecture.md for the manifest format.")
     if raw.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-        raise TgdpetError(f"{file} has format {raw['format']!r}, not {MANIFEST_FORMAT!r}; pass a tgdpet dataset manifest.")
+        raise TgdpetError(
+            f"{file} has format {raw['format']!r}, not {MANIFEST_FORMAT!r}; pass a tgdpet dataset manifest."
+        )
     if raw.get("version", MANIFEST_VERSION) != MANIFEST_VERSION:
         raise TgdpetError(
             f"{file} has manifest version {raw['version']!r}; this tgdpet reads version {MANIFEST_VERSION}."

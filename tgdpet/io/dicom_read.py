@@ -20,13 +20,21 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.uid import RLELossless
 
 from ..errors import TgdpetError
 from .acquisition import meta_from_dataset, units_from_dataset
 from .geometry import affine_from_dicom, slice_normal
-from .volume import Volume, check_voxel_count
+from .volume import Volume, allocate, check_voxel_count
 
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError)
+#: How many pixel bytes one byte of a compressed DICOM file can decode to, at most. RLE's runs
+#: expand at most 64-fold (2 bytes -> 128). Other codecs have no hard limit, but no real PET
+#: slice comes near 1100:1 (a 512 x 512 slice of 16-bit pixels is 512 KiB; its DICOM header
+#: alone is over 1 KiB). A header claiming more is refused before the volume is allocated.
+_MAX_EXPANSION = {RLELossless: 64}
+_DEFAULT_MAX_EXPANSION = 1100
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _DECODE_ERRORS = (OSError, ValueError, RuntimeError, NotImplementedError, TypeError, AttributeError)
 #: What every slice needs to be placed and sized: keyword -> (tag, number of values).
 _GEOMETRY_TAGS = {
@@ -84,8 +92,8 @@ def _choose_series(folder: Path, series: dict[str, list[tuple[Path, Dataset]]], 
     if series_uid is None:
         if len(series) > 1:
             raise TgdpetError(
-                f"the folder {folder} holds {len(series)} series: {listing}; name the one to read with "
-                "series_uid=... (--series-uid)."
+                f"the folder {folder} holds {len(series)} series: {listing}; move the series to use into a folder "
+                "of its own (in Python, read_volume(..., series_uid=...) picks one)."
             )
         return next(iter(series.values()))
     if series_uid not in series:
@@ -140,13 +148,18 @@ def _check_slice(path: Path, ds: Dataset) -> None:
             f"{path} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); give the PET series itself."
         )
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if ts is not None and not ts.is_compressed:
-        needed = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
-        if needed > path.stat().st_size:
-            raise TgdpetError(
-                f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes) but the file holds only "
-                f"{path.stat().st_size:,} bytes; the file is truncated or its header is damaged, re-export the series."
-            )
+    needed = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    size = path.stat().st_size
+    if ts is not None and not ts.is_compressed and needed > size:
+        raise TgdpetError(
+            f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes) but the file holds only "
+            f"{size:,} bytes; the file is truncated or its header is damaged, re-export the series."
+        )
+    if ts is not None and ts.is_compressed and needed > _MAX_EXPANSION.get(ts, _DEFAULT_MAX_EXPANSION) * size:
+        raise TgdpetError(
+            f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes), more than its {size:,} bytes of "
+            f"{ts.name} data can hold; the header is damaged, re-export the series."
+        )
 
 
 def _check_same_grid(slices: list[tuple[Path, Dataset]]) -> np.ndarray:
@@ -246,7 +259,14 @@ def _slice_pixels(path: Path, rows: int, columns: int) -> np.ndarray:
         raise TgdpetError(f"cannot decode the pixel data of {path} ({e}); re-export the series uncompressed.") from None
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return pixels.astype(np.float64) * slope + intercept
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = pixels.astype(np.float64) * slope + intercept
+    if not (np.isfinite(values).all() and np.abs(values).max(initial=0.0) <= _FLOAT32_MAX):
+        raise TgdpetError(
+            f"{path} has RescaleSlope {slope:g} and RescaleIntercept {intercept:g}, which scale its pixels beyond "
+            "the range of float32 images; the header is damaged, re-export the series."
+        )
+    return values
 
 
 def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
@@ -268,7 +288,7 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     slices, affine = _sorted_geometry(slices)
     rows, columns = int(slices[0][1].Rows), int(slices[0][1].Columns)
     check_voxel_count((len(slices), rows, columns), f"the series in {path}")
-    data = np.empty((len(slices), rows, columns), np.float32)
+    data = allocate((len(slices), rows, columns), f"the series in {path}")
     for k, (p, _) in enumerate(slices):
         pixels = _slice_pixels(p, rows, columns)
         if pixels.shape != (rows, columns):

@@ -23,7 +23,7 @@ from nibabel.volumeutils import array_to_file
 
 from ..errors import TgdpetError
 from ..files import atomic_file
-from .volume import Volume, check_voxel_count
+from .volume import Volume, check_voxel_count, out_of_memory
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -76,7 +76,8 @@ def _pick_frame(path: Path, shape: tuple[int, ...], frame: int | None) -> tuple[
     if frame is None:
         if frames > 1:
             raise TgdpetError(
-                f"{path} is 4-D with {frames} frames; choose one with frame=N (--frame N), 0 <= N < {frames}."
+                f"{path} is 4-D with {frames} frames; save the frame to use as a 3-D image first "
+                f"(in Python, read_volume(..., frame=N) reads frame N, 0 <= N < {frames})."
             )
     elif not 0 <= frame < frames:
         raise TgdpetError(
@@ -103,6 +104,8 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
         data = np.array(xyz.transpose(2, 1, 0), dtype=np.float32, order="C", copy=True)
     except _READ_ERRORS as e:
         raise _damaged(path, e) from None
+    except MemoryError:
+        raise out_of_memory(shape3[::-1], path) from None
     note = _UNITS_NOTE.search(header["descrip"].tobytes().decode("latin-1"))
     return Volume(
         data=data,

@@ -108,6 +108,27 @@ def check_voxel_count(shape: tuple[int, ...], where: object) -> None:
         )
 
 
+def out_of_memory(shape: tuple[int, ...], where: object) -> TgdpetError:
+    """The error for a volume within :data:`MAX_VOXELS` that still does not fit in memory.
+
+    That is the user's data meeting their machine (or the process's memory
+    limit), not a bug, so it is said in one sentence rather than a traceback.
+    """
+    gib = float(np.prod(shape, dtype=np.float64)) * 4 / 2**30
+    return TgdpetError(
+        f"{where} needs {gib:.1f} GiB of memory for its {' x '.join(str(s) for s in shape)} voxels, more than "
+        "this machine could give; free memory or use a machine with more."
+    )
+
+
+def allocate(shape: tuple[int, ...], where: object) -> np.ndarray:
+    """An uninitialised float32 array for a volume of ``shape``, or :func:`out_of_memory`'s error."""
+    try:
+        return np.empty(shape, np.float32)
+    except MemoryError:
+        raise out_of_memory(shape, where) from None
+
+
 def check_finite(data: np.ndarray, where: object, allow_nonfinite: bool) -> None:
     """Refuse NaN/Inf voxels, which would silently poison normalisation and training."""
     if allow_nonfinite:
@@ -115,6 +136,6 @@ def check_finite(data: np.ndarray, where: object, allow_nonfinite: bool) -> None
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise TgdpetError(
-            f"{where} holds {bad:,} NaN or infinite voxels; fix the image, or read it with "
-            "allow_nonfinite=True (--allow-nonfinite) if you really want to process it."
+            f"{where} holds {bad:,} NaN or infinite voxels; replace them (e.g. by 0) and save the image again "
+            "(in Python, read_volume(..., allow_nonfinite=True) reads it as it is)."
         )

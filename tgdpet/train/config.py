@@ -55,7 +55,7 @@ class LoopConfig:
     seed: int = 0
     flips: bool = True
     device: str = "auto"
-    amp: bool | None = None  # None: on where it pays (CUDA, and CPUs with bf16 matrix units)
+    amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
     channels_last: bool = True
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
     val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice

@@ -8,6 +8,10 @@ the device is CUDA, or the CPU (Gloo). Every rank draws its own patches
 rank 0 alone validates, logs and writes files. TGD hooks and masks live on
 the inner module, and every rank restores its frozen entries after each
 step, so all ranks keep identical weights.
+
+Every rank loads the whole dataset into its own memory, and with
+``--resume`` every rank reads the training state from ``--out``: on several
+machines, ``--out`` must be on a filesystem they all see.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ def env_from_environ() -> DistEnv:
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise TgdpetError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; start multi-GPU runs with torchrun.") from None
+        raise TgdpetError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be integers; start multi-GPU runs with torchrun."
+        ) from None
     return DistEnv(rank=rank, world_size=max(world, 1), local_rank=local)
 
 
 def _rank_device(spec: str, env: DistEnv) -> torch.device:
+    """The user's device; under torchrun on CUDA, this rank's own GPU (``cuda:LOCAL_RANK``)."""
     device = resolve_device(spec)
     if not env.is_distributed or device.type != "cuda":
         return device

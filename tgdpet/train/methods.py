@@ -4,16 +4,16 @@ A method decides which parameters the optimiser sees, how the model is put
 in train mode, what is added to the loss, what happens after each optimiser
 step, and what is recorded in the saved model:
 
-- ``plain``  training from scratch: everything trains.
-- ``all``    plain fine-tuning of every layer.
-- ``tgd``    Targeted Gradient Descent (:mod:`tgdpet.tgd`): only kernels whose
-             output maps have KSE < phi are retrained; frozen kernels and
-             their BN parameters and running statistics come out bit-identical.
-- ``last3``  the paper's FT-net: only the last three conv blocks (convs[-3:]
-             and their BatchNorms) train; the other BatchNorms run in eval
-             mode so their running statistics stay as they were.
-- ``ewc``    Elastic Weight Consolidation: plain fine-tuning plus
-             ``lambda * sum_i F_i (theta_i - theta*_i)^2``.
+- ``scratch`` training from scratch: everything trains.
+- ``all``     plain fine-tuning of every layer.
+- ``tgd``     Targeted Gradient Descent (:mod:`tgdpet.tgd`): only kernels whose
+              output maps have KSE < phi are retrained; frozen kernels and
+              their BN parameters and running statistics come out bit-identical.
+- ``last3``   the paper's FT-net: only the last three conv blocks (convs[-3:]
+              and their BatchNorms) train; the other BatchNorms run in eval
+              mode so their running statistics stay as they were.
+- ``ewc``     Elastic Weight Consolidation: plain fine-tuning plus
+              ``lambda * sum_i F_i (theta_i - theta*_i)^2``.
 
 EWC's Fisher. Classic EWC estimates the Fisher information on the *old*
 task's data, which TGD's setting does not have (that is its premise). We use
@@ -22,8 +22,9 @@ the practical substitute: the diagonal empirical Fisher of the *old model*
 patches of the squared per-patch gradient of the MSE loss. It measures how
 much each parameter matters to what the old network does on the images at
 hand. F is divided by its mean over all parameters, so ``--ewc-lambda`` has
-the same meaning for every model and dataset: lambda = 1 weighs a parameter
-of average importance like one unit of normalised squared intensity error.
+the same meaning for every model and dataset: with lambda = 1, moving a
+parameter of average importance by d costs d^2, on the scale of the MSE of
+normalised intensities.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from ..models import DnCNN, count_parameters
 
 
 class Method:
-    """Plain training of every parameter; the base the other methods refine."""
+    """Training every parameter (from scratch); the base the other methods refine."""
 
-    name = "plain"
+    name = "scratch"
+    has_penalty = False  # whether penalty() adds a term to the loss (logged as "penalty")
 
     def __init__(self, model: DnCNN) -> None:
         self.model = model
@@ -163,6 +165,7 @@ class EWC(Method):
     """Fine-tuning every layer with the EWC penalty around the starting weights ``theta*``."""
 
     name = "ewc"
+    has_penalty = True
 
     def __init__(self, model: DnCNN, fisher: dict[str, torch.Tensor], lam: float) -> None:
         super().__init__(model)

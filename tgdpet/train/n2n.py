@@ -9,11 +9,12 @@ the intensity scale of its input half.
 The full study. Reconstructed activity images (Bq/mL, SUV) of a half-count
 acquisition still estimate the full activity, only with more noise, so the
 full-count image is the **mean** of the halves, not their sum (the sum is
-what count images would need). Without ``--full`` the mean is denoised. The
-network's input normalisation is scale-free, so for count images the mean
-only halves the output's units; pass ``--full`` to denoise the real full
-image in its own units. The output is written like ``--full`` (or half 1):
-same grid, header and, for DICOM, the same patient and study.
+what count images would need). Without ``--full`` the mean is denoised.
+Denoising is scale-free (intensities are divided by their own scale and
+multiplied back), so for count images the denoised mean is exactly half the
+denoised sum; pass ``--full`` to denoise the real full image in its own
+units. The output is written like ``--full`` (or half 1): same grid, header
+and, for DICOM, the same patient and study.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..checkpoint import load_model, save_model
-from ..data import NORMALIZATION, PatchDataset, Study, body_mask
+from ..data import NORMALIZATION, Study, body_mask
 from ..errors import TgdpetError
 from ..files import check_can_write
 from ..runtime import resolve_device
 from .config import N2NConfig
+from .ddp import DistEnv
 from .loop import Echo, FitResult, Outputs, fit
-from .workflows import build_method, prepare_model
+from .workflows import build_method, patch_dataset, prepare_model
 
 
 @dataclass
@@ -84,18 +85,10 @@ def n2n_online(
     ]
     record = load_model(model_path, device)
     model = prepare_model(record.model, cfg, device)
-    patches = PatchDataset(
-        studies,
-        patch_size=cfg.patch_size,
-        in_slices=model.config.in_slices,
-        length=cfg.steps_per_epoch * cfg.batch_size,
-        seed=cfg.seed,
-        flips=cfg.flips,
-    )
+    patches = patch_dataset(studies, model, cfg, DistEnv())
     method = build_method(model, cfg, patches=patches, device=device)
     result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
     method.close()
-    model = model.to(memory_format=torch.contiguous_format).eval()
     precision = "fp32" if cfg.amp is False else "auto"
     denoised = denoise_array(model, target.data, device=device, precision=precision, progress=progress_bar)
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)

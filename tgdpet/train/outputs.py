@@ -86,6 +86,7 @@ class RunFolder:
         """Training and validation loss per epoch on a log scale (matplotlib's Agg canvas, no pyplot state)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         fig = Figure(figsize=(6, 4), dpi=100)
         FigureCanvasAgg(fig)
@@ -94,6 +95,7 @@ class RunFolder:
             points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss (normalised intensities)")
         if any(r.get("train_loss", 0) > 0 for r in history):

@@ -81,25 +81,26 @@ def build_method(
 def _open_run(
     out: str | os.PathLike, cfg: LoopConfig, *, resume: bool, overwrite: bool, command: str, env, device
 ) -> tuple[RunFolder, dict | None]:
-    """Prepare the run folder on rank 0 and write config.yaml; every rank reads the state when resuming."""
+    """Prepare the run folder (rank 0), read the state to resume (every rank), then write config.yaml (rank 0).
+
+    A resume with changed settings is refused before anything in the folder changes.
+    """
     run = RunFolder(out)
-
-    def setup() -> None:
-        run.prepare(resume=resume, overwrite=overwrite)
-        run.write_text(CONFIG, to_yaml(cfg, header=f"{command}\nresolved config, tgdpet {__version__}"))
-
-    ddp.on_main(env, device, setup)
-    ddp.barrier(env)
+    ddp.on_main(env, device, lambda: run.prepare(resume=resume, overwrite=overwrite))
     state = run.load_state() if resume else None
     if state is not None:
         check_resumable(state["config"], cfg)
+    header = f"{command}\nresolved config, tgdpet {__version__}"
+    ddp.on_main(env, device, lambda: run.write_text(CONFIG, to_yaml(cfg, header=header)))
     return run, state
 
 
 def _data(manifest: Manifest) -> tuple[list[Study], list[Study], dict]:
     train_studies = load_studies(manifest, "train")
     if not train_studies:
-        raise TgdpetError(f"{manifest.path} has no studies in the 'train' split; mark some studies \"split\": \"train\".")
+        raise TgdpetError(
+            f"{manifest.path} has no studies in the 'train' split; mark some studies \"split\": \"train\"."
+        )
     val = load_studies(manifest, "val")
     info = {
         "data": str(manifest.path.resolve()),
