@@ -2,14 +2,17 @@
 
 Runs the very cases of ``tests/test_bad_inputs.py`` (defined in
 ``tests/bad_input_cases.py``) through the real CLI, so the documented
-messages are the ones users see. Regenerate the doc after changing a message::
+messages are the ones users see. After changing a message or a case::
 
-    python scripts/bad_inputs_table.py > /tmp/table.md   # then paste it into docs/bad-inputs.md
+    python scripts/bad_inputs_table.py --write docs/bad-inputs.md   # replaces the table in the doc
+    python scripts/bad_inputs_table.py                              # or just print it
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,11 +29,17 @@ def cell(text: str) -> str:
     return text.strip().replace("|", "\\|").replace("\n", " ⏎ ")
 
 
-def main() -> int:
+START, END = "<!-- bad-inputs-table:start -->", "<!-- bad-inputs-table:end -->"
+
+
+def table() -> str:
+    """Run every case in a fresh copy of the workspace; one markdown row per case."""
+    rows = [
+        "| # | input | command | exit | message (stderr) | nothing written |",
+        "|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         template = build_workspace(Path(tmp) / "template")
-        print("| # | input | command | exit | message (stderr) | nothing written |")
-        print("|---|---|---|---|---|---|")
         for n, case in enumerate(CASES, 1):
             root = Path(tmp) / case.id
             shutil.copytree(template, root)
@@ -39,7 +48,25 @@ def main() -> int:
             result = run_cli(args, root)
             message = result.stderr.replace(f"{root}/", "").replace(str(root), ".")
             untouched = "yes" if snapshot(root) == before else "**no**"
-            print(f"| {n} | {cell(case.what)} | `{cell(command_text(args))}` | {result.exit_code} | {cell(message)} | {untouched} |")
+            command = cell(command_text(args))
+            rows.append(f"| {n} | {cell(case.what)} | `{command}` | {result.exit_code} | {cell(message)} | {untouched} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help=f"replace the text between {START} and {END} in this file")
+    args = parser.parse_args()
+    text = table()
+    if args.write is None:
+        print(text, end="")
+        return 0
+    doc = args.write.read_text(encoding="utf-8")
+    if START not in doc or END not in doc:
+        parser.error(f"{args.write} has no {START} ... {END} markers")
+    new = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{text}{END}", doc, flags=re.S)
+    args.write.write_text(new, encoding="utf-8")
+    print(f"updated {args.write}: {len(CASES)} cases")
     return 0
 
 

@@ -60,7 +60,7 @@ def test_training_stops_with_one_line_when_the_loss_becomes_infinite(tmp_path):
     assert not [p.name for p in (tmp_path / "run").glob("*") if p.suffix in (".safetensors", ".pt")]
 
 
-def test_denoising_refuses_non_finite_voxels_however_they_arrive(tmp_path):
+def test_denoising_refuses_non_finite_voxels_however_they_arrive():
     torch.manual_seed(0)
     model = build_model("tiny").eval()
     for bad in (np.nan, np.inf, -np.inf):

@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from helpers import make_volume, tree_snapshot, write_test_nifti, write_test_series
 from test_data import make_dataset
 
+import tgdpet.io.nifti
 from tgdpet.checkpoint import load_model, load_training_state, save_model
 from tgdpet.cli import main
 from tgdpet.data import load_manifest
@@ -274,6 +275,20 @@ def test_outputs_are_not_replaced_without_overwrite_and_inputs_never_change(tmp_
     over = runner.invoke(main, denoise_args(model_file, str(src), str(src), "--overwrite"))
     assert over.exit_code == 2 and "would replace the input" in over.stderr
     assert {k: v for k, v in tree_snapshot(tmp_path).items() if k in inputs} == inputs
+
+
+def test_ctrl_c_during_the_write_says_so_in_one_line_and_leaves_nothing(tmp_path, model_file, monkeypatch):
+    src = write_test_nifti(tmp_path / "study.nii.gz")
+
+    def interrupted_write(data, fileobj, *args, **kwargs):
+        fileobj.write(b"half a volume")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tgdpet.io.nifti, "array_to_file", interrupted_write)
+    result = CliRunner().invoke(main, denoise_args(model_file, str(src), str(tmp_path / "out.nii.gz")))
+    assert result.exit_code == 130
+    assert result.stderr.startswith("Interrupted; ") and len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.nii.gz"]  # not even a temporary is left
 
 
 def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path):

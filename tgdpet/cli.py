@@ -38,7 +38,9 @@ class _Group(click.Group):
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; outputs are written whole or not at all (continue a training run with --resume).", err=True)
+            click.echo(
+                "Interrupted; outputs are written whole or not at all (continue a training run with --resume).", err=True
+            )
             ctx.exit(130)
 
 

@@ -85,7 +85,7 @@ class FoldedDnCNN(nn.Module):
 
     def predict_noise(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs[:-1]:
-            x = torch.relu(conv(x))
+            x = torch.relu_(conv(x))  # in place: nothing keeps the conv output for a backward pass
         return self.convs[-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
