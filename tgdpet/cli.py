@@ -243,7 +243,9 @@ def _report_run(result, out) -> None:
 def train_command(data, out, preset, config, no_progress, resume, overwrite, **options) -> None:
     """Train a DnCNN from scratch on the train studies of DATA (a manifest or its folder).
 
-    Multi-GPU: torchrun --nproc_per_node N -m tgdpet.cli train DATA --out RUN
+    \b
+    Multi-GPU:
+      torchrun --nproc_per_node N -m tgdpet.cli train DATA --out RUN
     """
     from .train import TrainConfig, train
 
@@ -272,8 +274,12 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
     """Adapt MODEL to the train studies of DATA with TGD (or a baseline --method).
 
     The saved models keep the TGD masks, appended to MODEL's mask history:
-    fine-tuning the result again is TGD^2.
-    Multi-GPU: torchrun --nproc_per_node N -m tgdpet.cli tgd-finetune MODEL DATA --out RUN
+    fine-tuning the result again is TGD^2. Prints the fraction of parameters
+    retrained.
+
+    \b
+    Multi-GPU:
+      torchrun --nproc_per_node N -m tgdpet.cli tgd-finetune MODEL DATA --out RUN
     """
     from .train import FinetuneConfig, finetune
 

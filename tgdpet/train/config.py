@@ -176,7 +176,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise TgdpetError(f"config file {p} is not valid YAML ({e}).") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or "unreadable"
+        raise TgdpetError(f"config file {p} is not valid YAML ({problem}{at}); fix it or start from configs/.") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -60,7 +60,8 @@ class RunFolder:
         if self.path.exists():
             if not self.path.is_dir():
                 raise TgdpetError(f"{self.path} exists and is not a folder; choose another --out.")
-            if any(self.path.iterdir()) and not overwrite:
+            # Hidden .tmp-* files are leftovers of a write that was killed, not a run.
+            if any(not f.name.startswith(".tmp-") for f in self.path.iterdir()) and not overwrite:
                 raise TgdpetError(
                     f"{self.path} already holds files; pass --resume to continue that run, --overwrite to replace "
                     "it, or choose another --out."

@@ -128,13 +128,14 @@ def train(
     """
     env, device = ddp.distributed(cfg.device)
     manifest = load_manifest(data)
-    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    # Everything that can refuse the input comes before the run folder is touched.
     train_studies, val, info = _data(manifest)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = prepare_model(build_model(cfg.preset), cfg, device)
+    patches = patch_dataset(train_studies, model, cfg, env)
+    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     method = Method(model)
     outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
-    patches = patch_dataset(train_studies, model, cfg, env)
     result = fit(
         model, method, patches, cfg,
         device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
@@ -164,10 +165,11 @@ def finetune(
     env, device = ddp.distributed(cfg.device)
     manifest = load_manifest(data)
     record = load_model(model_path, device)
-    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    # Everything that can refuse the input comes before the run folder is touched.
     train_studies, val, info = _data(manifest)
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
+    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     method = build_method(
         model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None
     )
