@@ -1,16 +1,21 @@
 """How fast tgdpet runs on this machine, measured side by side in one run.
 
 - the machine's matrix-multiply peak in each precision (the yardstick);
-- denoising throughput of the fast path (:mod:`tgdpet.infer`, each precision)
-  against the plain way (eager fp32, contiguous NCHW, BatchNorm unfolded,
-  8 slices per batch), for the ``paper`` and ``small`` presets;
+- denoising throughput of the fast path (:mod:`tgdpet.infer`, each precision,
+  and with ``--compile`` under torch.compile) against the plain way (eager
+  fp32, contiguous NCHW, BatchNorm unfolded, 8 slices per batch), for the
+  ``paper`` and ``small`` presets; FLOP/s count the network's direct-convolution
+  multiply-adds (``DnCNNConfig.macs_per_voxel() * 2`` per output voxel);
 - one training step with and without TGD attached (``bench_tgd_step.py``);
 - KSE scoring of a whole paper-preset network;
-- peak memory of a separate process denoising a 256x256x600 volume.
+- peak memory of separate processes denoising a 256x256x600 volume with the
+  small preset, and 48 slices of it with the paper preset, from which the
+  paper preset's peak on all 600 slices follows.
 
-Variants are timed in rotating order within each repeat, so a shared
-machine's slow spells hit them all alike; medians are reported. Ratios are
-therefore more trustworthy than absolute numbers on a busy machine.
+Everything that is compared (the denoisers and the peak GEMMs) is timed in
+rotating order within each repeat, so a shared machine's slow spells hit all
+alike; medians are reported. Ratios are therefore more trustworthy than
+absolute numbers on a busy machine. Results: ``docs/benchmarks.md``.
 
     python scripts/bench.py                        # CPU, a few minutes
     python scripts/bench.py --quick                # everything shrunk, under a minute
@@ -85,25 +90,35 @@ def precisions(device: torch.device) -> list[torch.dtype]:
     return [torch.float32] + ([torch.bfloat16] if autocast_dtype(device) is not None else [])
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> dict:
-    """GFLOP/s of torch.mm on n x n matrices, and of the same GEMM as a 1x1 convolution.
+def gemm_variants(device: torch.device, n: int, calls: int) -> dict[str, tuple[Callable[[], None], float]]:
+    """The yardstick: per precision, ``calls`` n x n matrix products by torch.mm and as a 1x1 convolution, with their FLOP.
 
     The 1x1 channels-last convolution runs in oneDNN (CPU) or cuDNN, the
     libraries that run the denoiser's convs; torch.mm runs in MKL/cuBLAS. On
     AMD CPUs MKL's fp32 GEMM reaches only about half of what oneDNN does, so
-    the fraction of peak below uses the better of the two.
+    the peak is the better of the two. They are timed in the same rotation
+    as the denoisers, so a busy spell of a shared machine slows both.
     """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    conv = torch.nn.Conv2d(n, n, 1, bias=False).to(device, dtype).to(memory_format=torch.channels_last).eval()
-    # n pixels of n channels into n channels: the same n^3 multiply-adds as the mm.
-    x = torch.randn(1, n, n // 64, 64, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        t = interleaved_medians({"mm": lambda: torch.mm(a, b), "conv": lambda: conv(x)}, repeats, device)
-    return {
-        "torch_mm_gflops": 2 * n**3 / t["mm"] / 1e9,
-        "conv1x1_gflops": 2 * n**3 / t["conv"] / 1e9,
-    }
+    variants = {}
+    for dtype in precisions(device):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        conv = torch.nn.Conv2d(n, n, 1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
+        # n pixels of n channels into n channels: the same n^3 multiply-adds as the mm.
+        x = torch.randn(1, n, n // 64, 64, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+
+        def mm(a: torch.Tensor = a, b: torch.Tensor = b) -> None:
+            for _ in range(calls):
+                torch.mm(a, b)
+
+        def conv1x1(conv: torch.nn.Module = conv, x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                for _ in range(calls):
+                    conv(x)
+
+        variants[f"{DTYPE_NAMES[dtype]} torch.mm"] = (mm, calls * 2 * n**3)
+        variants[f"{DTYPE_NAMES[dtype]} 1x1 conv"] = (conv1x1, calls * 2 * n**3)
+    return variants
 
 
 # --------------------------------------------------------------------------- denoising
@@ -135,8 +150,19 @@ def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
 
 
-def bench_denoise(preset: str, shape: tuple[int, int, int], device: torch.device, repeats: int, compile_: bool) -> list[dict]:
-    """Throughput of the plain baseline and of the fast path in every precision on one volume."""
+def bench_denoise(
+    preset: str,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    repeats: int,
+    compile_: bool,
+    gemms: dict[str, tuple[Callable[[], None], float]],
+) -> tuple[list[dict], dict]:
+    """Throughput of the plain baseline and of the fast path in every precision on one volume, and the peaks.
+
+    The ``gemms`` (:func:`gemm_variants`) run in the same rotation; each row's
+    fraction of peak is against the peak of its own precision.
+    """
     torch.manual_seed(0)
     model = build_model(preset).to(device).eval()
     volume = synthetic_volume(shape)
@@ -160,25 +186,35 @@ def bench_denoise(preset: str, shape: tuple[int, int, int], device: torch.device
 
         return call
 
-    seconds = interleaved_medians({name: run(name) for name in denoisers}, repeats, device)
+    variants = {name: run(name) for name in denoisers} | {name: fn for name, (fn, _) in gemms.items()}
+    seconds = interleaved_medians(variants, repeats, device)
+    peaks: dict[str, dict] = {}
+    for name, (_, gemm_flop) in gemms.items():
+        precision, kind = name.split(" ", 1)
+        peaks.setdefault(precision, {})[f"{kind} gflops"] = gemm_flop / seconds[name] / 1e9
+    for p in peaks.values():
+        p["peak gflops"] = max(p.values())
     rows = []
     for name, d in denoisers.items():
         noise_ref = volume - outputs["plain"]
+        precision = "fp32" if d is None else DTYPE_NAMES[d.dtype or torch.float32]
+        gflops = flop / seconds[name] / 1e9
         rows.append(
             {
                 "preset": preset,
                 "variant": name,
-                "precision": "fp32" if d is None else DTYPE_NAMES[d.dtype or torch.float32],
+                "precision": precision,
                 "batch_slices": 8 if d is None else d.batch_for(shape),
                 "shape_zyx": list(shape),
                 "seconds": seconds[name],
                 "voxels_per_s": voxels / seconds[name],
-                "gflops": flop / seconds[name] / 1e9,
+                "gflops": gflops,
                 "speedup_vs_plain": seconds["plain"] / seconds[name],
+                "fraction_of_peak": gflops / peaks[precision]["peak gflops"],
                 "noise_estimate_rel_rms_vs_plain": rel_rms(volume - outputs[name], noise_ref),
             }
         )
-    return rows
+    return rows, peaks
 
 
 # --------------------------------------------------------------------------- TGD, KSE
@@ -190,7 +226,7 @@ def bench_tgd(device: torch.device, quick: bool) -> dict:
 
     if quick:
         return bench_tgd_step(preset="small", batch=16, patch=32, steps=6, device=str(device))
-    return bench_tgd_step(preset="paper", batch=16, patch=32, steps=12, device=str(device))
+    return bench_tgd_step(preset="paper", batch=16, patch=32, steps=20, device=str(device))
 
 
 def bench_kse(repeats: int) -> dict:
@@ -275,12 +311,15 @@ def bench_memory(preset: str, shape: tuple[int, int, int], device: torch.device)
 
 
 def print_report(result: dict) -> None:
-    peaks = result["peaks"]
     print(f"\n{result['machine']}")
-    print("\nMatrix-multiply peak (GFLOP/s, median)")
-    print(f"  {'precision':<10}{'torch.mm':>10}{'1x1 conv':>10}{'peak used':>11}")
-    for name, p in peaks.items():
-        print(f"  {name:<10}{p['torch_mm_gflops']:>10.0f}{p['conv1x1_gflops']:>10.0f}{p['peak_gflops']:>11.0f}")
+    print("\nMatrix-multiply peak (GFLOP/s, medians, timed in the rotation of each preset's denoisers)")
+    print(f"  {'rotation':<10}{'precision':<11}{'torch.mm':>9}{'1x1 conv':>10}{'peak':>7}")
+    for preset, peaks in result["peaks"].items():
+        for name, p in peaks.items():
+            print(
+                f"  {preset:<10}{name:<11}{p['torch.mm gflops']:>9.0f}{p['1x1 conv gflops']:>10.0f}"
+                f"{p['peak gflops']:>7.0f}"
+            )
     print("\nDenoising throughput (medians; ratio and fraction of peak in the same precision)")
     header = f"  {'preset':<7}{'variant':<22}{'batch':>6}{'Mvox/s':>9}{'GFLOP/s':>9}{'vs plain':>9}{'of peak':>9}{'noise err':>11}"
     print(header)
@@ -365,23 +404,18 @@ def main() -> None:
     auto = DTYPE_NAMES[autocast_dtype(device) or torch.float32]
     result: dict = {"machine": machine(device), "device": str(device), "quick": args.quick}
 
-    print("Matrix-multiply peaks...", flush=True)
     n = (4096 if args.quick else 8192) if gpu else (1024 if args.quick else 2048)
-    result["peaks"] = {DTYPE_NAMES[dt]: matmul_peak(device, dt, n, repeats) for dt in precisions(device)}
-    for p in result["peaks"].values():
-        p["peak_gflops"] = max(p["torch_mm_gflops"], p["conv1x1_gflops"])
-
+    gemms = gemm_variants(device, n, calls=20 if gpu else 4)
     slices = {"paper": 2, "small": 8} if args.quick else {"paper": 8, "small": 32}
     side = 128 if args.quick else 256
     if gpu:
         slices = {k: 8 * v for k, v in slices.items()}
-    result["denoise"] = []
+    result["denoise"], result["peaks"] = [], {}
     for preset in ("paper", "small"):
-        print(f"Denoising, {preset} preset...", flush=True)
-        rows = bench_denoise(preset, (slices[preset], side, side), device, repeats, args.compile)
-        for r in rows:
-            r["fraction_of_peak"] = r["gflops"] / result["peaks"][r["precision"]]["peak_gflops"]
+        print(f"Denoising, {preset} preset, with the matrix-multiply peaks...", flush=True)
+        rows, peaks = bench_denoise(preset, (slices[preset], side, side), device, repeats, args.compile, gemms)
         result["denoise"] += rows
+        result["peaks"][preset] = peaks
 
     print("TGD training step...", flush=True)
     result["tgd_step"] = bench_tgd(device, args.quick)

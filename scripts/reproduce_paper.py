@@ -44,7 +44,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -57,12 +57,13 @@ from tgdpet.checkpoint import load_model
 from tgdpet.data import Manifest, StudyEntry, load_manifest
 from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import evaluate_models, truth_path
+from tgdpet.files import check_can_write
 from tgdpet.infer import denoise_array, load_denoiser
 from tgdpet.io import read_volume
 from tgdpet.runtime import resolve_device
 from tgdpet.simulate import OOD_FEATURES, SimulationConfig, StudySpec, write_dataset
 from tgdpet.tgd import drop_kernels, relative_rms_change
-from tgdpet.train import FinetuneConfig, N2NConfig, TrainConfig, finetune, n2n_online, train
+from tgdpet.train import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, finetune, n2n_online, train
 from tgdpet.train.loop import FitResult
 
 #: The paper's thresholds: TGD fine-tuning, online learning, and the kernel-drop study (Fig. 4).
@@ -101,9 +102,10 @@ SCALES = {
         preset="tiny", batch_size=16, patch_size=16, epochs=1, n2n_epochs=1,
     ),
     "small": Scale(
-        "small", "2 CPU cores in about 50 minutes: 4 mm voxels, the 'small' net (7 x 32 channels), 16 epochs",
-        size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=12, n_finetune=4,
-        n_third=3, preset="small", batch_size=64, patch_size=32, epochs=16, n2n_epochs=150,
+        "small", "2 CPU cores in about 45 minutes: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net "
+        "(7 x 32 channels), 30 epochs",
+        size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
+        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=30, n2n_epochs=150,
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
@@ -119,8 +121,8 @@ SCALES = {
 class Log:
     """Prints what the run is doing, with the time since the start, and keeps each step's wall and CPU time.
 
-    The CPU time (all threads of this process) tells a slow step on a busy
-    machine from a slow step: on an idle one, wall ~ CPU / threads.
+    The CPU time (this process, all threads) is what a step cost; a wall time
+    well above CPU time / threads means other processes shared the cores.
     """
 
     def __init__(self) -> None:
@@ -141,6 +143,35 @@ class Log:
         self(f"{name}: done in {wall:.1f} s ({cpu:.1f} CPU s)")
         return result
 
+    def echo(self, name: str) -> Callable[[str], None]:
+        """A training run's ``echo``: its epoch lines, prefixed with the network's name."""
+        return lambda message: self(f"{name}: {message}")
+
+
+@dataclass
+class Run:
+    """One reproduction: its settings, where it writes, and what it has recorded so far."""
+
+    scale: Scale
+    out: Path
+    seed: int
+    device_arg: str  # as the user gave it, for the equivalent commands
+    device: torch.device
+    overwrite: bool
+    log: Log = field(default_factory=Log)
+    commands: dict[str, str] = field(default_factory=dict)  # step -> equivalent tgdpet command
+    training: dict[str, dict] = field(default_factory=dict)  # network -> fit_record
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def model(self, name: str) -> Path:
+        """Where network ``name`` is (or will be) saved."""
+        if name in ("TGD-N2N", "TGD2-N2N"):
+            return self.out / "n2n" / f"{name}.safetensors"
+        return self.out / "runs" / name / "last.safetensors"
+
 
 def cli(*words: object, **options: object) -> str:
     """A ``tgdpet`` command line: positional words, then ``--option value`` (True: a bare flag; None: left out)."""
@@ -154,24 +185,24 @@ def cli(*words: object, **options: object) -> str:
     return shlex.join(parts)
 
 
-def loop_options(cfg: TrainConfig | FinetuneConfig) -> dict:
-    """The command-line options that set ``cfg`` (others are the commands' defaults)."""
+def loop_options(cfg: LoopConfig) -> dict:
+    """The command-line options that set ``cfg`` (the others are the commands' defaults)."""
     keys = ("preset", "method", "phi", "conv1", "tgd_mode", "epochs", "patches_per_epoch", "batch_size",
             "patch_size", "lr", "seed", "device")  # fmt: skip
     options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
-    if getattr(cfg, "method", None) == "ewc":
-        options["ewc_lambda"] = cfg.ewc_lambda
-    if getattr(cfg, "method", None) in ("all", "last3", "ewc"):
+    method = getattr(cfg, "method", None)
+    if method in ("all", "last3", "ewc"):
         for k in ("phi", "conv1", "tgd_mode"):
             options.pop(k)
+    if method == "ewc":
+        options["ewc_lambda"] = cfg.ewc_lambda
     return options
 
 
-def fit_record(result: FitResult, model: Path, cfg, step: dict, **facts: object) -> dict:
+def fit_record(result: FitResult, cfg: LoopConfig, step: dict, **facts: object) -> dict:
     """What Table 1 and the report need from a training run; ``step`` is its wall and CPU time in the log."""
     p = result.progress
     return {
-        "model": str(model),
         "wall_s": round(p.elapsed_s, 1),  # the training loop alone
         "step_s": step["wall_s"],  # with loading the data (and EWC's Fisher)
         "step_cpu_s": step["cpu_s"],
@@ -185,7 +216,12 @@ def fit_record(result: FitResult, model: Path, cfg, step: dict, **facts: object)
     }
 
 
-# --------------------------------------------------------------------------- step 1: data
+def epoch_patches(input_slices: int, batch_size: int) -> int:
+    """An epoch: one patch per input slice, in whole batches (at least one)."""
+    return max(batch_size, input_slices // batch_size * batch_size)
+
+
+# --------------------------------------------------------------------------- 1. data
 
 
 def dataset_seed(seed: int, index: int) -> int:
@@ -222,6 +258,26 @@ def simulation_configs(scale: Scale, seed: int, device: torch.device) -> dict[st
     }  # fmt: skip
 
 
+def describe(config: SimulationConfig) -> str:
+    """One line per dataset for the report: how many studies of each kind, body size, features, protocols."""
+    kinds: dict[str, int] = {}
+    for s in config.studies:
+        what = f"{s.kind} {s.body}-BMI" + (f" + {'/'.join(s.ood)}" if s.ood else "") + (" + tumour" if s.tumour else "")
+        what += f" ({'+'.join(config.study_protocols(s))})"
+        kinds[what] = kinds.get(what, 0) + 1
+    return ", ".join(f"{n} x {what}" for what, n in kinds.items())
+
+
+def simulate(run: Run) -> dict[str, SimulationConfig]:
+    """Write the three datasets under ``OUT/data``."""
+    configs = simulation_configs(run.scale, run.seed, run.device)
+    run.data.mkdir(exist_ok=True)
+    for name, config in configs.items():
+        run.log.timed(f"simulate {name} ({len(config.studies)} studies)",
+                      lambda: write_dataset(run.data / name, config, overwrite=run.overwrite))  # fmt: skip
+    return configs
+
+
 def find_test_study(manifest: Manifest, body: str, feature: str) -> StudyEntry:
     """The test study of a body size with a feature (``tumour``, ``catheter``), from its manifest ``meta``."""
     for study in manifest.split("test"):
@@ -230,19 +286,86 @@ def find_test_study(manifest: Manifest, body: str, feature: str) -> StudyEntry:
     raise TgdpetError(f"{manifest.path} has no {body}-BMI test study with a {feature}; simulate the data again.")
 
 
-def epoch_patches(images_slices: int, batch_size: int) -> int:
-    """One patch per input slice, in whole batches (at least one)."""
-    return max(batch_size, images_slices // batch_size * batch_size)
+# --------------------------------------------------------------------------- 2. networks
 
 
-# --------------------------------------------------------------------------- step 4: kernel drop
+def loop_settings(run: Run, n_studies: int) -> dict:
+    """Epochs of one patch per input slice of ``n_studies`` studies, and the scale's batch and patch sizes."""
+    s = run.scale
+    return {
+        "epochs": s.epochs,
+        "patches_per_epoch": epoch_patches(n_studies * len(s.levels_s) * s.slices, s.batch_size),
+        "batch_size": s.batch_size,
+        "patch_size": s.patch_size,
+        "seed": run.seed,
+        "device": run.device_arg,
+    }
+
+
+def train_networks(run: Run) -> None:
+    """v1-net and v2-net from scratch, then FT-net, TGD-net, EWC-net from v1-net and TGD²-net from TGD-net."""
+    s = run.scale
+    (run.out / "runs").mkdir(exist_ok=True)
+    for name, protocol in (("v1-net", "v1"), ("v2-net", "v2")):
+        cfg = TrainConfig(preset=s.preset, **loop_settings(run, s.n_train))
+        data, folder = run.data / "main" / protocol, run.model(name).parent
+        run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
+        result = run.log.timed(name, lambda: train(
+            data, folder, cfg, overwrite=run.overwrite, progress_bar=False, echo=run.log.echo(name),
+            command=run.commands[name],
+        ))  # fmt: skip
+        run.training[name] = fit_record(result, cfg, run.log.steps[name], data=f"main/{protocol}",
+                                        studies=s.n_train, command=run.commands[name])  # fmt: skip
+
+    finetunes = (
+        ("FT-net", "v1-net", "finetune", s.n_finetune, {"method": "last3"}),
+        ("TGD-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE}),
+        ("EWC-net", "v1-net", "finetune", s.n_finetune, {"method": "ewc"}),
+        ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
+    )
+    for name, base, dataset, n, method in finetunes:
+        cfg = FinetuneConfig(**method, **loop_settings(run, n))
+        data, folder = run.data / dataset / "v2", run.model(name).parent
+        run.commands[name] = cli("tgd-finetune", run.model(base), data, out=folder, **loop_options(cfg))
+        result = run.log.timed(name, lambda: finetune(
+            run.model(base), data, folder, cfg, overwrite=run.overwrite, progress_bar=False,
+            echo=run.log.echo(name), command=run.commands[name],
+        ))  # fmt: skip
+        run.training[name] = fit_record(result, cfg, run.log.steps[name], data=f"{dataset}/v2", studies=n,
+                                        base=base, command=run.commands[name])  # fmt: skip
+
+
+# --------------------------------------------------------------------------- 3. online learning
+
+
+def online_learning(run: Run, ood: StudyEntry) -> None:
+    """TGD-N2N (from v2-net) and TGD²-N2N (from TGD-net): Noise2Noise on the OOD study's halves, phi = 0.4."""
+    s = run.scale
+    (run.out / "n2n").mkdir(exist_ok=True)
+    for name, base in (("TGD-N2N", "v2-net"), ("TGD2-N2N", "TGD-net")):
+        cfg = N2NConfig(
+            phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
+            batch_size=s.batch_size, patch_size=s.patch_size, seed=run.seed, device=run.device_arg,
+        )  # fmt: skip
+        model, denoised = run.model(name), run.model(name).with_name(f"{name}_denoised.nii.gz")
+        run.commands[name] = cli("n2n-online", run.model(base), *ood.halves, out=denoised, save_model=model,
+                                 **loop_options(cfg))  # fmt: skip
+        result = run.log.timed(name, lambda: n2n_online(
+            run.model(base), ood.halves[0], ood.halves[1], denoised, cfg, save_model_path=model,
+            overwrite=run.overwrite, progress_bar=False, command=run.commands[name],
+        ))  # fmt: skip
+        run.training[name] = fit_record(result.fit, cfg, run.log.steps[name], data=f"main/v2 {ood.id} halves",
+                                        studies=1, base=base, command=run.commands[name])  # fmt: skip
+
+
+# --------------------------------------------------------------------------- 4. kernel drop (Fig. 4)
 
 
 def kernel_drop(model_path: Path, volume: np.ndarray, z: int, device: torch.device) -> tuple[np.ndarray, list[rp.DropPoint]]:
-    """Fig. 4: v1-net's output on ``volume`` and, per threshold, with its meaningless kernels dropped.
+    """v1-net's output on ``volume`` and, per threshold, its output with the meaningless kernels dropped.
 
-    Returns v1-net's denoised slice ``z`` and one point per phi (fraction of
-    parameters dropped, relative RMS change of the whole denoised volume, slice ``z``).
+    Returns v1-net's denoised slice ``z`` and one point per phi: fraction of
+    parameters dropped, relative RMS change of the whole denoised volume, and slice ``z``.
     """
     model = load_model(model_path, device).model
     reference = denoise_array(model, volume, device=device, precision="fp32")
@@ -254,7 +377,39 @@ def kernel_drop(model_path: Path, volume: np.ndarray, z: int, device: torch.devi
     return reference[z], points
 
 
-# --------------------------------------------------------------------------- step 6: figures
+def fig4_rows(image: np.ndarray, v1: np.ndarray, points: list[rp.DropPoint], margin: int) -> list[rp.PanelRow]:
+    """Fig. 4: input and v1-net's output, each threshold's output, and each one's difference to v1-net."""
+    box = rp.crop_box(image > 0.05 * image.max(), margin)
+    outputs = [("input 60 s (v1)", image[box]), ("v1-net (phi = 0)", v1[box])]
+    outputs += [(f"phi {p.phi:.1f}: {100 * p.fraction_dropped:.1f} % dropped", p.image[box]) for p in points]
+    changes = [(f"phi {p.phi:.1f}: change {100 * p.output_change:.2f} %", (p.image - v1)[box]) for p in points]
+    return [
+        rp.PanelRow("denoised", outputs, *rp.display_range(v1[box])),
+        rp.PanelRow("minus v1-net", [None, None, *changes], *rp.difference_range([d for _, d in changes]),
+                    cmap="RdBu_r"),
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- 5. evaluation
+
+
+def evaluate_all(run: Run, manifest: Manifest, studies: dict[str, StudyEntry]) -> dict[str, dict]:
+    """Every network on every test study (v2 images), in fp32: lesion bias, liver CoV, hallucination score."""
+    models = {name: run.model(name) for name in MODELS}
+    results = {}
+    for key, study in studies.items():
+        results[key] = run.log.timed(f"evaluate {key} ({study.id})", lambda: evaluate_models(
+            models, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study), device=run.device,
+            precision="fp32",
+        ))  # fmt: skip
+        run.commands[f"evaluate {key}"] = cli(
+            "evaluate", manifest.path.parent, *[f"--model={n}={p}" for n, p in models.items()], study=study.id,
+            device=run.device_arg,
+        )  # fmt: skip
+    return results
+
+
+# --------------------------------------------------------------------------- 6. figures 5 and 6
 
 
 def regions(study: StudyEntry, codes: dict) -> dict[str, np.ndarray]:
@@ -274,8 +429,7 @@ def lesion_row(label: str, study: StudyEntry, codes: dict, denoisers: dict, marg
     panels = [("input 60 s", image[z][box])]
     panels += [(rp.LABELS[name], denoiser(image)[z][box]) for name, denoiser in denoisers.items()]
     panels.append(("reference 600 s", reference))
-    vmin, vmax = rp.display_range(reference)
-    return rp.PanelRow(label, panels, vmin, vmax, marker=rp.centroid(lesion[z][box]))
+    return rp.PanelRow(label, panels, *rp.display_range(reference), marker=rp.centroid(lesion[z][box]))
 
 
 def ood_rows(study: StudyEntry, codes: dict, denoisers: dict, margin: int) -> list[rp.PanelRow]:
@@ -296,10 +450,27 @@ def ood_rows(study: StudyEntry, codes: dict, denoisers: dict, margin: int) -> li
     ]
 
 
-# --------------------------------------------------------------------------- report
+def write_figures(run: Run, fig4: list[rp.PanelRow], studies: dict[str, StudyEntry], codes: dict) -> None:
+    """Fig. 4 (its rows made by the kernel-drop step), Fig. 5 (fine-tuned networks on the low- and high-BMI
+    studies) and Fig. 6 (online learning on the OOD study)."""
+    rp.save_panels(run.out / "fig4.png", fig4, "Fig. 4: v1-net with its meaningless kernels (KSE < phi) dropped")
+    margin = max(2, run.scale.size // 16)
+    fp32 = {name: load_denoiser(run.model(name), device=run.device, precision="fp32") for name in MODELS}
+    fig5 = {name: fp32[name] for name in ("v1-net", "v2-net", *FINETUNED)}
+    rp.save_panels(run.out / "fig5.png", [
+        lesion_row("low BMI", studies["low_bmi"], codes, fig5, margin),
+        lesion_row("high BMI", studies["high_bmi"], codes, fig5, margin),
+    ], "Fig. 5: v2 test studies through the liver tumour (same grey scale per row)")  # fmt: skip
+    fig6 = {name: fp32[name] for name in ("v2-net", "TGD-net", "TGD-N2N", "TGD2-N2N")}
+    rp.save_panels(run.out / "fig6.png", ood_rows(studies["ood"], codes, fig6, margin),
+                   "Fig. 6: out-of-distribution study (hot bladder, catheter), 120 s")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the run
 
 
 def versions(device: torch.device) -> dict:
+    """Software and hardware the numbers were measured with."""
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
     else:
@@ -314,114 +485,6 @@ def versions(device: torch.device) -> dict:
     }
 
 
-def _dataset_line(name: str, config: SimulationConfig) -> str:
-    kinds: dict[str, int] = {}
-    for s in config.studies:
-        what = f"{s.kind} {s.body}-BMI" + (f" + {'/'.join(s.ood)}" if s.ood else "") + (" + tumour" if s.tumour else "")
-        what += f" ({'+'.join(config.study_protocols(s))})"
-        kinds[what] = kinds.get(what, 0) + 1
-    studies = ", ".join(f"{n} x {what}" for what, n in kinds.items())
-    return f"- `{name}` (seed {config.seed}): {studies}"
-
-
-def readme(results: dict, configs: dict[str, SimulationConfig], rows: list[dict], link: str) -> str:
-    """The report: what ran, how to repeat it, Table 1, the figures and the answers from the measured numbers.
-
-    ``link`` is the path from the report's folder to the results folder ("" beside it).
-    """
-    s = results["scale"]
-    prefix = f"{link}/" if link else ""
-    commands = "\n".join(f"# {step}\n{command}" for step, command in results["commands"].items())
-    steps = rp.markdown_table(
-        ["step", "wall time s", "CPU time s"],
-        [[k, f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for k, v in results["steps"].items()]
-        + [["total", f"{results['total_s']:.1f}", ""]],
-    )
-    nets = rp.markdown_table(
-        ["network", "starts from", "data (studies)", "epochs", "patches / epoch", "patches seen", "training s"],
-        [
-            [rp.LABELS[name], rp.LABELS.get(r.get("base"), "scratch"), f"{r['data']} ({r['studies']})",
-             str(r["epochs"]), f"{r['patches_per_epoch']:,}", f"{r['patches_seen']:,}", f"{r['wall_s']:.1f}"]
-            for name, r in results["training"].items()
-        ],
-    )  # fmt: skip
-    v = results["versions"]
-    answers = "\n\n".join(f"{i}. {text}" for i, text in enumerate(results["answers"], start=1))
-    return f"""# Reproduction of Targeted Gradient Descent (Chen, Asma, Chan, MICCAI 2021) on simulated PET
-
-Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured;
-everything below is in `{prefix}results.json`.
-
-## What ran
-
-Simulated data (tgdpet's whole-body PET simulator; v1 = coarse-noise reconstruction, v2 = finer noise, the
-same counts), {s['size']} x {s['size']} x {s['slices']} voxels, count levels {', '.join(f'{x:g}' for x in s['levels_s'])} s
-against a 600 s target, tests of {s['realisations']} x 60 s realisations:
-
-{chr(10).join(_dataset_line(name, c) for name, c in configs.items())}
-
-The fine-tuning studies are separate from the {s['n_train']} training studies, as in the paper. The tests are on v2
-images. TGD²-net is TGD-net fine-tuned by TGD again (masks from its own weights) on the `third` dataset, a third
-task the paper's TGD² notation allows; TGD²-N2N is the paper's TGD-net + online learning.
-
-{nets}
-
-An epoch is one random {s['patch_size']}x{s['patch_size']}x3 patch per input slice of the dataset (studies x count
-levels x slices; for N2N the two halves), so compute scales with the data as in the paper, where every network
-trained 500 epochs (N2N 150). Adam, lr 1e-3, MSE, batch {s['batch_size']}, network preset `{s['preset']}`.
-Training times are the training loop alone (the step times below add data loading).
-
-## Table 1
-
-Lesion ensemble bias and liver CoV over the realisations of each test study (eq. 6-7 of the supplement, the 600 s
-image as reference); the hallucination score is the relative RMS error against the 600 s image in and around the
-bladder and the catheter of the OOD study, averaged over its realisations. The N2N networks were adapted to the
-OOD study only; their low- and high-BMI figures show what online learning did to their general denoising.
-
-{results['table1_markdown']}
-## Figures
-
-- [Fig. 4]({prefix}fig4.md) ([image]({prefix}fig4.png)): kernels dropped by KSE threshold on v1-net.
-- [Fig. 5]({prefix}fig5.png): low- and high-BMI test slices through the lesion (red arrow), first 60 s
-  realisation, every fine-tuning method, one grey scale per row (Bq/mL).
-- [Fig. 6]({prefix}fig6.png): the OOD study's 120 s image (mean of the N2N halves) through bladder and catheter,
-  denoised by v2-net, TGD-net, TGD-N2N and TGD²-N2N; second row: minus the 600 s image.
-
-## Answers, from the measured numbers
-
-{answers}
-
-## Differences from the paper
-
-Simulated instead of clinical studies; studies: {s['n_train']} + {s['n_finetune']} (paper: 20 + 7); epochs:
-{s['epochs']} (paper: 500) and {s['n2n_epochs']} for N2N (paper: 150); network preset `{s['preset']}` (the paper's
-widths are the preset `paper`). Lesion bias and CoV come from one test study
-each, as in the paper, so differences of a few tenths of a point are within what another seed would change.
-
-## How to repeat it
-
-```
-python scripts/reproduce_paper.py --scale {s['name']} --out {results['out']} --device {results['device_arg']} --seed {results['seed']}
-```
-
-The same steps with the `tgdpet` command (the datasets have no command equivalent: `tgdpet simulate` draws a
-fixed cohort; the script calls `tgdpet.simulate.write_dataset` with the study lists above):
-
-```
-{commands}
-```
-
-Seed {results['seed']} (datasets: {', '.join(f"{k} {c.seed}" for k, c in configs.items())}).
-Versions: tgdpet {v['tgdpet']}, torch {v['torch']}, numpy {v['numpy']}, Python {v['python']}; {v['platform']};
-device {v['device']}.
-
-{steps}
-"""
-
-
-# --------------------------------------------------------------------------- the run
-
-
 def prepare_out(out: Path, overwrite: bool) -> None:
     """Create ``out``; refuse to mix this run with an earlier one unless ``overwrite``."""
     if out.exists() and not out.is_dir():
@@ -431,186 +494,87 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run(args: argparse.Namespace) -> dict:
-    scale = SCALES[args.scale]
+def reproduce(args: argparse.Namespace) -> dict:
+    """The whole reproduction (module docstring); returns what results.json holds."""
+    docs = check_can_write(args.docs, args.overwrite) if args.docs else None  # before the long run, not after
     out = Path(args.out)
     prepare_out(out, args.overwrite)
-    device = resolve_device(args.device)
-    log = Log()
-    log(f"reproducing the TGD paper at scale {scale.name} ({scale.summary}) on {device}, seed {args.seed}, into {out}")
-    commands: dict[str, str] = {}
-    training: dict[str, dict] = {}
+    run = Run(SCALES[args.scale], out, args.seed, args.device, resolve_device(args.device), args.overwrite)
+    run.log(f"reproducing the TGD paper at scale {run.scale.name} ({run.scale.summary}) on {run.device}, "
+            f"seed {run.seed}, into {out}")  # fmt: skip
 
-    # 1. data
-    configs = simulation_configs(scale, args.seed, device)
-    data = out / "data"
-    data.mkdir(exist_ok=True)
-    for name, config in configs.items():
-        log.timed(f"simulate {name} ({len(config.studies)} studies)",
-              lambda: write_dataset(data / name, config, overwrite=args.overwrite))  # fmt: skip
-    main_v1, main_v2 = load_manifest(data / "main" / "v1"), load_manifest(data / "main" / "v2")
-    low, high = find_test_study(main_v2, "low", "tumour"), find_test_study(main_v2, "high", "tumour")
-    ood = find_test_study(main_v2, "normal", "catheter")
-    n_levels = len(scale.levels_s)
+    configs = simulate(run)
+    main_v1, main_v2 = load_manifest(run.data / "main" / "v1"), load_manifest(run.data / "main" / "v2")
+    studies = {
+        "low_bmi": find_test_study(main_v2, "low", "tumour"),
+        "high_bmi": find_test_study(main_v2, "high", "tumour"),
+        "ood": find_test_study(main_v2, "normal", "catheter"),
+    }
+    train_networks(run)
+    online_learning(run, studies["ood"])
 
-    # 2. networks
-    runs = out / "runs"
-    runs.mkdir(exist_ok=True)
+    low_v1 = next(s for s in main_v1.studies if s.id == studies["low_bmi"].id)  # held out, v1, 60 s
+    image = read_volume(low_v1.realisations[0]).data
+    z = rp.busiest_slice(regions(low_v1, main_v1.label_codes)["liver"])
+    v1_slice, drop = run.log.timed("kernel-drop study", lambda: kernel_drop(run.model("v1-net"), image, z, run.device))
+    run.commands["kernel drop (Fig. 4)"] = cli("score-kse", run.model("v1-net"), drop=True,
+                                               phis=",".join(map(str, DROP_PHIS)), volume=low_v1.realisations[0])
 
-    def loop(n_studies: int) -> dict:
-        return {
-            "epochs": scale.epochs,
-            "patches_per_epoch": epoch_patches(n_studies * n_levels * scale.slices, scale.batch_size),
-            "batch_size": scale.batch_size,
-            "patch_size": scale.patch_size,
-            "seed": args.seed,
-            "device": args.device,
-        }
+    evaluation = evaluate_all(run, main_v2, studies)
+    fig4 = fig4_rows(image[z], v1_slice, drop, max(2, run.scale.size // 16))
+    run.log.timed("figures", lambda: write_figures(run, fig4, studies, main_v2.label_codes))
 
-    def echo(name: str) -> Callable[[str], None]:
-        return lambda message: log(f"{name}: {message}")
-
-    for name, protocol in (("v1-net", "v1"), ("v2-net", "v2")):
-        cfg = TrainConfig(preset=scale.preset, **loop(scale.n_train))
-        folder = data / "main" / protocol
-        commands[name] = cli("train", folder, out=runs / name, **loop_options(cfg))
-        result = log.timed(name, lambda: train(
-            folder, runs / name, cfg, overwrite=args.overwrite, progress_bar=False, echo=echo(name),
-            command=commands[name],
-        ))  # fmt: skip
-        training[name] = fit_record(result, runs / name / "last.safetensors", cfg, log.steps[name],
-                                    data=f"main/{protocol}", studies=scale.n_train, command=commands[name])  # fmt: skip
-
-    finetunes = (
-        ("FT-net", "v1-net", "finetune", scale.n_finetune, {"method": "last3"}),
-        ("TGD-net", "v1-net", "finetune", scale.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE}),
-        ("EWC-net", "v1-net", "finetune", scale.n_finetune, {"method": "ewc"}),
-        ("TGD2-net", "TGD-net", "third", scale.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
-    )
-    for name, base, data_name, n, method in finetunes:
-        cfg = FinetuneConfig(**method, **loop(n))
-        base_model, folder = runs / base / "last.safetensors", data / data_name / "v2"
-        commands[name] = cli("tgd-finetune", base_model, folder, out=runs / name, **loop_options(cfg))
-        result = log.timed(name, lambda: finetune(
-            base_model, folder, runs / name, cfg, overwrite=args.overwrite, progress_bar=False, echo=echo(name),
-            command=commands[name],
-        ))  # fmt: skip
-        training[name] = fit_record(result, runs / name / "last.safetensors", cfg, log.steps[name],
-                                    data=f"{data_name}/v2", studies=n, base=base, command=commands[name])  # fmt: skip
-
-    # 3. online learning on the OOD study
-    online = out / "n2n"
-    online.mkdir(exist_ok=True)
-    for name, base in (("TGD-N2N", "v2-net"), ("TGD2-N2N", "TGD-net")):
-        cfg = N2NConfig(
-            phi=PHI_N2N, epochs=scale.n2n_epochs, patches_per_epoch=epoch_patches(2 * scale.slices, scale.batch_size),
-            batch_size=scale.batch_size, patch_size=scale.patch_size, seed=args.seed, device=args.device,
-        )  # fmt: skip
-        base_model, model = runs / base / "last.safetensors", online / f"{name}.safetensors"
-        denoised = online / f"{name}_denoised.nii.gz"
-        commands[name] = cli("n2n-online", base_model, *ood.halves, out=denoised, save_model=model,
-                             **loop_options(cfg))  # fmt: skip
-        result = log.timed(name, lambda: n2n_online(
-            base_model, ood.halves[0], ood.halves[1], denoised, cfg, save_model_path=model,
-            overwrite=args.overwrite, progress_bar=False, command=commands[name],
-        ))  # fmt: skip
-        training[name] = fit_record(result.fit, model, cfg, log.steps[name], data=f"main/v2 {ood.id} halves",
-                                    studies=1, base=base, command=commands[name])  # fmt: skip
-    model_files = {name: Path(training[name]["model"]) for name in MODELS}
-
-    # 4. kernel-drop study (Fig. 4) on a held-out v1 image
-    low_v1 = next(s for s in main_v1.studies if s.id == low.id)
-    volume = read_volume(low_v1.realisations[0]).data
-    codes = main_v2.label_codes
-    z4 = rp.busiest_slice(regions(low_v1, codes)["liver"])
-    v1_slice, drop = log.timed("kernel-drop study", lambda: kernel_drop(model_files["v1-net"], volume, z4, device))
-    commands["kernel drop (Fig. 4)"] = cli(
-        "score-kse", model_files["v1-net"], drop=True, phis=",".join(map(str, DROP_PHIS)), volume=low_v1.realisations[0]
-    )
-
-    # 5. evaluation
-    evaluation = {}
-    for key, study in (("low_bmi", low), ("high_bmi", high), ("ood", ood)):
-        evaluation[key] = log.timed(f"evaluate {key} ({study.id})", lambda: evaluate_models(
-            model_files, study, label_codes=codes, truth=truth_path(main_v2, study), device=device, precision="fp32",
-        ))  # fmt: skip
-        commands[f"evaluate {key}"] = cli(
-            "evaluate", data / "main" / "v2", *[f"--model={n}={p}" for n, p in model_files.items()], study=study.id,
-            device=args.device,
-        )  # fmt: skip
-
-    # 6. tables, figures, report
-    def figures() -> None:
-        margin = max(2, scale.size // 16)
-        z_box = rp.crop_box(volume[z4] > 0.05 * volume[z4].max(), margin)
-        rp.save_panels(out / "fig4.png", [
-            rp.PanelRow("denoised", [("input 60 s (v1)", volume[z4][z_box]), ("v1-net (phi = 0)", v1_slice[z_box])]
-                        + [(f"phi {p.phi:.1f}: {100 * p.fraction_dropped:.1f} % dropped", p.image[z_box]) for p in drop],
-                        *rp.display_range(v1_slice[z_box])),
-            rp.PanelRow("minus v1-net", [None, None] + [(f"phi {p.phi:.1f}: change {100 * p.output_change:.2f} %",
-                                                         (p.image - v1_slice)[z_box]) for p in drop],
-                        *rp.difference_range([p.image - v1_slice for p in drop]), cmap="RdBu_r"),
-        ], "Fig. 4: v1-net with its meaningless kernels (KSE < phi) dropped")  # fmt: skip
-        loaded = {name: load_denoiser(model_files[name], device=device, precision="fp32")
-                  for name in ("v1-net", "v2-net", *FINETUNED, "TGD-N2N", "TGD2-N2N")}  # fmt: skip
-        fig5 = {n: loaded[n] for n in ("v1-net", "v2-net", *FINETUNED)}
-        rp.save_panels(out / "fig5.png", [
-            lesion_row("low BMI", low, codes, fig5, margin), lesion_row("high BMI", high, codes, fig5, margin),
-        ], "Fig. 5: v2 test studies through the liver tumour (same grey scale per row)")  # fmt: skip
-        fig6 = {n: loaded[n] for n in ("v2-net", "TGD-net", "TGD-N2N", "TGD2-N2N")}
-        rp.save_panels(out / "fig6.png", ood_rows(ood, codes, fig6, margin),
-                       "Fig. 6: out-of-distribution study (hot bladder, catheter), 120 s")  # fmt: skip
-
-    log.timed("figures", figures)
-    rows = rp.table1_rows(evaluation, training, MODELS)
+    rows = rp.table1_rows(evaluation, run.training, MODELS)
     results = {
         "format": "tgdpet-reproduction",
         "format_version": 1,
-        "scale": asdict(scale),
-        "seed": args.seed,
+        "scale": asdict(run.scale),
+        "seed": run.seed,
         "out": str(out),
-        "device_arg": args.device,
-        "versions": versions(device),
-        "datasets": {name: {"seed": c.seed, "studies": [asdict(s) for s in c.studies]} for name, c in configs.items()},
-        "test_studies": {"low_bmi": low.id, "high_bmi": high.id, "ood": ood.id},
-        "training": training,
+        "device_arg": run.device_arg,
+        "versions": versions(run.device),
+        "datasets": {name: {"seed": c.seed, "summary": describe(c), "studies": [asdict(s) for s in c.studies]}
+                     for name, c in configs.items()},  # fmt: skip
+        "test_studies": {key: study.id for key, study in studies.items()},
+        "training": {name: {"model": str(run.model(name)), **record} for name, record in run.training.items()},
         "kernel_drop": [{"phi": p.phi, "fraction_dropped": p.fraction_dropped, "output_change": p.output_change,
                          "paper_dropped_pct": rp.PAPER_DROPPED_PCT[p.phi]} for p in drop],  # fmt: skip
         "evaluation": evaluation,
         "table1": rows,
-        "paper": {"table1_low_bmi": rp.PAPER_TABLE1, "time_saved_pct": rp.PAPER_TIME_SAVED_PCT},
-        "answers": rp.answers(rows, training, scale.n_train, scale.n_finetune),
-        "commands": commands,
-        "steps": log.steps,
+        "table1_markdown": rp.table1_markdown(rows),
+        "paper": {"table1_low_bmi": rp.PAPER_TABLE1, "time_saved_pct": rp.PAPER_TIME_SAVED_PCT,
+                  "dropped_pct": rp.PAPER_DROPPED_PCT},  # fmt: skip
+        "answers": rp.answers(rows, run.training, run.scale.n_train, run.scale.n_finetune),
+        "commands": run.commands,
+        "steps": run.log.steps,
+        "total_s": round(time.perf_counter() - run.log.start, 1),
     }
-    results["table1_markdown"] = rp.table1_markdown(rows)
     rp.write_text(out / "table1.md", "# Table 1 (simulated data)\n\n" + results["table1_markdown"])
     rp.write_text(out / "fig4.md", rp.fig4_markdown(drop, "fig4.png"))
-    results["total_s"] = round(time.perf_counter() - log.start, 1)
     rp.write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    rp.write_text(out / "README.md", readme(results, configs, rows, ""))
-    if args.docs:
-        docs = Path(args.docs)
-        rp.write_text(docs, readme(results, configs, rows, os.path.relpath(out, docs.parent)))
-    log(f"done in {results['total_s']:.0f} s: {out / 'README.md'}")
+    rp.write_text(out / "README.md", rp.report_markdown(results, ""))
+    if docs is not None:
+        rp.write_text(docs, rp.report_markdown(results, os.path.relpath(out, docs.parent)))
+    run.log(f"done in {results['total_s']:.0f} s: {out / 'README.md'}")
     return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=SCALES, default="small", help="small: 2 CPU cores, ~50 min; paper: a GPU")
+    parser.add_argument("--scale", choices=SCALES, default="small",
+                        help="small: 2 CPU cores, ~45 min; paper: a GPU; tiny: a one-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the patches")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
-    parser.add_argument("--docs", help="also write the report here (e.g. docs/reproduction.md)")
+    parser.add_argument("--docs", help="also write the report here, e.g. docs/reproduction.md")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        run(args)
+        reproduce(args)
     except TgdpetError as e:
         print(f"Error: {e}", file=sys.stderr)
         return TgdpetError.exit_code

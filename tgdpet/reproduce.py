@@ -218,11 +218,15 @@ def answer_close_to_v2(rows: Mapping[str, Mapping]) -> str:
         f"{c['v2-net']:.2f} % ({c['TGD-net'] - c['v2-net']:+.2f} points)."
     )
     if b["v1-net"] is not None and abs(b["v2-net"] - b["v1-net"]) > 1e-6:
-        closed = (b["TGD-net"] - b["v1-net"]) / (b["v2-net"] - b["v1-net"]) * 100
+
+        def share(model: str) -> float:
+            return (b[model] - b["v1-net"]) / (b["v2-net"] - b["v1-net"]) * 100
+
         sentence += (
-            f" Of the lesion-bias gap between v1-net ({b['v1-net']:.2f} %) and v2-net, TGD-net covered "
-            f"{closed:.0f} %"
-            + (f" (FT-net {(b['FT-net'] - b['v1-net']) / (b['v2-net'] - b['v1-net']) * 100:.0f} %)." if b["FT-net"] is not None else ".")
+            f" From v1-net's lesion bias ({b['v1-net']:.2f} %) to v2-net's, TGD-net moved {share('TGD-net'):.0f} % of "
+            "the way"
+            + (f" and FT-net {share('FT-net'):.0f} %" if b["FT-net"] is not None else "")
+            + " (100 % = v2-net's bias, below 0 = away from it)."
         )
     sentence += (
         f" The paper: TGD-net {PAPER_TABLE1['TGD-net'][0]:.2f} / {PAPER_TABLE1['TGD-net'][1]:.2f} % against v2-net "
@@ -301,6 +305,110 @@ def answers(rows: Sequence[Mapping], training: Mapping[str, Mapping], n_train: i
         answer_compute_saved(training, n_train, n_finetune),
         answer_online_learning(by_model),
     ]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report_markdown(results: dict, link: str) -> str:
+    """The report: what ran, how to repeat it, Table 1, the figures and the answers from the measured numbers.
+
+    ``link`` is the path from the report's folder to the results folder ("" beside it).
+    """
+    s = results["scale"]
+    prefix = f"{link}/" if link else ""
+    levels = ", ".join(f"{x:g}" for x in s["levels_s"])
+    commands = "\n".join(f"# {step}\n{command}" for step, command in results["commands"].items())
+    steps = markdown_table(
+        ["step", "wall time s", "CPU time s"],
+        [[k, f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for k, v in results["steps"].items()]
+        + [["total", f"{results['total_s']:.1f}", ""]],
+    )
+    nets = markdown_table(
+        ["network", "starts from", "data (studies)", "epochs", "patches / epoch", "patches seen", "training s"],
+        [
+            [LABELS[name], LABELS.get(r.get("base"), "scratch"), f"{r['data']} ({r['studies']})",
+             str(r["epochs"]), f"{r['patches_per_epoch']:,}", f"{r['patches_seen']:,}", f"{r['wall_s']:.1f}"]
+            for name, r in results["training"].items()
+        ],
+    )  # fmt: skip
+    v = results["versions"]
+    datasets = "\n".join(f"- `{name}` (seed {d['seed']}): {d['summary']}" for name, d in results["datasets"].items())
+    answers = "\n\n".join(f"{i}. {text}" for i, text in enumerate(results["answers"], start=1))
+    return f"""# Reproduction of Targeted Gradient Descent (Chen, Asma, Chan, MICCAI 2021) on simulated PET
+
+Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured;
+everything below is in `{prefix}results.json`.
+
+## What ran
+
+Simulated data (tgdpet's whole-body PET simulator; v1 = coarse-noise reconstruction, v2 = finer noise, the
+same counts), {s['size']} x {s['size']} x {s['slices']} voxels, count levels {levels} s against a 600 s target,
+tests of {s['realisations']} x 60 s realisations:
+
+{datasets}
+
+The fine-tuning studies are separate from the {s['n_train']} training studies, as in the paper. The tests are on v2
+images. TGD²-net is TGD-net fine-tuned by TGD again (masks from its own weights) on the `third` dataset, a third
+task the paper's TGD² notation allows; TGD²-N2N is the paper's TGD-net + online learning.
+
+{nets}
+
+An epoch is one random {s['patch_size']}x{s['patch_size']}x3 patch per input slice of the dataset (studies x count
+levels x slices; for N2N the two halves), so compute scales with the data as in the paper, where every network
+trained 500 epochs (N2N 150). Adam, lr 1e-3, MSE, batch {s['batch_size']}, network preset `{s['preset']}`.
+Training times are the training loop alone (the step times below add data loading).
+
+## Table 1
+
+Lesion ensemble bias and liver CoV over the realisations of each test study (eq. 6-7 of the supplement, the 600 s
+image as reference); the hallucination score is the relative RMS error against the 600 s image in and around the
+bladder and the catheter of the OOD study, averaged over its realisations. The N2N networks were adapted to the
+OOD study only; their low- and high-BMI figures show what online learning did to their general denoising.
+
+{results['table1_markdown']}
+## Figures
+
+- [Fig. 4]({prefix}fig4.md) ([image]({prefix}fig4.png)): kernels dropped by KSE threshold on v1-net.
+- [Fig. 5]({prefix}fig5.png): low- and high-BMI test slices through the lesion (red arrow), first 60 s
+  realisation, every fine-tuning method, one grey scale per row (Bq/mL).
+- [Fig. 6]({prefix}fig6.png): the OOD study's 120 s image (mean of the N2N halves) through bladder and catheter,
+  denoised by v2-net, TGD-net, TGD-N2N and TGD²-N2N; second row: minus the 600 s image.
+
+## Answers, from the measured numbers
+
+{answers}
+
+## Differences from the paper
+
+Simulated instead of clinical studies; studies: {s['n_train']} + {s['n_finetune']} (paper: 20 + 7); epochs:
+{s['epochs']} (paper: 500) and {s['n2n_epochs']} for N2N (paper: 150); network preset `{s['preset']}` (the paper's
+widths are the preset `paper`). Lesion bias and CoV come from one test study each, as in the paper: small
+differences between networks may not hold for another seed (`--seed`).
+
+## How to repeat it
+
+```
+python scripts/reproduce_paper.py --scale {s['name']} --out {results['out']} --device {results['device_arg']} \\
+    --seed {results['seed']}
+```
+
+The same steps with the `tgdpet` command (the datasets have no command equivalent: `tgdpet simulate` draws a
+fixed cohort; the script calls `tgdpet.simulate.write_dataset` with the study lists above):
+
+```
+{commands}
+```
+
+Seed {results['seed']} (datasets: {', '.join(f"{k} {d['seed']}" for k, d in results["datasets"].items())}).
+Versions: tgdpet {v['tgdpet']}, torch {v['torch']}, numpy {v['numpy']}, Python {v['python']}; {v['platform']};
+device {v['device']}.
+
+Time per step (the CPU time counts all threads; wall time well above CPU time / threads means the cores were
+shared with other work):
+
+{steps}
+"""
 
 
 # --------------------------------------------------------------------------- images
@@ -385,7 +493,8 @@ def save_panels(path: str | Path, rows: Sequence[PanelRow], title: str, caption:
                 off = 0.18 * max(img.shape)
                 ax.annotate("", xy=(x, y), xytext=(x + off, y - off),
                             arrowprops={"arrowstyle": "->", "color": "red", "lw": 1.2})  # fmt: skip
-        axes[r, 0].set_ylabel(row.label, fontsize=8)
+        first = next(c for c, panel in enumerate(row.panels) if panel is not None)
+        axes[r, first].set_ylabel(row.label, fontsize=8)
         fig.colorbar(image, ax=list(axes[r]), fraction=0.02, pad=0.01)
     fig.suptitle(title, fontsize=10)
     if caption:
