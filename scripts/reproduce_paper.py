@@ -361,7 +361,9 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
 # --------------------------------------------------------------------------- 4. kernel drop (Fig. 4)
 
 
-def kernel_drop(model_path: Path, volume: np.ndarray, z: int, device: torch.device) -> tuple[np.ndarray, list[rp.DropPoint]]:
+def kernel_drop(
+    model_path: Path, volume: np.ndarray, z: int, device: torch.device
+) -> tuple[np.ndarray, list[rp.DropPoint]]:
     """v1-net's output on ``volume`` and, per threshold, its output with the meaningless kernels dropped.
 
     Returns v1-net's denoised slice ``z`` and one point per phi: fraction of
@@ -375,6 +377,11 @@ def kernel_drop(model_path: Path, volume: np.ndarray, z: int, device: torch.devi
         out = denoise_array(dropped, volume, device=device, precision="fp32")
         points.append(rp.DropPoint(phi, fraction, relative_rms_change(reference, out), out[z]))
     return reference[z], points
+
+
+def crop_margin(scale: Scale) -> int:
+    """Pixels of context the figures keep around the structure they show (32 mm at 4 mm voxels)."""
+    return max(2, scale.size // 16)
 
 
 def fig4_rows(image: np.ndarray, v1: np.ndarray, points: list[rp.DropPoint], margin: int) -> list[rp.PanelRow]:
@@ -454,7 +461,7 @@ def write_figures(run: Run, fig4: list[rp.PanelRow], studies: dict[str, StudyEnt
     """Fig. 4 (its rows made by the kernel-drop step), Fig. 5 (fine-tuned networks on the low- and high-BMI
     studies) and Fig. 6 (online learning on the OOD study)."""
     rp.save_panels(run.out / "fig4.png", fig4, "Fig. 4: v1-net with its meaningless kernels (KSE < phi) dropped")
-    margin = max(2, run.scale.size // 16)
+    margin = crop_margin(run.scale)
     fp32 = {name: load_denoiser(run.model(name), device=run.device, precision="fp32") for name in MODELS}
     fig5 = {name: fp32[name] for name in ("v1-net", "v2-net", *FINETUNED)}
     rp.save_panels(run.out / "fig5.png", [
@@ -521,7 +528,7 @@ def reproduce(args: argparse.Namespace) -> dict:
                                                phis=",".join(map(str, DROP_PHIS)), volume=low_v1.realisations[0])
 
     evaluation = evaluate_all(run, main_v2, studies)
-    fig4 = fig4_rows(image[z], v1_slice, drop, max(2, run.scale.size // 16))
+    fig4 = fig4_rows(image[z], v1_slice, drop, crop_margin(run.scale))
     run.log.timed("figures", lambda: write_figures(run, fig4, studies, main_v2.label_codes))
 
     rows = rp.table1_rows(evaluation, run.training, MODELS)

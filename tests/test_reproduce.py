@@ -81,12 +81,13 @@ def test_knowledge_answer_follows_the_high_bmi_liver_cov():
     assert "No" in lost and "0.50 points higher" in lost
 
 
+def _ood(bladder: float, cov: float) -> dict[str, float | None]:
+    return {"ood_hallucination_bladder_pct": bladder, "ood_hallucination_catheter_pct": None, "ood_liver_cov_pct": cov}
+
+
 def test_online_learning_answer_states_each_verdict_from_the_numbers():
     rows = _rows(**{
-        "v2-net": {"ood_hallucination_bladder_pct": 20.0, "ood_hallucination_catheter_pct": None, "ood_liver_cov_pct": 10.0},
-        "TGD-N2N": {"ood_hallucination_bladder_pct": 12.0, "ood_hallucination_catheter_pct": None, "ood_liver_cov_pct": 10.5},
-        "TGD-net": {"ood_hallucination_bladder_pct": 18.0, "ood_hallucination_catheter_pct": None, "ood_liver_cov_pct": 8.0},
-        "TGD2-N2N": {"ood_hallucination_bladder_pct": 19.0, "ood_hallucination_catheter_pct": None, "ood_liver_cov_pct": 10.0},
+        "v2-net": _ood(20.0, 10.0), "TGD-N2N": _ood(12.0, 10.5), "TGD-net": _ood(18.0, 8.0), "TGD2-N2N": _ood(19.0, 10.0),
     })  # fmt: skip
     text = rp.answer_online_learning(rows)
     assert "bladder 20.00 -> 12.00 % (lower, -40 %)" in text

@@ -170,6 +170,33 @@ def test_activation_mode_matches_written_out_tgd_layer():
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9, msg=name)
 
 
+def test_conv_and_bn_output_gradients_of_frozen_channels_are_exactly_zero():
+    """Both TGD layers of a block (after the conv and after the BN) see zero gradient in frozen channels."""
+    model = _model()
+    masks = _alternating_masks(model)
+    x, y = _batch()
+    model.train()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_grad(name):
+        def hook(module, inputs, output):
+            output.register_hook(lambda g: seen.__setitem__(name, g.detach().clone()))
+        return hook
+
+    with attach(model, masks):
+        # Registered after TGD's own hooks, so they see the gradient that flows on.
+        handles = [model.convs[2].register_forward_hook(keep_grad("conv3")),
+                   model.bns[1].register_forward_hook(keep_grad("bn3")),
+                   model.convs[0].register_forward_hook(keep_grad("conv1"))]
+        F.mse_loss(model(x), y).backward()
+    for h in handles:
+        h.remove()
+    for name, i in (("conv3", 2), ("bn3", 2), ("conv1", 0)):
+        frozen = ~masks[i]
+        assert torch.count_nonzero(seen[name][:, frozen]) == 0, name
+        assert torch.count_nonzero(seen[name][:, ~frozen]) > 0, name
+
+
 def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode_does_not():
     model = _model()
     masks = {i: torch.ones(c.out_channels, dtype=torch.bool) for i, c in enumerate(model.convs)}

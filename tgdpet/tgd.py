@@ -294,10 +294,12 @@ class TGDEngine:
             keep = keep.to(self.model.convs[i].weight.device)
             bn = bn_after(self.model, i)
             if self.mode == "activation" and i != last:
-                # TGD layers after the conv and after its BN (paper Fig. 1).
-                self._handles.append(self.model.convs[i].register_forward_hook(_mask_output_gradient(keep)))
-                if bn is not None:
-                    self._handles.append(bn.register_forward_hook(_mask_output_gradient(keep)))
+                # The TGD layers of paper Fig. 1 sit after the conv and after its BN. BatchNorm's
+                # backward is per channel and maps an all-zero output gradient to an exactly zero
+                # input gradient, so where a BN follows, the mask after it already zeroes the
+                # conv output's gradient: one masking pass per block gives the paper's gradients
+                # bit for bit at half the memory traffic.
+                self._handles.append((bn or self.model.convs[i]).register_forward_hook(_mask_output_gradient(keep)))
             else:
                 # Parameter mode, and the last conv in either mode: its output is
                 # the prediction, so masking its output gradient would stop all
