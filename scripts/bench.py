@@ -68,7 +68,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, float]:
     """Median seconds of each variant, run in a rotating order in every repeat (after one warm-up call each)."""
     for fn in variants.values():
         fn()
@@ -91,7 +93,7 @@ def precisions(device: torch.device) -> list[torch.dtype]:
 
 
 def gemm_variants(device: torch.device, n: int, calls: int) -> dict[str, tuple[Callable[[], None], float]]:
-    """The yardstick: per precision, ``calls`` n x n matrix products by torch.mm and as a 1x1 convolution, with their FLOP.
+    """The yardstick: per precision, ``calls`` n x n matrix products (torch.mm, and as a 1x1 conv) and their FLOP.
 
     The 1x1 channels-last convolution runs in oneDNN (CPU) or cuDNN, the
     libraries that run the denoiser's convs; torch.mm runs in MKL/cuBLAS. On
@@ -287,15 +289,18 @@ def paper_memory_estimate(runs: list[dict]) -> dict:
     the preset. So paper(deep) = paper(shallow) + small(deep) - small(shallow).
     """
     small_deep, small_shallow, paper_shallow = runs
+
+    def estimate(key: str) -> int | None:
+        if small_deep[key] is None:  # no CUDA figures on the CPU
+            return None
+        return paper_shallow[key] + small_deep[key] - small_shallow[key]
+
     return {
         "preset": "paper",
         "shape_zyx": small_deep["shape_zyx"],
-        "peak_rss_bytes": paper_shallow["peak_rss_bytes"] + small_deep["peak_rss_bytes"] - small_shallow["peak_rss_bytes"],
-        "cuda_peak_allocated_bytes": paper_shallow["cuda_peak_allocated_bytes"] and (
-            paper_shallow["cuda_peak_allocated_bytes"] + small_deep["cuda_peak_allocated_bytes"]
-            - small_shallow["cuda_peak_allocated_bytes"]
-        ),
-    }  # fmt: skip
+        "peak_rss_bytes": estimate("peak_rss_bytes"),
+        "cuda_peak_allocated_bytes": estimate("cuda_peak_allocated_bytes"),
+    }
 
 
 def bench_memory(preset: str, shape: tuple[int, int, int], device: torch.device) -> dict:
@@ -321,8 +326,10 @@ def print_report(result: dict) -> None:
                 f"{p['peak gflops']:>7.0f}"
             )
     print("\nDenoising throughput (medians; ratio and fraction of peak in the same precision)")
-    header = f"  {'preset':<7}{'variant':<22}{'batch':>6}{'Mvox/s':>9}{'GFLOP/s':>9}{'vs plain':>9}{'of peak':>9}{'noise err':>11}"
-    print(header)
+    print(
+        f"  {'preset':<7}{'variant':<22}{'batch':>6}{'Mvox/s':>9}{'GFLOP/s':>9}{'vs plain':>9}{'of peak':>9}"
+        f"{'noise err':>11}"
+    )
     for r in result["denoise"]:
         print(
             f"  {r['preset']:<7}{r['variant']:<22}{r['batch_slices']:>6}{r['voxels_per_s'] / 1e6:>9.3f}"
@@ -341,13 +348,15 @@ def print_report(result: dict) -> None:
         z, y, x = m["shape_zyx"]
         print(
             f"  {m['preset']:<7}{x}x{y}x{z}: peak RSS {m['peak_rss_bytes'] / GIB:.2f} GiB (after imports "
-            f"{m['rss_after_imports_bytes'] / GIB:.2f} GiB; input+output arrays {m['input_output_bytes'] / GIB:.2f} GiB)"
+            f"{m['rss_after_imports_bytes'] / GIB:.2f} GiB; input+output arrays "
+            f"{m['input_output_bytes'] / GIB:.2f} GiB)"
             f"  {m['seconds']:.1f} s" + _cuda_memory(m)
         )
     e = result["memory_paper_estimate"]
     z, y, x = e["shape_zyx"]
     print(f"  {e['preset']:<7}{x}x{y}x{z}: peak RSS {e['peak_rss_bytes'] / GIB:.2f} GiB, estimated" + _cuda_memory(e))
-    print("\nTargets")
+    quick_note = " (--quick shrinks the sizes they are set for; run without it to check them)"
+    print("\nTargets" + (quick_note if result["quick"] else ""))
     for name, (value, met) in result["targets"].items():
         print(f"  [{'met' if met else 'NOT met'}] {name}: {value}")
 
@@ -364,14 +373,18 @@ def targets(result: dict, auto: str) -> dict:
     z, y, x = small["shape_zyx"]
     small_mem, paper_mem = (max(m["cuda_peak_allocated_bytes"] or 0, m["peak_rss_bytes"]) for m in (small, paper))
     return {
-        f"paper preset, fast {auto} >= 50 % of the {auto} matmul peak": (f"{100 * fast['fraction_of_peak']:.0f} %", fast["fraction_of_peak"] >= 0.5),
-        f"paper preset, fast {auto} >= 3x the plain baseline": (f"{fast['speedup_vs_plain']:.2f}x", fast["speedup_vs_plain"] >= 3),
+        f"paper preset, fast {auto} >= 50 % of the {auto} matmul peak": (
+            f"{100 * fast['fraction_of_peak']:.0f} %", fast["fraction_of_peak"] >= 0.5
+        ),
+        f"paper preset, fast {auto} >= 3x the plain baseline": (
+            f"{fast['speedup_vs_plain']:.2f}x", fast["speedup_vs_plain"] >= 3
+        ),
         "TGD training-step overhead < 5 %": (f"{100 * tgd:+.1f} %", tgd < 0.05),
         f"peak memory denoising {x}x{y}x{z} < 4 GiB": (
             f"small preset {small_mem / GIB:.2f} GiB measured, paper preset {paper_mem / GIB:.2f} GiB estimated",
             max(small_mem, paper_mem) < 4 * GIB,
         ),
-    }  # fmt: skip
+    }
 
 
 def machine(device: torch.device) -> str:

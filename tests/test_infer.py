@@ -146,7 +146,11 @@ def test_non_finite_input_is_refused(bad):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"precision": "fp16"}, "CUDA"), ({"precision": "fp64"}, "unknown precision"), ({"batch_slices": 0}, "at least 1")],
+    [
+        ({"precision": "fp16"}, "CUDA"),
+        ({"precision": "fp64"}, "unknown precision"),
+        ({"batch_slices": 0}, "at least 1"),
+    ],
 )
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(TgdpetError, match=match):
@@ -201,9 +205,8 @@ def test_cli_denoises_a_nifti_file_keeping_its_geometry(tmp_path, model_file):
     source = make_volume(shape=(6, 14, 12))
     path = write_test_nifti(tmp_path / "study.nii.gz", source)
     before = tree_snapshot(tmp_path)
-    result = CliRunner().invoke(
-        main, ["denoise", str(path), "--model", str(model_file), "--device", "cpu", "--precision", "fp32", "--no-progress"]
-    )
+    args = ["denoise", str(path), "--model", str(model_file), "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = tmp_path / "study_denoised.nii.gz"
     assert str(out) in result.output
@@ -250,3 +253,11 @@ def test_cli_bad_input_fails_cleanly_without_output(tmp_path, model_file):
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output and "Error:" in result.output
     assert tree_snapshot(tmp_path) == before
+
+
+def test_cli_refuses_a_model_trained_with_another_normalisation(tmp_path):
+    model = save_model(tmp_path / "m.safetensors", trained_like_model(), normalization={"method": "max"})
+    path = write_test_nifti(tmp_path / "study.nii.gz", make_volume(shape=(3, 8, 8)))
+    result = CliRunner().invoke(main, ["denoise", str(path), "--model", str(model), "--device", "cpu"])
+    assert result.exit_code == 2 and "normalisation" in result.output
+    assert not (tmp_path / "study_denoised.nii.gz").exists()

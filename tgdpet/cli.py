@@ -326,7 +326,8 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="A tgdpet model file (.safetensors)  [default: the built-in pretrained model]")
 @click.option("-o", "--out", type=click.Path(), help="Output for a single INPUT: .nii, .nii.gz or a DICOM folder.")
-@click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs  [default: next to each input]")
+@click.option("--out-dir", type=click.Path(file_okay=False),
+              help="Folder for the outputs  [default: next to each input]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
@@ -334,7 +335,9 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster after a slow first call).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
-def denoise_command(inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, overwrite, no_progress) -> None:
+def denoise_command(
+    inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, overwrite, no_progress
+) -> None:
     """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
 
     Geometry and metadata are kept; the default output is <name>_denoised.nii.gz
@@ -352,10 +355,14 @@ def denoise_command(inputs, model_path, out, out_dir, device, precision, batch_s
             raise TgdpetError(f"{path} does not exist; check the path.")
     outputs = [Path(out)] if out else [default_output_path(p, out_dir) for p in inputs]
     if len({o.resolve() for o in outputs}) < len(outputs):
-        raise TgdpetError("two inputs would be written to the same output name; denoise them into separate --out-dir folders.")
+        raise TgdpetError(
+            "two inputs would be written to the same output name; denoise them into separate --out-dir folders."
+        )
     for o in outputs:  # refuse before denoising anything, not after the first volumes
         check_can_write(o, overwrite)
-    denoiser = load_denoiser(model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_)
+    denoiser = load_denoiser(
+        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_
+    )
     for src, dest in zip(inputs, outputs):
         written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress)
         click.echo(f"Wrote {written}.")

@@ -143,7 +143,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
-def default_batch_slices(device: torch.device, config: DnCNNConfig, height: int, width: int, dtype: torch.dtype | None) -> int:
+def default_batch_slices(
+    device: torch.device, config: DnCNNConfig, height: int, width: int, dtype: torch.dtype | None
+) -> int:
     """Slices per forward call: as many as fit the device's activation budget (at least 1, at most 64)."""
     bytes_per_slice = height * width * max(config.widths) * (2 if dtype is not None else 4)
     budget = _ACTIVATION_BUDGET["cuda" if device.type == "cuda" else "cpu"]
@@ -328,7 +330,12 @@ def default_output_path(input_path: str | Path, out_dir: str | Path | None = Non
 
 
 def denoise_file(
-    denoiser: Denoiser, input_path: str | Path, output_path: str | Path, *, overwrite: bool = False, progress: bool = False
+    denoiser: Denoiser,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
 
