@@ -102,10 +102,10 @@ SCALES = {
         preset="tiny", batch_size=16, patch_size=16, epochs=1, n2n_epochs=1,
     ),
     "small": Scale(
-        "small", "2 CPU cores in about 45 minutes: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net "
-        "(7 x 32 channels), 30 epochs",
+        "small", "2 CPU cores in about 50 minutes: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net "
+        "(7 x 32 channels), 12 epochs (60 for N2N)",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
-        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=30, n2n_epochs=150,
+        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60,
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
@@ -569,7 +569,7 @@ def reproduce(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: 2 CPU cores, ~45 min; paper: a GPU; tiny: a one-minute pipeline check")
+                        help="small: 2 CPU cores, ~50 min; paper: a GPU; tiny: a one-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the patches")
