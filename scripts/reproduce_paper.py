@@ -61,7 +61,7 @@ from tgdpet.files import check_can_write
 from tgdpet.infer import denoise_array, load_denoiser
 from tgdpet.io import read_volume
 from tgdpet.runtime import resolve_device
-from tgdpet.simulate import OOD_FEATURES, SimulationConfig, StudySpec, write_dataset
+from tgdpet.simulate import OOD_FEATURES, SimulationConfig, StudySpec, study_seed, write_dataset
 from tgdpet.tgd import drop_kernels, relative_rms_change
 from tgdpet.train import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, finetune, n2n_online, train
 from tgdpet.train.loop import FitResult
@@ -224,11 +224,6 @@ def epoch_patches(input_slices: int, batch_size: int) -> int:
 # --------------------------------------------------------------------------- 1. data
 
 
-def dataset_seed(seed: int, index: int) -> int:
-    """Seed of the run's dataset ``index``: different datasets must hold different phantoms."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
 def simulation_configs(scale: Scale, seed: int, device: torch.device) -> dict[str, SimulationConfig]:
     """The three datasets of the run (see the module docstring), keyed by folder name."""
     bodies = ("low", "high")
@@ -246,13 +241,13 @@ def simulation_configs(scale: Scale, seed: int, device: torch.device) -> dict[st
         "progress": False,
     }
     return {
-        "main": SimulationConfig(studies=tuple(main), protocols=("v1", "v2"), seed=dataset_seed(seed, 0), **common),
+        "main": SimulationConfig(studies=tuple(main), protocols=("v1", "v2"), seed=study_seed(seed, 0), **common),
         "finetune": SimulationConfig(
-            studies=(StudySpec("train", "low"),) * scale.n_finetune, protocols=("v2",), seed=dataset_seed(seed, 1),
+            studies=(StudySpec("train", "low"),) * scale.n_finetune, protocols=("v2",), seed=study_seed(seed, 1),
             **common,
         ),
         "third": SimulationConfig(
-            studies=(StudySpec("train", "high"),) * scale.n_third, protocols=("v2",), seed=dataset_seed(seed, 2),
+            studies=(StudySpec("train", "high"),) * scale.n_third, protocols=("v2",), seed=study_seed(seed, 2),
             **common,
         ),
     }  # fmt: skip

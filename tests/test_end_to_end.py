@@ -96,7 +96,10 @@ def test_n2n_online_denoises_the_study_with_its_geometry(workspace, trained):
     source, result = read_volume(half1), read_volume(out)
     assert result.shape == source.shape
     np.testing.assert_allclose(result.affine, source.affine)
-    assert load_model(workspace / "n2n.safetensors").masks is not None
+    adapted, base = load_model(workspace / "n2n.safetensors"), load_model(trained)
+    assert adapted.masks is not None
+    for i, keep in adapted.masks.items():
+        assert torch.equal(base.model.convs[i].weight[~keep], adapted.model.convs[i].weight[~keep])
 
 
 def _test_study(data: Path) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -139,6 +142,12 @@ def test_evaluate_scores_the_trained_model(workspace, trained):
     run("evaluate", workspace / "data" / "v1", "--model", f"v1={trained}", "--json", out, "--no-progress",
         "--device", "cpu")
     results = json.loads(out.read_text())
-    assert results  # per study: the input row and the model's row, with the paper's figures
-    text = json.dumps(results)
-    assert "lesion" in text and "liver" in text
+    assert [s["study"] for s in results["studies"]]  # every test study of the manifest was scored
+    tumour_studies = [s for s in results["studies"] if s["images"] == "realisations"]
+    assert len(tumour_studies) == 2  # the low- and the high-BMI study with the inserted liver tumour
+    for study in results["studies"]:
+        assert set(study["rows"]) == {"input", "v1"}
+    for study in tumour_studies:
+        rows = study["rows"]
+        assert all(np.isfinite(rows[r]["lesion_bias_pct"]) for r in rows)
+        assert rows["v1"]["liver_cov_pct"] < rows["input"]["liver_cov_pct"]  # the denoiser lowers the noise

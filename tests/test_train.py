@@ -17,8 +17,7 @@ from tgdpet.cli import main
 from tgdpet.data import PatchDataset, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume
-from tgdpet.kse import bn_after
-from tgdpet.models import build_model, get_config
+from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
 from tgdpet.train.loop import amp_dtype
@@ -200,6 +199,18 @@ def test_tgd_finetune_retrains_only_meaningless_kernels(tmp_path, dataset, base_
     assert result.method == summary
 
 
+def test_tgd_resume_keeps_the_runs_frozen_kernels_whatever_model_is_named(tmp_path, dataset, base_model):
+    """Resuming TGD with another MODEL file on the command line still ends as the uninterrupted run."""
+    cfg = finetune_cfg(epochs=2, phi=0.5)
+    finetune(base_model, dataset, tmp_path / "a", cfg, progress_bar=False)
+    out = tmp_path / "b"
+    finetune(base_model, dataset, out, finetune_cfg(iterations=3, phi=0.5), progress_bar=False)
+    other = save_model(tmp_path / "other.safetensors", build_model("tiny"), preset="tiny")
+    finetune(other, dataset, out, cfg, resume=True, progress_bar=False)
+    a, b = weights(tmp_path / "a" / "last.safetensors"), weights(out / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_tgd_twice_appends_masks_from_the_finetuned_weights(tmp_path, dataset, base_model):
     first, second = tmp_path / "tgd1", tmp_path / "tgd2"
     finetune(base_model, dataset, first, finetune_cfg(iterations=3, phi=0.5), progress_bar=False)
@@ -283,3 +294,14 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
     assert record.provenance["method"]["phi"] == 0.4
     res = runner.invoke(main, args + common)
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_finetune_and_n2n_refuse_a_model_with_another_normalisation(tmp_path, dataset):
+    model = save_model(tmp_path / "m.safetensors", build_model("tiny"), preset="tiny", normalization={"method": "max"})
+    study = load_manifest(dataset).studies[0]
+    common = ["--device", "cpu", "--no-progress"]
+    for args in (["tgd-finetune", str(model), str(dataset), "--out", str(tmp_path / "run")],
+                 ["n2n-online", str(model), str(study.halves[0]), str(study.halves[1]), "-o", str(tmp_path / "o.nii")]):
+        res = CliRunner().invoke(main, args + common)
+        assert res.exit_code == 2 and "normalisation" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -77,6 +77,18 @@ class ModelRecord:
     normalization: dict = field(default_factory=lambda: dict(NORMALIZATION))
     version: str = __version__  # tgdpet version that wrote the file
 
+    def check_normalization(self, name: str) -> None:
+        """Refuse a model trained with another intensity normalisation than this tgdpet applies.
+
+        Denoising with it would be silently mis-scaled, and fine-tuning it would
+        re-save it labelled with the current normalisation, hiding the mismatch.
+        """
+        if self.normalization != NORMALIZATION:
+            raise TgdpetError(
+                f"{name} was trained with intensity normalisation {self.normalization}, but this tgdpet applies "
+                f"{NORMALIZATION}; use a tgdpet release matching the model."
+            )
+
 
 def _unwrap(model: torch.nn.Module) -> DnCNN:
     """The DnCNN inside a DistributedDataParallel or torch.compile wrapper."""

@@ -49,7 +49,7 @@ import torch
 
 from . import metrics
 from .checkpoint import ModelRecord
-from .data import NORMALIZATION, Manifest, StudyEntry, load_manifest
+from .data import Manifest, StudyEntry, load_manifest
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 from .infer import Denoiser, load_denoiser
@@ -146,11 +146,7 @@ def load_study_images(
 
 def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str) -> Denoiser:
     if isinstance(spec, ModelRecord):
-        if spec.normalization != NORMALIZATION:
-            raise TgdpetError(
-                f"model {name!r} was trained with intensity normalisation {spec.normalization}, but this tgdpet "
-                f"applies {NORMALIZATION}; use a tgdpet release matching the model."
-            )
+        spec.check_normalization(f"model {name!r}")
         return Denoiser(spec.model, device=device, precision=precision)
     return load_denoiser(spec, device=device, precision=precision)
 

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import NORMALIZATION, intensity_scale, stack_indices
+from .data import intensity_scale, stack_indices
 from .errors import TgdpetError
-from .models import DnCNN, DnCNNConfig
+from .models import DnCNN, DnCNNConfig, bn_after
 from .runtime import autocast_dtype, resolve_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -104,13 +104,11 @@ def fold_batchnorm(model: DnCNN) -> FoldedDnCNN:
     """
     if not isinstance(model, DnCNN):
         raise TypeError(f"fold_batchnorm expects a tgdpet DnCNN, got {type(model).__name__}.")
-    # bns[i] follows convs[i + 1]; conv1 and the last conv have no BN.
-    bn_after = {i + 1: bn for i, bn in enumerate(model.bns)}
     convs = nn.ModuleList()
     with torch.no_grad():
         for i, src in enumerate(model.convs):
             weight, bias = src.weight.double(), src.bias.double()
-            bn = bn_after.get(i)
+            bn = bn_after(model, i)
             if bn is not None:
                 g = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
                 weight = weight * g.view(-1, 1, 1, 1)
@@ -303,11 +301,7 @@ def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
 
     path = Path(model_path) if model_path is not None else pretrained_model_path()
     record = load_model(path, device="cpu")
-    if record.normalization != NORMALIZATION:
-        raise TgdpetError(
-            f"{path} was trained with intensity normalisation {record.normalization}, but this tgdpet applies "
-            f"{NORMALIZATION}; use a tgdpet release matching the model."
-        )
+    record.check_normalization(str(path))
     return Denoiser(record.model, **options)
 
 

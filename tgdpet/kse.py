@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .errors import TgdpetError
-from .models import DnCNN
+from .models import DnCNN, bn_after
 
 
 def _min_max(x: torch.Tensor) -> torch.Tensor:
@@ -108,16 +108,6 @@ def kse_scores(weight: torch.Tensor | np.ndarray, k: int = 5, alpha: float = 1.0
     sparsity, entropy = sparsity_and_entropy(weight, k)
     v = torch.sqrt(_min_max(sparsity) / (1.0 + alpha * _min_max(entropy)))
     return _min_max(v)
-
-
-def bn_after(model: DnCNN, conv_index: int) -> torch.nn.BatchNorm2d | None:
-    """The BatchNorm that normalises the output of ``model.convs[conv_index]``, if any.
-
-    In :class:`~tgdpet.models.DnCNN`, ``bns[j]`` follows ``convs[j + 1]``;
-    the first and the last conv have none.
-    """
-    j = conv_index - 1
-    return model.bns[j] if 0 <= j < len(model.bns) else None
 
 
 def channel_parameter_count(model: DnCNN, conv_index: int) -> int:

@@ -145,6 +145,16 @@ class DnCNN(nn.Module):
         return x - self.predict_noise(x)
 
 
+def bn_after(model: DnCNN, conv_index: int) -> torch.nn.BatchNorm2d | None:
+    """The BatchNorm that normalises the output of ``model.convs[conv_index]``, if any.
+
+    In :class:`DnCNN`, ``bns[j]`` follows ``convs[j + 1]``;
+    the first and the last conv have none.
+    """
+    j = conv_index - 1
+    return model.bns[j] if 0 <= j < len(model.bns) else None
+
+
 def build_model(preset: str = "paper", **overrides) -> DnCNN:
     """Build a freshly initialised DnCNN from a preset name."""
     return DnCNN(get_config(preset, **overrides))

@@ -6,10 +6,8 @@ CUDA device (CUDA_VISIBLE_DEVICES is honoured by torch) and falls back to CPU.
 
 from __future__ import annotations
 
-import random
 import re
 
-import numpy as np
 import torch
 
 from .errors import TgdpetError
@@ -33,14 +31,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
             f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible."
         )
     return torch.device("cuda", index)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, numpy and torch; return a torch Generator for explicit sampling."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def cpu_has_bf16_matmul() -> bool:

@@ -32,8 +32,8 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .infer import denoise_array
-from .kse import LayerScore, bn_after, channel_parameter_count, conv_name, score_network
-from .models import DnCNN, count_parameters
+from .kse import LayerScore, channel_parameter_count, conv_name, score_network
+from .models import DnCNN, bn_after, count_parameters
 
 Masks = dict[int, torch.Tensor]
 Conv1Option = Literal["retrain", "freeze"]

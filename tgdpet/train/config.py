@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ..errors import TgdpetError
+from ..kse import check_phi
 from ..models import PRESETS
 
 METHODS = ("tgd", "all", "last3", "ewc")
@@ -123,8 +124,7 @@ class FinetuneConfig(LoopConfig):
         ):
             if value not in choices:
                 raise TgdpetError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")
-        if not 0.0 <= self.phi <= 1.0:
-            raise TgdpetError(f"the KSE threshold phi must be between 0 and 1, got {self.phi}; the paper uses 0.3.")
+        check_phi(self.phi)
         if self.ewc_lambda < 0:
             raise TgdpetError(f"ewc-lambda must be 0 or positive, got {self.ewc_lambda}.")
         _positive(self, "ewc_patches")

@@ -37,8 +37,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .. import tgd
-from ..kse import bn_after
-from ..models import DnCNN, count_parameters
+from ..models import DnCNN, bn_after, count_parameters
 
 
 class Method:

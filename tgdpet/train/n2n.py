@@ -84,6 +84,7 @@ def n2n_online(
         Study.from_arrays("half2->half1", h1.data, [h2.data], body=body),
     ]
     record = load_model(model_path, device)
+    record.check_normalization(str(model_path))
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(studies, model, cfg, DistEnv())
     method = build_method(model, cfg, patches=patches, device=device)

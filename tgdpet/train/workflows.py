@@ -165,11 +165,16 @@ def finetune(
     env, device = ddp.distributed(cfg.device)
     manifest = load_manifest(data)
     record = load_model(model_path, device)
+    record.check_normalization(str(model_path))
     # Everything that can refuse the input comes before the run folder is touched.
     train_studies, val, info = _data(manifest)
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
     run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    if state is not None:
+        # The method's frozen values come from the run's own weights, not from MODEL: a
+        # resume named with another model file must not overwrite the frozen kernels.
+        model.load_state_dict(state["model"])
     method = build_method(
         model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None
     )
