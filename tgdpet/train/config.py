@@ -8,8 +8,10 @@ back with ``--config`` repeats the run. The shipped setups live in
 An *epoch* is ``patches_per_epoch`` random patches (patches are drawn at
 random, so there is no natural pass over the data); a *step* is one optimiser
 update on ``batch_size`` patches. Both are global: under DDP the patches of a
-step are split over the ranks, so a config means the same training on 1 or N
-GPUs.
+step are split over the ranks, so a config means the same number of patches
+and updates on 1 or N GPUs. BatchNorm is not synchronised: each rank normalises
+its own ``batch_size / N`` patches, as plain DistributedDataParallel does, so
+batch statistics get noisier as GPUs are added (keep ``batch_size / N`` >= 16).
 """
 
 from __future__ import annotations
