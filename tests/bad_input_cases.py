@@ -16,7 +16,6 @@ with the kind of input (``nifti-``, ``dicom-``, ``manifest-``, ``config-``,
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ import numpy as np
 import pydicom
 import torch
 from click.testing import CliRunner
-from helpers import make_volume, write_test_nifti, write_test_series
+from helpers import lying_nifti, make_volume, write_test_nifti, write_test_series
 from safetensors.torch import save_file
 from test_data import make_dataset
 
@@ -122,18 +121,6 @@ def run_cli(args: list[str], cwd: Path) -> Result:
 
 def _nifti(path: Path, shape: tuple[int, ...]) -> Path:
     nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)).to_filename(path)
-    return path
-
-
-def _lying_nifti(path: Path, shape: tuple[int, ...]) -> Path:
-    """A small NIfTI file whose header claims ``shape``."""
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
-    hdr.set_data_dtype(np.float32)
-    hdr["vox_offset"] = 352
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 4096)
     return path
 
 
@@ -350,12 +337,12 @@ def nifti_garbage(root: Path) -> list[str]:
 
 @case("a NIfTI header claiming 4096^3 voxels", "more than the")
 def nifti_huge(root: Path) -> list[str]:
-    return [*DENOISE, _lying_nifti(root / "huge.nii", (4096,) * 3).name]
+    return [*DENOISE, lying_nifti(root / "huge.nii", (4096,) * 3).name]
 
 
 @case("a .nii.gz claiming 512^3 voxels in 5 kB", "can hold")
 def nifti_bomb(root: Path) -> list[str]:
-    return [*DENOISE, _lying_nifti(root / "bomb.nii.gz", (512,) * 3).name]
+    return [*DENOISE, lying_nifti(root / "bomb.nii.gz", (512,) * 3).name]
 
 
 @case("a text file as scan", "neither a NIfTI file")

@@ -8,12 +8,16 @@ Import from any test module (pytest puts ``tests/`` on ``sys.path``)::
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
 
 from tgdpet.io import Volume, write_volume
+from tgdpet.models import DnCNN, build_model
 
 
 def suv_meta(**overrides) -> dict:
@@ -76,3 +80,37 @@ def tree_snapshot(root: str | Path) -> dict[str, tuple[int, str]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def trained_like_model(in_slices: int = 3, seed: int = 0) -> DnCNN:
+    """A tiny DnCNN in eval mode whose BN statistics, biases and noise estimate are far from their initial values.
+
+    The last conv is scaled up so the predicted noise is ~10-30 % of the
+    image, as in a trained model; with the initial 1e-3 weights the network
+    would be the identity and every comparison would pass trivially.
+    """
+    torch.manual_seed(seed)
+    model = build_model("tiny", in_slices=in_slices)
+    with torch.no_grad():
+        for bn in model.bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.3, 3.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        for conv in model.convs:
+            conv.bias.uniform_(-0.1, 0.1)
+        torch.nn.init.kaiming_normal_(model.convs[-1].weight)
+        model.convs[-1].weight.mul_(0.3)
+    return model.eval()
+
+
+def lying_nifti(path: Path, shape: tuple[int, ...]) -> Path:
+    """A small NIfTI file whose header claims ``shape``."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.float32)
+    hdr["vox_offset"] = 352
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 4096)
+    return path

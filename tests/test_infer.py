@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import make_volume, tree_snapshot, write_test_nifti, write_test_series
+from helpers import make_volume, trained_like_model, tree_snapshot, write_test_nifti, write_test_series
 
 from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
@@ -15,31 +15,8 @@ from tgdpet.data import intensity_scale
 from tgdpet.errors import TgdpetError
 from tgdpet.infer import BF16_TOLERANCE, Denoiser, default_output_path, denoise_array, fold_batchnorm
 from tgdpet.io import read_volume
-from tgdpet.models import build_model
 
 FP32_TOLERANCE = 1e-5
-
-
-def trained_like_model(in_slices: int = 3, seed: int = 0) -> torch.nn.Module:
-    """A tiny DnCNN in eval mode whose BN statistics, biases and noise estimate are far from their initial values.
-
-    The last conv is scaled up so the predicted noise is ~10-30 % of the
-    image, as in a trained model; with the initial 1e-3 weights the network
-    would be the identity and every comparison would pass trivially.
-    """
-    torch.manual_seed(seed)
-    model = build_model("tiny", in_slices=in_slices)
-    with torch.no_grad():
-        for bn in model.bns:
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.3, 3.0)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
-        for conv in model.convs:
-            conv.bias.uniform_(-0.1, 0.1)
-        torch.nn.init.kaiming_normal_(model.convs[-1].weight)
-        model.convs[-1].weight.mul_(0.3)
-    return model.eval()
 
 
 def pet_like_volume(shape=(9, 20, 17), seed: int = 0) -> np.ndarray:

@@ -10,7 +10,6 @@ above what it already uses, where allocating the claimed volume would fail.
 
 from __future__ import annotations
 
-import gzip
 import json
 import pickle
 import re
@@ -21,13 +20,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import make_volume, write_test_nifti, write_test_series
+from helpers import lying_nifti, make_volume, write_test_nifti, write_test_series
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 from safetensors.torch import save_file
@@ -258,17 +256,6 @@ _CAPPED = textwrap.dedent(
     print(json.dumps(results))
     """
 )
-
-
-def lying_nifti(path: Path, shape: tuple[int, ...]) -> Path:
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(shape)
-    hdr.set_data_dtype(np.float32)
-    hdr["vox_offset"] = 352
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 4096)
-    return path
 
 
 def lying_series(folder: Path, rows: int, columns: int, rle: bool) -> Path:
