@@ -232,6 +232,18 @@ def test_cli_bad_input_fails_cleanly_without_output(tmp_path, model_file):
     assert tree_snapshot(tmp_path) == before
 
 
+def test_cli_creates_the_out_dir_only_once_the_work_is_accepted(tmp_path):
+    model = save_model(tmp_path / "m.safetensors", trained_like_model(), preset="tiny")
+    src = write_test_nifti(tmp_path / "study.nii.gz", make_volume(shape=(3, 8, 8)))
+    out_dir = tmp_path / "out" / "denoised"
+    base = ["denoise", str(src), "--device", "cpu", "--no-progress", "--out-dir", str(out_dir)]
+    result = CliRunner().invoke(main, base + ["--model", str(tmp_path / "missing.safetensors")])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    result = CliRunner().invoke(main, base + ["--model", str(model)])
+    assert result.exit_code == 0, result.output
+    assert read_volume(out_dir / "study_denoised.nii.gz").shape == (3, 8, 8)
+
+
 def test_cli_refuses_a_model_trained_with_another_normalisation(tmp_path):
     model = save_model(tmp_path / "m.safetensors", trained_like_model(), normalization={"method": "max"})
     path = write_test_nifti(tmp_path / "study.nii.gz", make_volume(shape=(3, 8, 8)))

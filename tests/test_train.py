@@ -130,6 +130,9 @@ def test_run_folder_rules(tmp_path, dataset):
         train(dataset, tmp_path / "new", train_cfg(iterations=2), resume=True, progress_bar=False)
     train(dataset, out, train_cfg(iterations=3), overwrite=True, progress_bar=False)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    nested = tmp_path / "runs" / "v1"  # `--out runs/v1` on a fresh checkout makes runs/ too
+    train(dataset, nested, train_cfg(iterations=1), progress_bar=False)
+    assert (nested / "last.safetensors").is_file()
 
 
 def test_diverging_training_stops_with_a_clear_error(tmp_path, dataset):

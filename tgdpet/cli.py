@@ -358,11 +358,17 @@ def denoise_command(
         raise TgdpetError(
             "two inputs would be written to the same output name; denoise them into separate --out-dir folders."
         )
+    if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
+    new_out_dir = bool(out_dir) and not Path(out_dir).exists()
     for o in outputs:  # refuse before denoising anything, not after the first volumes
-        check_can_write(o, overwrite)
+        if not new_out_dir:
+            check_can_write(o, overwrite)
     denoiser = load_denoiser(
         model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_
     )
+    if new_out_dir:
+        Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
     for src, dest in zip(inputs, outputs):
         written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress)
         click.echo(f"Wrote {written}.")

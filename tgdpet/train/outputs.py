@@ -69,9 +69,8 @@ class RunFolder:
             for name in FILES:
                 self.file(name).unlink(missing_ok=True)
         else:
-            if not self.path.parent.is_dir():
-                raise TgdpetError(f"the folder {self.path.parent} does not exist; create it first.")
-            self.path.mkdir()
+            # `--out runs/v1` on a fresh checkout: make runs/ too, as users expect of a run folder.
+            self.path.mkdir(parents=True)
 
     def load_state(self) -> dict:
         return load_training_state(self.file(STATE))
