@@ -16,7 +16,9 @@ from tgdpet.data import (
     PatchDataset,
     Study,
     body_mask,
+    detail_map,
     intensity_scale,
+    object_threshold,
     load_manifest,
     load_studies,
     stack_indices,
@@ -207,8 +209,119 @@ def test_flips_reverse_the_stack_consistently():
     assert orders == {-1.0, 1.0}
 
 
-def test_body_mask_of_empty_image_is_everything():
-    assert body_mask(np.zeros((2, 4, 4), np.float32)).all()
+def _cube_with_hot_spot() -> np.ndarray:
+    """A 10^3 cube of 990 voxels of 1.0 and 10 of 10.0, in a 12^3 field of zeros.
+
+    Worked by hand: the 90th percentile of the positive voxels (numpy's
+    linear rule: position 0.9 * 999 = 899.1 of the sorted values) is 1.0; the
+    voxels above 5 % of it are the same 1000, so 1.0 is the fixed point, the
+    threshold 0.05, and the object the whole cube, of mean 1090 / 1000.
+    """
+    x = np.zeros((12, 12, 12), np.float32)
+    x[1:11, 1:11, 1:11] = 1.0
+    x[5, 5, 1:11] = 10.0
+    return x
+
+
+CUBE_SCALE = 1.09
+
+
+def test_object_scale_worked_by_hand():
+    x = _cube_with_hot_spot()
+    assert object_threshold(x) == pytest.approx(0.05)
+    assert intensity_scale(x) == pytest.approx(CUBE_SCALE, rel=1e-6)
+    assert body_mask(x).sum() == 1000
+
+
+@pytest.mark.parametrize("pad", [0, 5, 60])
+def test_scale_and_body_ignore_empty_field_of_view(pad):
+    """A small object in a huge empty field (a head in a whole-body FOV): 0.1's percentile rule gave 1.0 here."""
+    x = np.pad(_cube_with_hot_spot(), pad)
+    assert intensity_scale(x) == pytest.approx(CUBE_SCALE, rel=1e-6)
+    assert body_mask(x).sum() == 1000
+
+
+def test_scale_ignores_air_noise_and_negatives_below_the_object():
+    rng = np.random.default_rng(0)
+    x = np.pad(_cube_with_hot_spot(), 5)  # 9648 voxels of air around 1000 of object
+    air = x == 0
+    x[air] = rng.uniform(-0.04, 0.04, size=int(air.sum())).astype(np.float32)  # below 0.05: never the object
+    assert intensity_scale(x) == pytest.approx(CUBE_SCALE, rel=1e-6)
+    assert body_mask(x).sum() == 1000
+
+
+def test_a_hot_organ_does_not_become_the_object():
+    """A bladder-like hot spot of 1 % of the voxels (29 % of the activity) leaves the threshold on the tissue."""
+    x = _cube_with_hot_spot()
+    x[5, 5, 1:11] = 40.0  # 400 of 1390 units of activity
+    assert object_threshold(x) == pytest.approx(0.05)
+    assert intensity_scale(x) == pytest.approx(1390 / 1000, rel=1e-6)
+
+
+def test_cold_tissue_above_the_threshold_is_object():
+    x = _cube_with_hot_spot()
+    x[1:3] = np.where(x[1:3] > 0, np.float32(0.15), 0)  # lung-like: 15 % of the tissue uptake
+    x[10] = np.where(x[10] > 0, np.float32(0.03), 0)  # 3 %: below the threshold
+    mask = body_mask(x)
+    assert mask[1:3].sum() == 200 and mask[10].sum() == 0
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0])
+def test_image_without_positive_voxels_is_refused(value):
+    with pytest.raises(TgdpetError, match="no positive voxels"):
+        intensity_scale(np.full((2, 4, 4), value, np.float32))
+    with pytest.raises(TgdpetError, match="no positive voxels"):
+        body_mask(np.full((2, 4, 4), value, np.float32))
+
+
+def test_scale_of_nonfinite_voxels_ignores_them():
+    x = _cube_with_hot_spot()
+    x[0, 0, 0] = np.nan
+    assert intensity_scale(x) == pytest.approx(CUBE_SCALE, rel=1e-6)
+
+
+def test_detail_map_marks_a_lesion_not_flat_tissue():
+    x = np.ones((9, 20, 20), np.float32)
+    x[4, 10, 10] = 5.0
+    d = detail_map(x, np.ones(x.shape, bool))
+    # The lesion voxel exceeds its 5x5x5 box mean (4 / 125 above 1) by 4 - 4 / 125.
+    assert d[4, 10, 10] == pytest.approx(4 - 4 / 125, rel=1e-5)
+    assert d[4, 2, 2] == 0.0 and d[0, 0, 0] == 0.0  # flat tissue, edge-replicated borders
+    assert detail_map(x, np.zeros(x.shape, bool)).max() == 0.0
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.0, 16 / 1296), (1.0, 1.0)])
+def test_structure_fraction_draws_centres_where_the_target_has_detail(fraction, expected):
+    """16 of 1296 body voxels carry all the detail: uniform centres hit them 1.2 % of the time, weighted always."""
+    target = np.ones((4, 18, 18), np.float32)
+    target[1:3, 8:10, 8:12] = 8.0  # a 2x2x4 lesion of 16 voxels
+    study = Study.from_arrays("l", target, [target], detail=np.where(target > 1, 1.0, 0.0).astype(np.float32))
+    ds = PatchDataset([study], patch_size=8, in_slices=3, length=2000, seed=1, structure_fraction=fraction)
+    _, zyx = ds.centres(np.random.default_rng(1), 4000)
+    share = float(np.mean(target[tuple(zyx.T)] > 1))
+    assert share == pytest.approx(expected, abs=0.006 if fraction == 0 else 0)
+    x, y = ds.__getitems__(list(range(64)))  # the patches themselves: every target patch holds the lesion
+    assert x.shape == (64, 3, 8, 8)
+    if fraction == 1.0:
+        assert bool((y.amax(dim=(1, 2, 3)) > 1).all())
+
+
+def test_a_batch_is_the_same_whatever_the_loader_split():
+    """Batches are drawn whole: the DataLoader with workers gives the batches drawn in this process."""
+    rng = np.random.default_rng(0)
+    target = rng.gamma(4.0, 1.0, size=(6, 20, 20)).astype(np.float32)
+    study = Study.from_arrays("w", target, [target * 1.1, target * 0.9])
+    ds = PatchDataset([study], patch_size=8, in_slices=3, length=32, seed=5, structure_fraction=0.5)
+    direct = [ds.__getitems__(list(range(k, k + 8))) for k in range(0, 32, 8)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=PatchDataset.collate)
+    for (x, y), (dx, dy) in zip(loader, direct, strict=True):
+        assert torch.equal(x, dx) and torch.equal(y, dy)
+
+
+def test_structure_fraction_is_checked():
+    study = Study.from_arrays("s", np.ones((3, 8, 8), np.float32), [np.ones((3, 8, 8), np.float32)])
+    with pytest.raises(TgdpetError, match="structure-fraction"):
+        PatchDataset([study], patch_size=8, in_slices=3, length=4, seed=0, structure_fraction=1.5)
 
 
 def test_nonfinite_voxels_are_refused():

@@ -188,7 +188,9 @@ def test_cli_denoises_a_nifti_file_keeping_its_geometry(tmp_path, model_file):
     out = tmp_path / "study_denoised.nii.gz"
     assert str(out) in result.output
     written = read_volume(out)
-    expected = reference(trained_like_model(), read_volume(path).data)
+    # make_volume is stored RAS (x to the right, y anterior); the network works in L, P, S: x and y flipped.
+    stored = read_volume(path).data
+    expected = reference(trained_like_model(), np.ascontiguousarray(stored[:, ::-1, ::-1]))[:, ::-1, ::-1]
     assert rel_rms(written.data, expected) < FP32_TOLERANCE
     np.testing.assert_allclose(written.affine, source.affine)
     assert nib.load(out).header.get_sform(coded=True)[1] == nib.load(path).header.get_sform(coded=True)[1]

@@ -197,6 +197,25 @@ def test_conv_and_bn_output_gradients_of_frozen_channels_are_exactly_zero():
         assert torch.count_nonzero(seen[name][:, ~frozen]) > 0, name
 
 
+def test_masked_gradients_stay_channels_last():
+    """The gradient leaving a TGD layer keeps the network's channels-last layout (no layout conversions)."""
+    model = _model().to(memory_format=torch.channels_last)
+    masks = _alternating_masks(model)
+    x, y = (t.contiguous(memory_format=torch.channels_last) for t in _batch())
+    model.train()
+    seen: list[torch.Tensor] = []
+    with attach(model, masks):
+        def record(module, inputs, output) -> None:  # returns None: the output is left as it is
+            output.register_hook(lambda g: seen.append(g.detach()))
+
+        handle = model.bns[1].register_forward_hook(record)
+        F.mse_loss(model(x), y).backward()
+        handle.remove()
+    assert seen and seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()  # really NHWC, not a tensor that is both (e.g. one channel)
+    assert torch.count_nonzero(seen[0][:, ~masks[2]]) == 0
+
+
 def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode_does_not():
     model = _model()
     masks = {i: torch.ones(c.out_channels, dtype=torch.bool) for i, c in enumerate(model.convs)}

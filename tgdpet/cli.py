@@ -132,7 +132,7 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
     from dataclasses import asdict
 
     from .checkpoint import load_model
-    from .io import read_volume
+    from .data import read_canonical
     from .kse import check_phi
     from .runtime import resolve_device
     from .tgd import drop_study, retrain_summary
@@ -142,7 +142,7 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
     record = load_model(model, device=resolve_device(device) if phi_list else "cpu")
     summary = retrain_summary(record.model, phi, conv1)
     if phi_list:
-        vol = read_volume(volume).data if volume else None
+        vol = read_canonical(volume) if volume else None
         summary["drop"] = [asdict(r) for r in drop_study(record.model, phi_list, vol)]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -168,6 +168,8 @@ def _loop_options(f):
         click.option("--batch-size", type=int, help="Patches per step (all processes together)  [default: 64]"),
         click.option("--patch-size", type=int, help="Patch height and width in pixels  [default: 32]"),
         click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
+        click.option("--structure-fraction", type=float,
+                     help="Share of patches centred where the target has detail (lesions, edges)  [default: 0.5]"),
         click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
         click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
     ]
@@ -333,10 +335,11 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
 @click.option("--batch-slices", type=click.IntRange(min=1), help="Slices per forward pass  [default: per device]")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster after a slow first call).")
+@click.option("--tta", is_flag=True, help="Average over the 8 in-plane flips/transposes (8x slower, slightly less noise).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def denoise_command(
-    inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, overwrite, no_progress
+    inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, tta, overwrite, no_progress
 ) -> None:
     """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
 
@@ -365,7 +368,7 @@ def denoise_command(
         if not new_out_dir:
             check_can_write(o, overwrite)
     denoiser = load_denoiser(
-        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_
+        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_, tta=tta
     )
     if new_out_dir:
         Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted

@@ -17,8 +17,14 @@ Patches (noise-adaptive training, paper Sect. 3.1): every count level of a
 study is paired with the same target. A patch is a stack of ``in_slices``
 adjacent slices (replicated at the ends of the volume, like in denoising),
 ``patch_size`` square, cut at the same place from an input and the target.
-Its centre voxel is drawn uniformly among the study's *body* voxels, so
-patches of empty air (which teach the network nothing) are not drawn.
+Patches of empty air (which teach the network nothing) are never drawn. A
+share ``structure_fraction`` of the centres is drawn with probability
+proportional to the target's local *detail* (:func:`detail_map`: how far a
+voxel stands out from its neighbourhood), the rest uniformly over the body.
+Lesions cover a tiny share of a body, so with uniform centres a network sees
+few of them, and MSE on mostly smooth tissue teaches it to flatten them;
+detail-weighted centres put lesions, organ edges and small hot structures in
+a good part of the patches without any labels (so it works on users' data).
 """
 
 from __future__ import annotations
@@ -33,42 +39,102 @@ import torch
 
 from .errors import TgdpetError
 
-NORMALIZATION = {"method": "body_mean", "threshold": 0.05, "percentile": 99.5}
+NORMALIZATION = {"method": "object_mean", "threshold": 0.05, "percentile": 90.0}
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = "tgdpet-manifest"
 MANIFEST_VERSION = 1
 
 
-def intensity_scale(volume: np.ndarray | torch.Tensor) -> float:
-    """Mean uptake inside the body: the mean of voxels above 5 % of the 99.5th percentile.
-
-    Robust to the few hottest voxels (bladder, lesions) and to the empty air
-    around the patient, and nearly the same at every count level of a study,
-    so all count levels of a study land on one scale.
-    """
+def _values(volume: np.ndarray | torch.Tensor) -> np.ndarray:
     x = volume.detach().float().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return 1.0
-    hi = float(np.percentile(x, NORMALIZATION["percentile"]))
-    if hi <= 0:
-        return 1.0
-    body = x[x > NORMALIZATION["threshold"] * hi]
-    scale = float(body.mean()) if body.size else hi
-    return scale if scale > 0 else 1.0
+    return x.astype(np.float32, copy=False)
+
+
+def _percentile_of_sorted(values: np.ndarray, q: float) -> float:
+    """numpy's default (linear) percentile of an already sorted 1-D array."""
+    pos = q / 100.0 * (values.size - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, values.size - 1)
+    return float(values[lo] + (pos - lo) * (values[hi] - values[lo]))
+
+
+def _object_threshold_and_mean(volume: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """The object threshold (see :func:`object_threshold`) and the mean of the voxels above it."""
+    x = _values(volume)
+    values = np.sort(x[np.isfinite(x) & (x > 0)]).astype(np.float64)
+    if values.size == 0:
+        raise TgdpetError(
+            "the image has no positive voxels, so tgdpet finds no object to normalise by; "
+            "check that it is a PET image in activity units (Bq/mL, SUV or counts)."
+        )
+    t, q = NORMALIZATION["threshold"], NORMALIZATION["percentile"]
+    start, level = 0, _percentile_of_sorted(values, q)
+    while True:  # each pass drops the voxels below t * level: the level only rises, and stops exactly
+        start = int(np.searchsorted(values, t * level, side="right"))
+        new_level = _percentile_of_sorted(values[start:], q)
+        if new_level <= level:
+            break
+        level = new_level
+    return t * level, float(values[start:].mean())
+
+
+def object_threshold(volume: np.ndarray | torch.Tensor) -> float:
+    """The activity above which a voxel belongs to the imaged object (a body, a head, a phantom).
+
+    The threshold is ``t * h`` (``t`` = 5 %), ``h`` being the 90th percentile
+    *of the object itself*: the least fixed point of ``h = P90({x > t h})``
+    above the 90th percentile of all positive voxels, found by iterating up
+    (each step drops voxels below the threshold, so ``h`` only rises, and the
+    iteration stops exactly). Zero padding is never among the positive
+    voxels, and air below the final threshold leaves the fixed point, so the
+    result depends on the object, not on how much empty space was stored
+    around it (tgdpet 0.1 took a percentile of the whole field of view, which
+    fell with every row of padding). A hot organ moves ``h`` only if it fills
+    over 10 % of the object; positive air noise, only if it outnumbers the
+    object's voxels about tenfold.
+
+    Raises:
+        TgdpetError: no voxel is positive, so there is no object to find.
+    """
+    return _object_threshold_and_mean(volume)[0]
+
+
+def intensity_scale(volume: np.ndarray | torch.Tensor) -> float:
+    """Mean uptake of the imaged object: the mean of the voxels above :func:`object_threshold`.
+
+    Robust to the hottest voxels, independent of the empty space around the
+    object (padding, a large field of view), and nearly the same at every
+    count level of a study (a mean, unlike a weighted median, is not biased
+    by noise), so all count levels of a study land on one scale.
+    """
+    return _object_threshold_and_mean(volume)[1]
 
 
 def body_mask(volume: np.ndarray) -> np.ndarray:
-    """Voxels above 5 % of the 99.5th percentile: the body, by the same rule as :func:`intensity_scale`.
-
-    Falls back to every voxel when nothing qualifies (an empty image), so
-    patch sampling never runs out of centres.
-    """
+    """Voxels of the imaged object (above :func:`object_threshold`), the same rule as :func:`intensity_scale`."""
     x = np.asarray(volume)
-    hi = float(np.percentile(x, NORMALIZATION["percentile"]))
-    mask = x > NORMALIZATION["threshold"] * hi if hi > 0 else np.zeros(x.shape, dtype=bool)
-    return mask if mask.any() else np.ones(x.shape, dtype=bool)
+    return x > object_threshold(x)
+
+
+#: Half-width (voxels) of the neighbourhood :func:`detail_map` compares each voxel with.
+DETAIL_RADIUS = 2
+
+
+def detail_map(volume: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """How much each body voxel stands out from its neighbourhood: ``|x - mean of its 5x5x5 box|``, 0 outside the body.
+
+    The box is edge-replicated at the volume's borders.
+
+    Large on lesions (hot or cold), organ edges and small structures, near
+    zero in uniform tissue; a label-free weight for drawing training patches.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    k = 2 * DETAIL_RADIUS + 1
+    padded = torch.nn.functional.pad(x, (DETAIL_RADIUS,) * 6, mode="replicate")
+    local = torch.nn.functional.avg_pool3d(padded, k, stride=1)
+    detail = (x - local).abs()[0, 0].numpy()
+    return np.where(body, detail, np.float32(0))
 
 
 def stack_indices(centres: np.ndarray | int, depth: int, in_slices: int) -> np.ndarray:
@@ -227,7 +293,10 @@ class Study:
 
     ``scales[k]`` is :func:`intensity_scale` of ``inputs[k]``: patches of that
     pair are divided by it, the target's too. ``body`` is where patch centres
-    may fall (by default :func:`body_mask` of the target, the least noisy image).
+    may fall (by default :func:`body_mask` of the target, the least noisy image);
+    ``detail`` weights the structure-seeking centres (by default
+    :func:`detail_map` of the target; pass one from a less noisy image when
+    the target is itself noisy, as in Noise2Noise).
     """
 
     id: str
@@ -235,10 +304,16 @@ class Study:
     inputs: list[np.ndarray]
     scales: list[float]
     body: np.ndarray
+    detail: np.ndarray
 
     @classmethod
     def from_arrays(
-        cls, id: str, target: np.ndarray, inputs: list[np.ndarray], body: np.ndarray | None = None
+        cls,
+        id: str,
+        target: np.ndarray,
+        inputs: list[np.ndarray],
+        body: np.ndarray | None = None,
+        detail: np.ndarray | None = None,
     ) -> "Study":
         """Build a study from (z, y, x) arrays, checking that every input matches the target's shape."""
         target = np.ascontiguousarray(target, dtype=np.float32)
@@ -253,7 +328,9 @@ class Study:
             if not np.isfinite(x).all():
                 raise TgdpetError(f"study {id!r}: the {name} holds NaN or infinite voxels; fix the image first.")
         mask = body_mask(target) if body is None else np.asarray(body, dtype=bool)
-        return cls(id=id, target=target, inputs=arrays, scales=[intensity_scale(x) for x in arrays], body=mask)
+        weights = detail_map(target, mask) if detail is None else np.where(mask, detail, 0).astype(np.float32)
+        scales = [intensity_scale(x) for x in arrays]
+        return cls(id=id, target=target, inputs=arrays, scales=scales, body=mask, detail=weights)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -261,36 +338,48 @@ class Study:
 
 
 def load_studies(manifest: Manifest, split: str) -> list[Study]:
-    """Read every volume of one split into memory (float32) via :func:`tgdpet.io.read_volume`."""
-    from .io import read_volume  # the image readers pull in pydicom and nibabel; load them only when used
-
+    """Read every volume of one split into memory (float32), in the canonical frame (:func:`read_canonical`)."""
     return [
         Study.from_arrays(
             entry.id,
-            read_volume(entry.target).data,
-            [read_volume(p).data for p in entry.inputs],
+            read_canonical(entry.target),
+            [read_canonical(p) for p in entry.inputs],
         )
         for entry in manifest.split(split)
     ]
+
+
+def read_canonical(path: str | os.PathLike) -> np.ndarray:
+    """A volume's voxels in the canonical frame the network works in (:mod:`tgdpet.io.orientation`)."""
+    from .io import read_volume  # the image readers pull in pydicom and nibabel; load them only when used
+    from .io.orientation import to_canonical
+
+    return to_canonical(read_volume(path)).data
 
 
 # --------------------------------------------------------------------------- patches
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Random 2.5D training patches, deterministic given (seed, rank, epoch, index).
+    """Random 2.5D training patches, deterministic given (seed, rank, epoch, indices).
 
-    Item ``i`` of epoch ``e`` is drawn with its own generator seeded by
-    ``(seed, rank, e, i)``: the same patches come out whatever the number of
-    DataLoader workers, an interrupted run resumed at epoch ``e`` sees the
-    very patches it would have seen, and every DDP rank draws its own.
+    Patches are drawn a batch at a time (:meth:`__getitems__`, which the
+    DataLoader calls with each batch's indices): one generator seeded by
+    ``(seed, rank, epoch, first index, batch length)`` draws every centre,
+    count level and flip of the batch in a few vectorised calls. The training
+    loop's batches are fixed runs of indices, so the same patches come out
+    whatever the number of DataLoader workers, an interrupted run resumed at
+    epoch ``e`` sees the very patches it would have seen, and every DDP rank
+    draws its own. ``ds[i]`` is the batch ``[i]``.
 
-    An item is ``(input, target)``, two float32 tensors of shape
-    ``(in_slices, patch_size, patch_size)``, both divided by the input's
-    intensity scale. The centre voxel is uniform over all studies' body
-    voxels (bigger studies give more patches); the count level is uniform
-    among the study's inputs. With ``flips`` each patch is flipped along x
-    and y and its stack reversed along z, each with probability 1/2.
+    A batch is ``(inputs, targets)``, two float32 tensors of shape
+    ``(n, in_slices, patch_size, patch_size)``, each patch divided by its
+    input's intensity scale. With probability ``structure_fraction`` a centre
+    voxel is drawn with probability proportional to the studies' ``detail``
+    weights, otherwise uniformly over all studies' body voxels (bigger
+    studies give more patches); the count level is uniform among the study's
+    inputs. With ``flips`` each patch is flipped along x and y and its stack
+    reversed along z, each with probability 1/2.
     """
 
     def __init__(
@@ -303,6 +392,7 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int,
         rank: int = 0,
         flips: bool = True,
+        structure_fraction: float = 0.0,
     ) -> None:
         if not studies:
             raise TgdpetError("there are no training studies to draw patches from; check the manifest's splits.")
@@ -312,6 +402,8 @@ class PatchDataset(torch.utils.data.Dataset):
                     f"study {s.id!r} has slices of {s.shape[1]}x{s.shape[2]}, smaller than the "
                     f"{patch_size}x{patch_size} patches asked for; choose a smaller --patch-size."
                 )
+        if not 0.0 <= structure_fraction <= 1.0:
+            raise TgdpetError(f"structure-fraction must lie in [0, 1], got {structure_fraction}.")
         self.studies = studies
         self.patch_size = int(patch_size)
         self.in_slices = int(in_slices)
@@ -319,47 +411,72 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.rank = int(rank)
         self.flips = bool(flips)
+        self.structure_fraction = float(structure_fraction)
         self.epoch = 0
-        # Body voxels per slice, cumulated over slices then studies: one
-        # integer draw picks study, slice and voxel uniformly over all of them.
-        self._slice_cum = [np.cumsum(s.body.reshape(s.shape[0], -1).sum(axis=1)) for s in studies]
-        self._study_cum = np.cumsum([c[-1] for c in self._slice_cum])
+        # Candidate centres of all studies as one list of (study, flat voxel index),
+        # with the cumulated detail weights over it: one uniform number then picks
+        # a centre with one binary search.
+        flats = [np.flatnonzero(s.body) for s in studies]
+        self._study_of = np.concatenate([np.full(len(f), k, np.int32) for k, f in enumerate(flats)])
+        self._flat = np.concatenate(flats)
+        detail = np.concatenate([s.detail.ravel()[f].astype(np.float64) for s, f in zip(studies, flats)])
+        self._detail_cum = np.cumsum(detail) if detail.sum() > 0 else None
+        self._levels = np.array([len(s.inputs) for s in studies])
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose which epoch's patches ``__getitem__`` returns."""
+        """Choose which epoch's patches the dataset returns."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.length
 
-    def _centre(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        u = int(rng.integers(self._study_cum[-1]))
-        s = int(np.searchsorted(self._study_cum, u, side="right"))
-        u -= int(self._study_cum[s - 1]) if s else 0
-        cum = self._slice_cum[s]
-        z = int(np.searchsorted(cum, u, side="right"))
-        u -= int(cum[z - 1]) if z else 0
-        flat = int(np.flatnonzero(self.studies[s].body[z])[u])
-        y, x = divmod(flat, self.studies[s].shape[2])
-        return s, z, y, x
+    def centres(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` patch centres: study indices and ``(n, 3)`` voxel indices ``(z, y, x)``."""
+        j = rng.integers(len(self._flat), size=n)
+        if self._detail_cum is not None:
+            structured = rng.random(n) < self.structure_fraction
+            u = rng.random(int(structured.sum())) * self._detail_cum[-1]
+            j[structured] = np.minimum(np.searchsorted(self._detail_cum, u, side="right"), len(self._flat) - 1)
+        study = self._study_of[j]
+        zyx = np.empty((n, 3), np.int64)
+        for k in np.unique(study):
+            sel = study == k
+            zyx[sel] = np.stack(np.unravel_index(self._flat[j[sel]], self.studies[k].shape), axis=1)
+        return study, zyx
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches of one batch (see the class docstring for how they are drawn)."""
+        n = len(indices)
+        if n == 0 or not all(0 <= int(i) < self.length for i in indices):
+            raise IndexError(f"indices {indices} outside 0..{self.length - 1}")
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, int(indices[0]), n])
+        study, zyx = self.centres(rng, n)
+        levels = (rng.random(n) * self._levels[study]).astype(np.int64)
+        flips = rng.integers(2, size=(n, 3)).astype(bool) if self.flips else np.zeros((n, 3), bool)
+        p = self.patch_size
+        inputs = np.empty((n, self.in_slices, p, p), np.float32)
+        targets = np.empty_like(inputs)
+        for b in range(n):
+            st = self.studies[study[b]]
+            depth, height, width = st.shape
+            z, y, x = zyx[b]
+            y0 = min(max(y - p // 2, 0), height - p)
+            x0 = min(max(x - p // 2, 0), width - p)
+            zs = stack_indices(z, depth, self.in_slices)
+            if flips[b, 0]:
+                zs = zs[::-1]
+            ys = slice(y0 + p - 1, y0 - 1 if y0 else None, -1) if flips[b, 1] else slice(y0, y0 + p)
+            xs = slice(x0 + p - 1, x0 - 1 if x0 else None, -1) if flips[b, 2] else slice(x0, x0 + p)
+            scale = np.float32(st.scales[levels[b]])
+            np.divide(st.inputs[levels[b]][zs, ys, xs], scale, out=inputs[b])
+            np.divide(st.target[zs, ys, xs], scale, out=targets[b])
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        rng = np.random.default_rng([self.seed, self.rank, self.epoch, int(index)])
-        s, z, y, x = self._centre(rng)
-        study = self.studies[s]
-        k = int(rng.integers(len(study.inputs)))
-        depth, height, width = study.shape
-        p = self.patch_size
-        y0 = min(max(y - p // 2, 0), height - p)
-        x0 = min(max(x - p // 2, 0), width - p)
-        zs = stack_indices(z, depth, self.in_slices)
-        scale = np.float32(study.scales[k])
-        inp = study.inputs[k][zs, y0 : y0 + p, x0 : x0 + p] / scale
-        tgt = study.target[zs, y0 : y0 + p, x0 : x0 + p] / scale
-        if self.flips:
-            axes = tuple(a for a, flip in zip((0, 1, 2), rng.integers(2, size=3)) if flip)
-            if axes:
-                inp, tgt = np.flip(inp, axes), np.flip(tgt, axes)
-        return torch.from_numpy(np.ascontiguousarray(inp)), torch.from_numpy(np.ascontiguousarray(tgt))
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DataLoader's ``collate_fn``: :meth:`__getitems__` already returns whole batches."""
+        return batch

@@ -49,11 +49,10 @@ import torch
 
 from . import metrics
 from .checkpoint import ModelRecord
-from .data import Manifest, StudyEntry, load_manifest
+from .data import Manifest, StudyEntry, load_manifest, read_canonical
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 from .infer import Denoiser, load_denoiser
-from .io import read_volume
 from .runtime import resolve_device
 
 FORMAT = "tgdpet-evaluation"
@@ -95,7 +94,7 @@ class StudyImages:
 
 
 def _read_on_grid(path: Path, shape: tuple[int, ...] | None, study_id: str, what: str) -> np.ndarray:
-    data = read_volume(path).data
+    data = read_canonical(path)
     if shape is not None and data.shape != shape:
         raise TgdpetError(
             f"study {study_id!r}: the {what} {path} has shape {data.shape} (z, y, x) but the target has {shape}; "

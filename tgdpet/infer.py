@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -45,7 +45,39 @@ from .errors import TgdpetError
 from .models import DnCNN, DnCNNConfig, bn_after
 from .runtime import autocast_dtype, resolve_device
 
+if TYPE_CHECKING:
+    from .io import Volume
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _transpose_xy(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 2, 1)
+
+
+def _flip(axes: tuple[int, ...]):
+    return lambda a: np.flip(a, axes) if axes else a
+
+
+def _dihedral() -> list[tuple]:
+    """The 8 in-plane symmetries of a square as (forward, inverse) pairs on ``(z, y, x)`` arrays.
+
+    ``flip`` then optional transpose; the inverse transposes back first. All
+    are views, so they cost no copy until the network reads them.
+    """
+    ops = []
+    for transpose in (False, True):
+        for axes in ((), (1,), (2,), (1, 2)):
+            flip = _flip(axes)
+            if transpose:
+                ops.append((lambda a, f=flip: _transpose_xy(f(a)), lambda a, f=flip: f(_transpose_xy(a))))
+            else:
+                ops.append((flip, flip))
+    return ops
+
+
+#: Test-time augmentation: the in-plane dihedral group, as (forward, inverse) pairs.
+IN_PLANE_DIHEDRAL = _dihedral()
 
 #: Relative RMS difference from the eager fp32 output that the reduced-precision
 #: (bf16, fp16) paths stay within.
@@ -202,6 +234,10 @@ class Denoiser:
             multiply back after (the convention every tgdpet model is trained with).
         compile: run the network through ``torch.compile`` with frozen weights;
             the first volume pays a compilation of several seconds.
+        tta: average the results over the 8 in-plane flips and transposes of the
+            volume (the dihedral group of the square), each turned back first;
+            8x the compute, for a result that no longer depends on the network's
+            own orientation preferences (gain measured in docs/benchmarks.md).
     """
 
     def __init__(
@@ -213,6 +249,7 @@ class Denoiser:
         batch_slices: int | None = None,
         normalize: bool = True,
         compile: bool = False,
+        tta: bool = False,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -220,6 +257,7 @@ class Denoiser:
             raise TgdpetError(f"batch_slices must be at least 1, got {batch_slices}.")
         self.batch_slices = batch_slices
         self.normalize = normalize
+        self.tta = tta
         self.config = model.config
         self.net = fold_batchnorm(model).to(self.device, memory_format=torch.channels_last)
         predict = self.net.predict_noise
@@ -239,18 +277,43 @@ class Denoiser:
         return min(batch, depth)
 
     def __call__(self, volume_zyx: np.ndarray, *, progress: bool = False) -> np.ndarray:
-        """Denoise a ``(z, y, x)`` volume; returns a new float32 array of the same shape."""
-        from tqdm.auto import tqdm
+        """Denoise a ``(z, y, x)`` array as it lies (no reorientation); a new float32 array of the same shape.
 
+        The array must already be in the canonical frame the models are trained
+        in (:mod:`tgdpet.io.orientation`); :meth:`denoise_volume` takes care of
+        that for a :class:`~tgdpet.io.Volume`.
+        """
         volume_zyx = np.asarray(volume_zyx)
         check_volume(volume_zyx)
-        depth, height, width = volume_zyx.shape
         scale = intensity_scale(volume_zyx) if self.normalize else 1.0
+        if not self.tta:
+            return self._denoise(volume_zyx, scale, progress, "denoising")
+        total = np.zeros(volume_zyx.shape, np.float64)
+        for k, (forward, backward) in enumerate(IN_PLANE_DIHEDRAL):
+            out = self._denoise(forward(volume_zyx), scale, progress, f"denoising {k + 1}/8")
+            total += backward(out)
+        return (total / len(IN_PLANE_DIHEDRAL)).astype(np.float32)
+
+    def denoise_volume(self, volume: "Volume", *, progress: bool = False) -> np.ndarray:
+        """Denoise a volume in the canonical frame, whatever its storage order; the result in its storage order.
+
+        The same anatomy stored flipped, rotated, feet-first or with its axes
+        permuted gives the same network input, so the same result.
+        """
+        from .io.orientation import from_canonical, to_canonical
+
+        return from_canonical(self(to_canonical(volume).data, progress=progress), volume)
+
+    def _denoise(self, volume_zyx: np.ndarray, scale: float, progress: bool, desc: str) -> np.ndarray:
+        """The network over every slice stack of an array, batch by batch, with a known intensity scale."""
+        from tqdm.auto import tqdm
+
+        depth, height, width = volume_zyx.shape
         batch = self.batch_for(volume_zyx.shape)
         centre = self.config.in_slices // 2
         out = np.empty((depth, height, width), dtype=np.float32)
         with torch.inference_mode(), _cuda_conv_settings(self.device, self.dtype is None), tqdm(
-            total=depth, unit="slice", desc="denoising", disable=not progress
+            total=depth, unit="slice", desc=desc, disable=not progress
         ) as bar:
             for start in range(0, depth, batch):
                 ks = np.arange(start, min(start + batch, depth))
@@ -277,6 +340,7 @@ def denoise_array(
     batch_slices: int | None = None,
     normalize: bool = True,
     compile: bool = False,
+    tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """Denoise one ``(z, y, x)`` volume with ``model``; a float32 array of the same shape.
@@ -285,7 +349,13 @@ def denoise_array(
     volumes with one model, build the :class:`Denoiser` once and call it.
     """
     denoiser = Denoiser(
-        model, device=device, precision=precision, batch_slices=batch_slices, normalize=normalize, compile=compile
+        model,
+        device=device,
+        precision=precision,
+        batch_slices=batch_slices,
+        normalize=normalize,
+        compile=compile,
+        tta=tta,
     )
     return denoiser(volume_zyx, progress=progress)
 
@@ -342,5 +412,5 @@ def denoise_file(
 
     check_can_write(output_path, overwrite)
     volume = read_volume(input_path)
-    denoised = denoiser(volume.data, progress=progress)
+    denoised = denoiser.denoise_volume(volume, progress=progress)
     return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)

@@ -223,13 +223,16 @@ def _channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.
 def _zero_masked(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A gradient hook that zeroes the entries where ``keep`` (broadcastable) is False.
 
-    ``masked_fill`` keeps the gradient's dtype (bf16/fp16 under autocast) and
-    turns a NaN gradient of a frozen channel into an exact 0.
+    Filling (rather than multiplying) keeps the gradient's dtype (bf16/fp16
+    under autocast) and turns a NaN gradient of a frozen channel into an exact
+    0. The copy keeps the gradient's memory format: out-of-place
+    ``masked_fill`` returns a contiguous (NCHW) tensor, which would make every
+    later backward op of a channels-last network convert layouts.
     """
     drop = ~keep
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad.masked_fill(drop.to(grad.device), 0)
+        return grad.clone(memory_format=torch.preserve_format).masked_fill_(drop.to(grad.device), 0)
 
     return hook
 

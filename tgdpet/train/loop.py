@@ -269,6 +269,7 @@ def fit(
             batch_size=rank_batch,
             sampler=range(skip * rank_batch, len(patches)),  # a resumed run picks up mid-epoch
             drop_last=True,
+            collate_fn=PatchDataset.collate,
             num_workers=workers,
             pin_memory=device.type == "cuda",
         )

@@ -65,8 +65,9 @@ def n2n_online(
     ``save_model_path`` also keeps the adapted model (with its TGD masks
     appended to the model's ``masks_history``).
     """
-    from ..infer import denoise_array
+    from ..infer import Denoiser
     from ..io import read_volume, write_volume
+    from ..io.orientation import to_canonical
 
     output = check_can_write(output, overwrite)
     if save_model_path is not None:
@@ -78,10 +79,11 @@ def n2n_online(
             f"the halves are on different grids ({h1.shape} and {h2.shape}, z y x); pass two halves of one study."
         )
     target = read_volume(full) if full is not None else h1.with_data((h1.data + h2.data) / np.float32(2))
-    body = body_mask((h1.data + h2.data) / 2)  # less noisy than either half
+    c1, c2 = to_canonical(h1).data, to_canonical(h2).data  # the frame the network works in
+    body = body_mask((c1 + c2) / 2)  # less noisy than either half
     studies = [
-        Study.from_arrays("half1->half2", h2.data, [h1.data], body=body),
-        Study.from_arrays("half2->half1", h1.data, [h2.data], body=body),
+        Study.from_arrays("half1->half2", c2, [c1], body=body),
+        Study.from_arrays("half2->half1", c1, [c2], body=body),
     ]
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
@@ -91,7 +93,7 @@ def n2n_online(
     result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
     method.close()
     precision = "fp32" if cfg.amp is False else "auto"
-    denoised = denoise_array(model, target.data, device=device, precision=precision, progress=progress_bar)
+    denoised = Denoiser(model, device=device, precision=precision).denoise_volume(target, progress=progress_bar)
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)
     if save_model_path is not None:
         save_model(

@@ -37,6 +37,7 @@ def patch_dataset(studies: list[Study], model: DnCNN, cfg: LoopConfig, env: ddp.
         seed=cfg.seed,
         rank=env.rank,
         flips=cfg.flips,
+        structure_fraction=cfg.structure_fraction,
     )
 
 
@@ -73,7 +74,9 @@ def build_method(
         return EWC.from_state(model, saved, cfg.ewc_lambda)
     patches.set_epoch(0)
     n = min(max(cfg.ewc_patches // env.world_size, 1), len(patches))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(patches, range(n)), batch_size=16)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(patches, range(n)), batch_size=16, collate_fn=PatchDataset.collate
+    )
     fisher = {k: ddp.mean_over_ranks(v, env) for k, v in empirical_fisher(model, loader, device).items()}
     return EWC(model, fisher, cfg.ewc_lambda)
 
