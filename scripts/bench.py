@@ -7,6 +7,8 @@
   ``paper`` and ``small`` presets; FLOP/s count the network's direct-convolution
   multiply-adds (``DnCNNConfig.macs_per_voxel() * 2`` per output voxel);
 - one training step with and without TGD attached (``bench_tgd_step.py``);
+- the training data pipeline (drawing one batch of patches) against one
+  training step of the small preset, the share the loop spends on data;
 - KSE scoring of a whole paper-preset network;
 - peak memory of separate processes denoising a 256x256x600 volume with the
   small preset, and 48 slices of it with the paper preset, from which the
@@ -231,6 +233,48 @@ def bench_tgd(device: torch.device, quick: bool) -> dict:
     return bench_tgd_step(preset="paper", batch=16, patch=32, steps=20, device=str(device))
 
 
+def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict:
+    """Drawing one batch of patches (:class:`tgdpet.data.PatchDataset`) against one training step.
+
+    Three synthetic studies of six count levels (128x128, 144 slices; 48 with
+    ``--quick``), the small preset, batch 64 of 32x32x3, structure-weighted
+    centres, channels-last Adam step as in ``tgdpet train``; timed in rotation.
+    """
+    from tgdpet.data import PatchDataset, Study
+
+    depth = 48 if quick else 144
+    studies = []
+    for k in range(3):
+        target = synthetic_volume((depth, 128, 128), seed=k)
+        rng = np.random.default_rng(k)
+        inputs = [target * rng.gamma(20.0, 0.05, size=target.shape).astype(np.float32) for _ in range(6)]
+        studies.append(Study.from_arrays(f"s{k}", target, inputs))
+    patches = PatchDataset(studies, patch_size=32, in_slices=3, length=64 * 1000, seed=0, structure_fraction=0.5)
+    model = build_model("small").to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = (t.to(device).contiguous(memory_format=torch.channels_last) for t in patches.__getitems__(list(range(64))))
+    batch = iter(range(1, 1000))
+
+    def draw() -> None:
+        b = next(batch)
+        patches.__getitems__(list(range(64 * b, 64 * (b + 1))))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    seconds = interleaved_medians({"data": draw, "step": step}, 3 * repeats, device)
+    return {
+        "preset": "small",
+        "batch": 64,
+        "patch": 32,
+        "data_ms": 1e3 * seconds["data"],
+        "step_ms": 1e3 * seconds["step"],
+        "data_share_of_step": seconds["data"] / seconds["step"],
+    }
+
+
 def bench_kse(repeats: int) -> dict:
     from tgdpet.kse import score_network
 
@@ -341,6 +385,12 @@ def print_report(result: dict) -> None:
         f"\nTraining step, {t['preset']} preset, batch {t['batch']} of {t['patch']}x{t['patch']}: plain "
         f"{t['plain_ms']:.0f} ms, with TGD {t['tgd_ms']:.0f} ms, ratio {t['ratio']:.3f}"
     )
+    d = result["data"]
+    print(
+        f"Training data, {d['preset']} preset, batch {d['batch']} of {d['patch']}x{d['patch']}x3: drawing a batch "
+        f"{d['data_ms']:.1f} ms, a training step {d['step_ms']:.1f} ms, data {100 * d['data_share_of_step']:.1f} % "
+        "of the step"
+    )
     k = result["kse"]
     print(f"KSE scores of a whole {k['preset']} network ({k['layers_scored']} layers): {1e3 * k['seconds']:.1f} ms")
     print("\nPeak memory of a process denoising a synthetic volume (fast path, auto precision)")
@@ -380,6 +430,9 @@ def targets(result: dict, auto: str) -> dict:
             f"{fast['speedup_vs_plain']:.2f}x", fast["speedup_vs_plain"] >= 3
         ),
         "TGD training-step overhead < 5 %": (f"{100 * tgd:+.1f} %", tgd < 0.05),
+        "training data pipeline <= 15 % of a training step": (
+            f"{100 * result['data']['data_share_of_step']:.1f} %", result["data"]["data_share_of_step"] <= 0.15
+        ),
         f"peak memory denoising {x}x{y}x{z} < 4 GiB": (
             f"small preset {small_mem / GIB:.2f} GiB measured, paper preset {paper_mem / GIB:.2f} GiB estimated",
             max(small_mem, paper_mem) < 4 * GIB,
@@ -432,6 +485,8 @@ def main() -> None:
 
     print("TGD training step...", flush=True)
     result["tgd_step"] = bench_tgd(device, args.quick)
+    print("Training data pipeline...", flush=True)
+    result["data"] = bench_data_pipeline(device, args.quick, repeats)
     print("KSE scoring...", flush=True)
     result["kse"] = bench_kse(repeats)
     print("Peak memory (separate processes)...", flush=True)
