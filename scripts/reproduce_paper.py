@@ -120,8 +120,12 @@ class Scale:
     test_studies: int  # low-BMI and high-BMI test studies each
 
 
-#: Epochs of the medium scale, sized by the cost model in docs/reproduction (measured stage timings on 2 cores).
-MEDIUM_EPOCHS = 20
+#: Epochs of the medium scale. Cost model, in wall seconds on 2 quiet CPU cores, from the small scale's per-step
+#: times at the same sizes (128 x 128 x 144, preset small, batch 64, patch 32): per epoch, v1-net + v2-net 68 s
+#: and the four fine-tunes 33 s per seed; fixed: simulation ~300 s, N2N 65 s per seed, evaluation ~9 s per network
+#: row and test study (24 rows x 7 studies ~1530 s), BatchNorm study, kernel drop and figures ~50 s. With 3 seeds
+#: that is ~2070 s + 167 s per epoch: 24 epochs ~6090 s, about 100 minutes.
+MEDIUM_EPOCHS = 24
 
 SCALES = {
     "tiny": Scale(
