@@ -129,7 +129,7 @@ MEDIUM_EPOCHS = 24
 
 SCALES = {
     "tiny": Scale(
-        "tiny", "pipeline check for tests: a tiny grid and net, one epoch each (numbers are meaningless)",
+        "tiny", "pipeline check for tests: a tiny grid and net, two epochs, two seeds (numbers are meaningless)",
         size=40, slices=45, levels_s=(60, 180), realisations=2, n_train=2, n_finetune=1, n_third=1,
         preset="tiny", batch_size=16, patch_size=16, epochs=2, n2n_epochs=1, seeds=2, test_studies=2,
     ),

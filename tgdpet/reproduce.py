@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -97,14 +97,6 @@ def _get(row: Mapping | None, key: str) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One trained network of a run: ``model`` is its Table 1 name, ``seed`` its fine-tuning seed (None: trained once)."""
-
-    model: str
-    seed: int | None = None
-
-
 def instances_of(instances: Mapping[str, Mapping], model: str) -> list[str]:
     """The keys (evaluation row names) of every instance of ``model``, in seed order."""
     keys = [k for k, v in instances.items() if v["model"] == model]
@@ -137,8 +129,8 @@ def table1_rows(
 
     ``evaluation`` maps ``low_bmi``, ``high_bmi`` and ``ood`` to a list of
     :func:`~tgdpet.evaluate.evaluate_models` results (one per test study);
-    ``instances`` maps an evaluation row name to its :class:`Instance` (as a
-    dict); ``training`` maps an instance name to its record (``wall_s``,
+    ``instances`` maps an evaluation row name (an instance: one trained
+    network) to ``{"model": Table 1 name, "seed": fine-tuning seed or None}``; ``training`` maps an instance name to its record (``wall_s``,
     ``patches_seen``, ``method``). A figure ``key`` of a row holds the mean
     over every (instance, test study) pair, ``key_sd`` and ``key_n`` its sd and n.
     """
@@ -224,7 +216,7 @@ VERDICT_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "old": (("high_bmi", "lesion_bias_pct", "abs"), ("high_bmi", "liver_cov_pct", "value")),
     "new": (("low_bmi", "lesion_bias_pct", "abs"), ("low_bmi", "liver_cov_pct", "value")),
 }
-TASKS = {"old": "old task (high-BMI study, v1 knowledge)", "new": "new task (low-BMI v2 study)"}
+TASKS = {"old": "keep the old task (high-BMI study, v1 knowledge)", "new": "learn the new task (low-BMI v2 study)"}
 #: The method pairs the verdicts compare (a, b): a difference a - b below 0 means a is better.
 VERDICT_PAIRS: tuple[tuple[str, str], ...] = (("TGD-net", "FT-net"), ("TGD-net", "EWC-net"), ("EWC-net", "FT-net"))
 #: A difference counts when its magnitude exceeds this many standard errors.
@@ -236,7 +228,8 @@ DECISION_RULE = (
     "gives one d instead. A is better (worse) when the mean of the d is below (above) zero by more than "
     f"{SE_MULTIPLE:g} standard errors (sd of the d / sqrt(n)); otherwise there is no significant difference at "
     "this scale. With n = 1 nothing can be decided. A method keeps a task better than another when it is "
-    "significantly better on at least one of the task's two figures and significantly worse on neither."
+    "significantly better on at least one of the task's two figures and significantly worse on neither (the same "
+    "rule for learning the new task)."
 )
 
 
@@ -338,7 +331,7 @@ def verdicts_markdown(items: Sequence[Mapping], rule: bool = True) -> str:
     )  # fmt: skip
     pairs = dict.fromkeys((v["a"], v["b"]) for v in items)
     sentences = [
-        f"- **Does {LABELS[a]} keep the {TASKS[task]} better than {LABELS[b]}?** "
+        f"- **Does {LABELS[a]} {TASKS[task]} better than {LABELS[b]}?** "
         f"{_labelled_sentence(task_verdict(items, a, b, task))}."
         for a, b in pairs
         for task in TASKS
@@ -534,7 +527,7 @@ def answer_knowledge_kept(rows: Mapping[str, Mapping], items: Sequence[Mapping])
     cov = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_liver_cov_pct')}" for m in shown)
     bias = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_lesion_bias_pct')}" for m in shown)
     return (
-        f"**Does TGD-net keep v1 knowledge on the high-BMI study better than FT-net and EWC-net?** "
+        "**Does TGD-net keep v1 knowledge on the high-BMI study better than FT-net and EWC-net?** "
         + "; ".join(against)
         + f". High-BMI liver CoV %: {cov}. High-BMI lesion bias %: {bias}. Neither fine-tuning saw a high-BMI "
         "study, so the liver noise and the lesion bias left on it measure how much of v1-net's high-BMI denoising "
@@ -551,7 +544,7 @@ def answer_close_to_v2(rows: Mapping[str, Mapping]) -> str:
     sentence = (
         f"**How close does TGD-net come to v2-net on the low-BMI study?** Lesion bias {b['TGD-net']:.2f} % against "
         f"{b['v2-net']:.2f} % ({b['TGD-net'] - b['v2-net']:+.2f} points), liver CoV {c['TGD-net']:.2f} % against "
-        f"{c['v2-net']:.2f} % ({c['TGD-net'] - c['v2-net']:+.2f} points)."
+        f"{c['v2-net']:.2f} % ({c['TGD-net'] - c['v2-net']:+.2f} points; means, Table 1 gives their sd)."
     )
     if b["v1-net"] is not None and abs(b["v2-net"] - b["v1-net"]) > 1e-6:
 
