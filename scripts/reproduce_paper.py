@@ -1,7 +1,8 @@
 """Reproduce Chen, Asma & Chan, "Targeted Gradient Descent" (MICCAI 2021) on simulated PET data.
 
-    python scripts/reproduce_paper.py --scale small --out results/ [--device auto] [--seed 0] [--overwrite]
-                                      [--docs docs/reproduction.md]
+    python scripts/reproduce_paper.py --scale medium --out results/ [--device auto] [--seed 0] [--overwrite]
+                                      [--docs docs/reproduction/README.md]
+    python scripts/reproduce_paper.py --report-only --out results/ [--docs ...]   # rebuild the markdown
 
 One path from nothing to the paper's Table 1, Fig. 4 and Figs 5-6, through the
 library API (the equivalent ``tgdpet`` commands are written to the report):
@@ -10,23 +11,32 @@ library API (the equivalent ``tgdpet`` commands are written to the report):
    and v2 differ only in reconstruction):
    - ``main``: N training studies alternating low and high BMI, reconstructed
      with v1 and v2; a low-BMI and a high-BMI test study, each a 600 s scan
-     with a liver tumour cut into R x 60 s realisations (the tests are on v2
-     images; the low-BMI one also in v1, for Fig. 4); an out-of-distribution
+     with a liver tumour cut into R x 60 s realisations, ``test_studies`` of
+     each (the tests are on v2 images; the low-BMI ones also in v1, for
+     Fig. 4); an out-of-distribution
      (OOD) study with a catheter and a very hot bladder (v2), with R x 60 s
      realisations and two 60 s halves of a 120 s scan for Noise2Noise.
    - ``finetune``: low-BMI studies reconstructed with v2 only, *separate* from
      the N training studies, as the paper's 7 low-BMI fine-tuning studies.
    - ``third``: high-BMI v2 studies, a third task for TGD² (TGD-net
      TGD-fine-tuned again with masks from its own weights).
-2. Train v1-net (main/v1) and v2-net (main/v2) from scratch, then fine-tune
-   v1-net on ``finetune``: FT-net (last three conv blocks), TGD-net
-   (phi = 0.3) and EWC-net; TGD²-net = TGD-net fine-tuned by TGD on ``third``.
-3. Online learning on the OOD study (phi = 0.4): TGD-N2N from v2-net and
-   TGD²-N2N from TGD-net.
-4. The kernel-drop study of Fig. 4 on v1-net at phi = 0.3 ... 0.6.
-5. Evaluate every model on the three v2 test studies (lesion bias, liver
-   CoV, hallucination score) and write table1.md, fig4.md/png, fig5.png,
-   fig6.png, results.json and README.md into ``--out``.
+2. Train v1-net (main/v1) and v2-net (main/v2) from scratch, once, scoring
+   v1-net's kernels by KSE after every epoch (flagged fraction against
+   training length); then, with each of ``seeds`` fine-tuning seeds,
+   fine-tune v1-net on ``finetune``: FT-net (last three conv blocks),
+   TGD-net (phi = 0.3) and EWC-net; TGD²-net = that seed's TGD-net
+   fine-tuned by TGD on ``third``.
+3. Online learning on the OOD study (phi = 0.4), per seed: TGD-N2N from
+   v2-net and TGD²-N2N from that seed's TGD-net.
+4. BatchNorm after TGD: on fine-tuning patches, how far each frozen
+   channel's batch statistics are from the running statistics TGD kept,
+   and TGD-net (BN re-est.) with them re-estimated.
+5. The kernel-drop study of Fig. 4 on v1-net at phi = 0.3 ... 0.6.
+6. Evaluate every network on every v2 test study (lesion bias, liver CoV,
+   hallucination score on the ensemble mean), derive Table 1 (mean +- sd,
+   n) and the verdicts (:mod:`tgdpet.reproduce`), and write table1.md,
+   fig4.md/png, fig5.png, fig6.png, results.json (with the git commit) and
+   README.md into ``--out``.
 
 Compute. An epoch is one random patch per input slice of the dataset
 (studies x count levels x slices), and every network trains the same number of
@@ -41,7 +51,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,8 +65,8 @@ import torch
 
 import tgdpet
 from tgdpet import reproduce as rp
-from tgdpet.checkpoint import load_model
-from tgdpet.data import Manifest, StudyEntry, load_manifest
+from tgdpet.checkpoint import ModelRecord, load_model, save_model
+from tgdpet.data import Manifest, StudyEntry, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import evaluate_models, truth_path
 from tgdpet.files import check_can_write
@@ -64,7 +76,9 @@ from tgdpet.runtime import resolve_device
 from tgdpet.simulate import OOD_FEATURES, SimulationConfig, StudySpec, study_seed, write_dataset
 from tgdpet.tgd import drop_kernels, relative_rms_change
 from tgdpet.train import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, finetune, n2n_online, train
+from tgdpet.train.ddp import DistEnv
 from tgdpet.train.loop import FitResult
+from tgdpet.train.workflows import patch_dataset
 
 #: The paper's thresholds: TGD fine-tuning, online learning, and the kernel-drop study (Fig. 4).
 PHI_FINETUNE = 0.3
@@ -72,7 +86,16 @@ PHI_N2N = 0.4
 DROP_PHIS = (0.3, 0.4, 0.5, 0.6)
 #: The fine-tuned networks of Table 1, then the online-learning ones, in table order.
 FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net")
-MODELS = ("v1-net", "v2-net", *FINETUNED, "TGD-N2N", "TGD2-N2N")
+ONLINE = ("TGD-N2N", "TGD2-N2N")
+#: TGD-net with its frozen channels' BN running statistics re-estimated on the fine-tuning data.
+BN_REESTIMATED = "TGD-net-BN"
+MODELS = ("v1-net", "v2-net", *FINETUNED, BN_REESTIMATED, *ONLINE)
+#: results.json's format version (2: several seeds and test studies, instances, verdicts).
+FORMAT_VERSION = 2
+#: Patches of the fine-tuning data the BatchNorm study measures (at most an epoch's worth).
+BN_PATCHES = 2048
+#: The epoch line of a training run's echo (tgdpet.train.loop), which the KSE curve follows.
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+\s+step (\d+)")
 
 
 @dataclass(frozen=True)
@@ -93,24 +116,41 @@ class Scale:
     patch_size: int
     epochs: int  # for every network trained or fine-tuned
     n2n_epochs: int
+    seeds: int  # fine-tuning seeds: every fine-tuned / online network is trained this many times
+    test_studies: int  # low-BMI and high-BMI test studies each
 
+
+#: Epochs of the medium scale. Cost model, in wall seconds on 2 quiet CPU cores, from the small scale's per-step
+#: times at the same sizes (128 x 128 x 144, preset small, batch 64, patch 32): per epoch, v1-net + v2-net 68 s
+#: and the four fine-tunes 33 s per seed; fixed: simulation ~300 s, N2N 65 s per seed, evaluation ~9 s per network
+#: row and test study (24 rows x 7 studies ~1530 s), BatchNorm study, kernel drop and figures ~50 s. With 3 seeds
+#: that is ~2070 s + 167 s per epoch: 24 epochs ~6090 s, about 100 minutes.
+MEDIUM_EPOCHS = 24
 
 SCALES = {
     "tiny": Scale(
-        "tiny", "pipeline check for tests: a tiny grid and net, one epoch each (numbers are meaningless)",
+        "tiny", "pipeline check for tests: a tiny grid and net, two epochs, two seeds (numbers are meaningless)",
         size=40, slices=45, levels_s=(60, 180), realisations=2, n_train=2, n_finetune=1, n_third=1,
-        preset="tiny", batch_size=16, patch_size=16, epochs=1, n2n_epochs=1,
+        preset="tiny", batch_size=16, patch_size=16, epochs=2, n2n_epochs=1, seeds=2, test_studies=2,
     ),
     "small": Scale(
         "small", "2 CPU cores in about 50 minutes: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net "
         "(7 x 32 channels), 12 epochs (60 for N2N)",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
-        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60,
+        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60, seeds=1, test_studies=1,
+    ),
+    "medium": Scale(
+        "medium", f"2 CPU cores in about 2 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
+        "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
+        size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
+        n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
+        test_studies=3,
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
         size=192, slices=216, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
-        n_third=7, preset="paper", batch_size=64, patch_size=32, epochs=500, n2n_epochs=150,
+        n_third=7, preset="paper", batch_size=64, patch_size=32, epochs=500, n2n_epochs=150, seeds=3,
+        test_studies=3,
     ),
 }  # fmt: skip
 
@@ -160,17 +200,37 @@ class Run:
     overwrite: bool
     log: Log = field(default_factory=Log)
     commands: dict[str, str] = field(default_factory=dict)  # step -> equivalent tgdpet command
-    training: dict[str, dict] = field(default_factory=dict)  # network -> fit_record
+    training: dict[str, dict] = field(default_factory=dict)  # instance -> fit_record
+    instances: dict[str, dict] = field(default_factory=dict)  # instance -> {"model", "seed", "path"}
+    kse_curve: list[dict] = field(default_factory=list)  # v1-net's flagged fractions after each epoch
 
     @property
     def data(self) -> Path:
         return self.out / "data"
 
-    def model(self, name: str) -> Path:
-        """Where network ``name`` is (or will be) saved."""
-        if name in ("TGD-N2N", "TGD2-N2N"):
-            return self.out / "n2n" / f"{name}.safetensors"
-        return self.out / "runs" / name / "last.safetensors"
+    @property
+    def seeds(self) -> list[int]:
+        """The fine-tuning seeds: the run's seed and the next ones."""
+        return [self.seed + k for k in range(self.scale.seeds)]
+
+    def model(self, name: str, seed: int | None = None) -> Path:
+        """Where network ``name`` (fine-tuned with ``seed``; None: trained once) is (or will be) saved."""
+        if name in ONLINE:
+            return self.out / "n2n" / f"{name}-seed{seed}.safetensors"
+        if name == BN_REESTIMATED:
+            return self.out / "runs" / name / f"seed{seed}.safetensors"
+        return self.out / "runs" / name / ("last.safetensors" if seed is None else f"seed{seed}/last.safetensors")
+
+    def add(self, name: str, seed: int | None = None) -> str:
+        """Register an instance of network ``name``; returns its key (the name of its evaluation rows)."""
+        key = instance_key(name, seed)
+        self.instances[key] = {"model": name, "seed": seed, "path": str(self.model(name, seed))}
+        return key
+
+
+def instance_key(name: str, seed: int | None) -> str:
+    """``v1-net`` for a network trained once, ``TGD-net@1`` for TGD-net fine-tuned with seed 1."""
+    return name if seed is None else f"{name}@{seed}"
 
 
 def cli(*words: object, **options: object) -> str:
@@ -227,11 +287,12 @@ def epoch_patches(input_slices: int, batch_size: int) -> int:
 def simulation_configs(scale: Scale, seed: int, device: torch.device) -> dict[str, SimulationConfig]:
     """The three datasets of the run (see the module docstring), keyed by folder name."""
     bodies = ("low", "high")
-    main = [StudySpec("train", bodies[i % 2]) for i in range(scale.n_train)] + [
-        StudySpec("test", "low", tumour=True),  # v1 too: Fig. 4 runs v1-net on a v1 image
-        StudySpec("test", "high", tumour=True, protocols=("v2",)),
-        StudySpec("test", "normal", ood=OOD_FEATURES, halves=True, protocols=("v2",)),
-    ]
+    main = (
+        [StudySpec("train", bodies[i % 2]) for i in range(scale.n_train)]
+        + [StudySpec("test", "low", tumour=True)] * scale.test_studies  # v1 too: Fig. 4 runs v1-net on a v1 image
+        + [StudySpec("test", "high", tumour=True, protocols=("v2",))] * scale.test_studies
+        + [StudySpec("test", "normal", ood=OOD_FEATURES, halves=True, protocols=("v2",))]
+    )
     common = {
         "size": scale.size,
         "slices": scale.slices,
@@ -273,18 +334,18 @@ def simulate(run: Run) -> dict[str, SimulationConfig]:
     return configs
 
 
-def find_test_study(manifest: Manifest, body: str, feature: str) -> StudyEntry:
-    """The test study of a body size with a feature (``tumour``, ``catheter``), from its manifest ``meta``."""
-    for study in manifest.split("test"):
-        if study.meta.get("body") == body and feature in study.meta.get("features", ()):
-            return study
-    raise TgdpetError(f"{manifest.path} has no {body}-BMI test study with a {feature}; simulate the data again.")
+def find_test_studies(manifest: Manifest, body: str, feature: str) -> list[StudyEntry]:
+    """The test studies of a body size with a feature (``tumour``, ``catheter``), from their manifest ``meta``."""
+    found = [s for s in manifest.split("test") if s.meta.get("body") == body and feature in s.meta.get("features", ())]
+    if not found:
+        raise TgdpetError(f"{manifest.path} has no {body}-BMI test study with a {feature}; simulate the data again.")
+    return found
 
 
 # --------------------------------------------------------------------------- 2. networks
 
 
-def loop_settings(run: Run, n_studies: int) -> dict:
+def loop_settings(run: Run, n_studies: int, seed: int) -> dict:
     """Epochs of one patch per input slice of ``n_studies`` studies, and the scale's batch and patch sizes."""
     s = run.scale
     return {
@@ -292,25 +353,41 @@ def loop_settings(run: Run, n_studies: int) -> dict:
         "patches_per_epoch": epoch_patches(n_studies * len(s.levels_s) * s.slices, s.batch_size),
         "batch_size": s.batch_size,
         "patch_size": s.patch_size,
-        "seed": run.seed,
+        "seed": seed,
         "device": run.device_arg,
     }
 
 
+def kse_echo(run: Run, name: str, model_file: Path, batch_size: int) -> Callable[[str], None]:
+    """A training echo that also scores the just-saved model by KSE after every epoch (into ``run.kse_curve``)."""
+    say = run.log.echo(name)
+
+    def echo(message: str) -> None:
+        say(message)
+        line = EPOCH_LINE.match(message)
+        if line:
+            model = load_model(model_file).model
+            fractions = rp.flagged_fractions(model, DROP_PHIS)
+            run.kse_curve.append({"epoch": int(line[1]), "patches_seen": int(line[2]) * batch_size,
+                                  "flagged_pct": {phi: 100 * f for phi, f in fractions.items()}})  # fmt: skip
+
+    return echo
+
+
 def train_networks(run: Run) -> None:
-    """v1-net and v2-net from scratch, then FT-net, TGD-net, EWC-net from v1-net and TGD²-net from TGD-net."""
+    """v1-net and v2-net from scratch, then per seed FT-net, TGD-net, EWC-net from v1-net and TGD²-net from TGD-net."""
     s = run.scale
     (run.out / "runs").mkdir(exist_ok=True)
     for name, protocol in (("v1-net", "v1"), ("v2-net", "v2")):
-        cfg = TrainConfig(preset=s.preset, **loop_settings(run, s.n_train))
+        cfg = TrainConfig(preset=s.preset, **loop_settings(run, s.n_train, run.seed))
         data, folder = run.data / "main" / protocol, run.model(name).parent
+        echo = kse_echo(run, name, run.model(name), s.batch_size) if name == "v1-net" else run.log.echo(name)
         run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
         result = run.log.timed(name, lambda: train(
-            data, folder, cfg, overwrite=run.overwrite, progress_bar=False, echo=run.log.echo(name),
-            command=run.commands[name],
+            data, folder, cfg, overwrite=run.overwrite, progress_bar=False, echo=echo, command=run.commands[name],
         ))  # fmt: skip
-        run.training[name] = fit_record(result, cfg, run.log.steps[name], data=f"main/{protocol}",
-                                        studies=s.n_train, command=run.commands[name])  # fmt: skip
+        run.training[run.add(name)] = fit_record(result, cfg, run.log.steps[name], data=f"main/{protocol}",
+                                                 studies=s.n_train, command=run.commands[name])  # fmt: skip
 
     finetunes = (
         ("FT-net", "v1-net", "finetune", s.n_finetune, {"method": "last3"}),
@@ -318,42 +395,93 @@ def train_networks(run: Run) -> None:
         ("EWC-net", "v1-net", "finetune", s.n_finetune, {"method": "ewc"}),
         ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
     )
-    for name, base, dataset, n, method in finetunes:
-        cfg = FinetuneConfig(**method, **loop_settings(run, n))
-        data, folder = run.data / dataset / "v2", run.model(name).parent
-        run.commands[name] = cli("tgd-finetune", run.model(base), data, out=folder, **loop_options(cfg))
-        result = run.log.timed(name, lambda: finetune(
-            run.model(base), data, folder, cfg, overwrite=run.overwrite, progress_bar=False,
-            echo=run.log.echo(name), command=run.commands[name],
-        ))  # fmt: skip
-        run.training[name] = fit_record(result, cfg, run.log.steps[name], data=f"{dataset}/v2", studies=n,
-                                        base=base, command=run.commands[name])  # fmt: skip
+    for seed in run.seeds:
+        for name, base, dataset, n, method in finetunes:
+            base_seed = seed if base in FINETUNED else None
+            cfg = FinetuneConfig(**method, **loop_settings(run, n, seed))
+            data, folder, key = run.data / dataset / "v2", run.model(name, seed).parent, instance_key(name, seed)
+            base_file = run.model(base, base_seed)
+            run.commands[key] = cli("tgd-finetune", base_file, data, out=folder, **loop_options(cfg))
+            result = run.log.timed(key, lambda: finetune(
+                base_file, data, folder, cfg, overwrite=run.overwrite, progress_bar=False,
+                echo=run.log.echo(key), command=run.commands[key],
+            ))  # fmt: skip
+            run.training[run.add(name, seed)] = fit_record(
+                result, cfg, run.log.steps[key], data=f"{dataset}/v2", studies=n, base=instance_key(base, base_seed),
+                command=run.commands[key],
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- 3. online learning
 
 
 def online_learning(run: Run, ood: StudyEntry) -> None:
-    """TGD-N2N (from v2-net) and TGD²-N2N (from TGD-net): Noise2Noise on the OOD study's halves, phi = 0.4."""
+    """Per seed, TGD-N2N (from v2-net) and TGD²-N2N (from that seed's TGD-net): Noise2Noise on the OOD halves."""
     s = run.scale
     (run.out / "n2n").mkdir(exist_ok=True)
-    for name, base in (("TGD-N2N", "v2-net"), ("TGD2-N2N", "TGD-net")):
-        cfg = N2NConfig(
-            phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
-            batch_size=s.batch_size, patch_size=s.patch_size, seed=run.seed, device=run.device_arg,
-        )  # fmt: skip
-        model, denoised = run.model(name), run.model(name).with_name(f"{name}_denoised.nii.gz")
-        run.commands[name] = cli("n2n-online", run.model(base), *ood.halves, out=denoised, save_model=model,
-                                 **loop_options(cfg))  # fmt: skip
-        result = run.log.timed(name, lambda: n2n_online(
-            run.model(base), ood.halves[0], ood.halves[1], denoised, cfg, save_model_path=model,
-            overwrite=run.overwrite, progress_bar=False, command=run.commands[name],
-        ))  # fmt: skip
-        run.training[name] = fit_record(result.fit, cfg, run.log.steps[name], data=f"main/v2 {ood.id} halves",
-                                        studies=1, base=base, command=run.commands[name])  # fmt: skip
+    for seed in run.seeds:
+        for name, base, base_seed in (("TGD-N2N", "v2-net", None), ("TGD2-N2N", "TGD-net", seed)):
+            cfg = N2NConfig(
+                phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
+                batch_size=s.batch_size, patch_size=s.patch_size, seed=seed, device=run.device_arg,
+            )  # fmt: skip
+            key, model, base_file = instance_key(name, seed), run.model(name, seed), run.model(base, base_seed)
+            denoised = model.with_name(f"{model.stem}_denoised.nii.gz")
+            run.commands[key] = cli("n2n-online", base_file, *ood.halves, out=denoised, save_model=model,
+                                    **loop_options(cfg))  # fmt: skip
+            result = run.log.timed(key, lambda: n2n_online(
+                base_file, ood.halves[0], ood.halves[1], denoised, cfg, save_model_path=model,
+                overwrite=run.overwrite, progress_bar=False, command=run.commands[key],
+            ))  # fmt: skip
+            run.training[run.add(name, seed)] = fit_record(
+                result.fit, cfg, run.log.steps[key], data=f"main/v2 {ood.id} halves", studies=1,
+                base=instance_key(base, base_seed), command=run.commands[key],
+            )  # fmt: skip
 
 
-# --------------------------------------------------------------------------- 4. kernel drop (Fig. 4)
+# --------------------------------------------------------------------------- 4. BatchNorm after TGD
+
+
+def bn_batches(run: Run, model: ModelRecord, studies: list, seed: int) -> list[torch.Tensor]:
+    """The first :data:`BN_PATCHES` patches (inputs only) of TGD-net's first fine-tuning epoch, in batches."""
+    cfg = FinetuneConfig(method="tgd", phi=PHI_FINETUNE, **loop_settings(run, run.scale.n_finetune, seed))
+    patches = patch_dataset(studies, model.model, cfg, DistEnv())
+    patches.set_epoch(0)
+    n = min(BN_PATCHES, len(patches))
+    inputs = [patches[i][0] for i in range(n)]
+    return [torch.stack(inputs[i : i + cfg.batch_size]) for i in range(0, n, cfg.batch_size)]
+
+
+def bn_study(run: Run) -> dict:
+    """BN mismatch of frozen vs retrained channels of every TGD-net (and of v1-net), and TGD-net (BN re-est.).
+
+    Saves each re-estimated network beside TGD-net's run and registers it as
+    an instance of :data:`BN_REESTIMATED`, so that it is evaluated like the others.
+    """
+    studies = load_studies(load_manifest(run.data / "finetune" / "v2"), "train")
+    v1 = load_model(run.model("v1-net"), run.device)
+    mismatch, n = {}, 0
+    for seed in run.seeds:
+        tgd = load_model(run.model("TGD-net", seed), run.device)
+        batches = bn_batches(run, tgd, studies, seed)
+        n = sum(len(b) for b in batches)
+        if seed == run.seeds[0]:
+            mismatch["v1-net"] = rp.bn_mismatch(v1.model, None, rp.bn_input_statistics(v1.model, batches))
+        stats = rp.bn_input_statistics(tgd.model, batches)
+        mismatch[rp.instance_label(instance_key("TGD-net", seed), run.instances)] = rp.bn_mismatch(
+            tgd.model, tgd.masks, stats
+        )
+        dest = run.model(BN_REESTIMATED, seed)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        save_model(dest, rp.reestimate_frozen_bn(tgd.model, tgd.masks, stats), preset=tgd.preset, masks=tgd.masks,
+                   masks_history=tgd.masks_history, normalization=tgd.normalization,
+                   provenance={**tgd.provenance, "bn_reestimated": f"frozen channels' running statistics from {n} "
+                               "fine-tuning patches"})  # fmt: skip
+        run.add(BN_REESTIMATED, seed)
+    return {"patches": n, "mismatch": mismatch}
+
+
+# --------------------------------------------------------------------------- 5. kernel drop (Fig. 4)
 
 
 def kernel_drop(
@@ -392,26 +520,28 @@ def fig4_rows(image: np.ndarray, v1: np.ndarray, points: list[rp.DropPoint], mar
     ]  # fmt: skip
 
 
-# --------------------------------------------------------------------------- 5. evaluation
+# --------------------------------------------------------------------------- 6. evaluation
 
 
-def evaluate_all(run: Run, manifest: Manifest, studies: dict[str, StudyEntry]) -> dict[str, dict]:
-    """Every network on every test study (v2 images), in fp32: lesion bias, liver CoV, hallucination score."""
-    models = {name: run.model(name) for name in MODELS}
-    results = {}
-    for key, study in studies.items():
-        results[key] = run.log.timed(f"evaluate {key} ({study.id})", lambda: evaluate_models(
-            models, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study), device=run.device,
-            precision="fp32",
-        ))  # fmt: skip
-        run.commands[f"evaluate {key}"] = cli(
-            "evaluate", manifest.path.parent, *[f"--model={n}={p}" for n, p in models.items()], study=study.id,
-            device=run.device_arg,
-        )  # fmt: skip
+def evaluate_all(run: Run, manifest: Manifest, studies: dict[str, list[StudyEntry]]) -> dict[str, list[dict]]:
+    """Every network instance on every test study (v2 images), in fp32: lesion bias, liver CoV, hallucination score."""
+    models = {key: Path(inst["path"]) for key, inst in run.instances.items()}
+    results: dict[str, list[dict]] = {}
+    for key, entries in studies.items():
+        results[key] = []
+        for study in entries:
+            results[key].append(run.log.timed(f"evaluate {key} ({study.id})", lambda: evaluate_models(
+                models, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study),
+                device=run.device, precision="fp32",
+            )))  # fmt: skip
+            run.commands[f"evaluate {key} {study.id}"] = cli(
+                "evaluate", manifest.path.parent, *[f"--model={n}={p}" for n, p in models.items()], study=study.id,
+                device=run.device_arg,
+            )  # fmt: skip
     return results
 
 
-# --------------------------------------------------------------------------- 6. figures 5 and 6
+# --------------------------------------------------------------------------- 7. figures 5 and 6
 
 
 def regions(study: StudyEntry, codes: dict) -> dict[str, np.ndarray]:
@@ -453,11 +583,16 @@ def ood_rows(study: StudyEntry, codes: dict, denoisers: dict, margin: int) -> li
 
 
 def write_figures(run: Run, fig4: list[rp.PanelRow], studies: dict[str, StudyEntry], codes: dict) -> None:
-    """Fig. 4 (its rows made by the kernel-drop step), Fig. 5 (fine-tuned networks on the low- and high-BMI
-    studies) and Fig. 6 (online learning on the OOD study)."""
+    """Fig. 4 (its rows made by the kernel-drop step), Fig. 5 (fine-tuned networks on the first low- and
+    high-BMI test studies) and Fig. 6 (online learning on the OOD study); fine-tuned networks of the first seed."""
     rp.save_panels(run.out / "fig4.png", fig4, "Fig. 4: v1-net with its meaningless kernels (KSE < phi) dropped")
     margin = crop_margin(run.scale)
-    fp32 = {name: load_denoiser(run.model(name), device=run.device, precision="fp32") for name in MODELS}
+    first = run.seeds[0]
+    fp32 = {
+        name: load_denoiser(run.model(name, None if name in ("v1-net", "v2-net") else first), device=run.device,
+                            precision="fp32")
+        for name in MODELS if name != BN_REESTIMATED
+    }  # fmt: skip
     fig5 = {name: fp32[name] for name in ("v1-net", "v2-net", *FINETUNED)}
     rp.save_panels(run.out / "fig5.png", [
         lesion_row("low BMI", studies["low_bmi"], codes, fig5, margin),
@@ -487,6 +622,22 @@ def versions(device: torch.device) -> dict:
     }
 
 
+def git_state() -> dict:
+    """The commit the code ran from and whether the working tree had uncommitted changes (None outside git)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*words: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *words], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
 def prepare_out(out: Path, overwrite: bool) -> None:
     """Create ``out``; refuse to mix this run with an earlier one unless ``overwrite``."""
     if out.exists() and not out.is_dir():
@@ -494,6 +645,46 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TgdpetError(f"{out} already holds files; pass --overwrite to replace that run or choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def derived(results: dict) -> dict:
+    """What results.json holds that follows from its measured numbers: Table 1, the verdicts, the answers.
+
+    Recomputed by ``--report-only``, so the markdown always follows the numbers.
+    """
+    evaluation, instances, training = results["evaluation"], results["instances"], results["training"]
+    rows = rp.table1_rows(evaluation, instances, training, MODELS)
+    items = rp.verdicts(evaluation, instances)
+    first = {}
+    for key, inst in instances.items():
+        if key in training:
+            first.setdefault(inst["model"], training[key])
+    bn = dict(results.get("bn", {}))
+    if bn:
+        bn["verdicts"] = [{"task": task, **rp.compare(evaluation, instances, BN_REESTIMATED, "TGD-net", study, figure,
+                                                      how)}
+                          for task, figures in rp.VERDICT_FIGURES.items() for study, figure, how in figures]  # fmt: skip
+    s = results["scale"]
+    return {
+        "table1": rows,
+        "table1_markdown": rp.table1_markdown(rows),
+        "verdicts": items,
+        "task_verdicts": {f"{a} vs {b}, {task}": rp.task_verdict(items, a, b, task)
+                          for a, b in rp.VERDICT_PAIRS for task in rp.TASKS},  # fmt: skip
+        "bn": bn,
+        "answers": rp.answers(rows, first, items, s["n_train"], s["n_finetune"]),
+    }
+
+
+def write_report(results: dict, out: Path, docs: Path | None) -> None:
+    """table1.md, fig4.md, results.json and README.md in ``out`` (and the report at ``docs``), from ``results``."""
+    drop = [rp.DropPoint(p["phi"], p["fraction_dropped"], p["output_change"], np.zeros(0)) for p in results["kernel_drop"]]
+    rp.write_text(out / "table1.md", "# Table 1 (simulated data)\n\n" + results["table1_markdown"])
+    rp.write_text(out / "fig4.md", rp.fig4_markdown(drop, "fig4.png"))
+    rp.write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    rp.write_text(out / "README.md", rp.report_markdown(results, ""))
+    if docs is not None:
+        rp.write_text(docs, rp.report_markdown(results, os.path.relpath(out, docs.parent)))
 
 
 def reproduce(args: argparse.Namespace) -> dict:
@@ -508,14 +699,15 @@ def reproduce(args: argparse.Namespace) -> dict:
     configs = simulate(run)
     main_v1, main_v2 = load_manifest(run.data / "main" / "v1"), load_manifest(run.data / "main" / "v2")
     studies = {
-        "low_bmi": find_test_study(main_v2, "low", "tumour"),
-        "high_bmi": find_test_study(main_v2, "high", "tumour"),
-        "ood": find_test_study(main_v2, "normal", "catheter"),
+        "low_bmi": find_test_studies(main_v2, "low", "tumour"),
+        "high_bmi": find_test_studies(main_v2, "high", "tumour"),
+        "ood": find_test_studies(main_v2, "normal", "catheter")[:1],
     }
     train_networks(run)
-    online_learning(run, studies["ood"])
+    online_learning(run, studies["ood"][0])
+    bn = run.log.timed("BatchNorm statistics after TGD", lambda: bn_study(run))
 
-    low_v1 = next(s for s in main_v1.studies if s.id == studies["low_bmi"].id)  # held out, v1, 60 s
+    low_v1 = next(s for s in main_v1.studies if s.id == studies["low_bmi"][0].id)  # held out, v1, 60 s
     image = read_volume(low_v1.realisations[0]).data
     z = rp.busiest_slice(regions(low_v1, main_v1.label_codes)["liver"])
     v1_slice, drop = run.log.timed("kernel-drop study", lambda: kernel_drop(run.model("v1-net"), image, z, run.device))
@@ -524,59 +716,81 @@ def reproduce(args: argparse.Namespace) -> dict:
 
     evaluation = evaluate_all(run, main_v2, studies)
     fig4 = fig4_rows(image[z], v1_slice, drop, crop_margin(run.scale))
-    run.log.timed("figures", lambda: write_figures(run, fig4, studies, main_v2.label_codes))
+    first = {key: entries[0] for key, entries in studies.items()}
+    run.log.timed("figures", lambda: write_figures(run, fig4, first, main_v2.label_codes))
 
-    rows = rp.table1_rows(evaluation, run.training, MODELS)
     results = {
         "format": "tgdpet-reproduction",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
+        "git": git_state(),
         "scale": asdict(run.scale),
         "seed": run.seed,
+        "finetune_seeds": run.seeds,
         "out": str(out),
         "device_arg": run.device_arg,
         "versions": versions(run.device),
         "datasets": {name: {"seed": c.seed, "summary": describe(c), "studies": [asdict(s) for s in c.studies]}
                      for name, c in configs.items()},  # fmt: skip
-        "test_studies": {key: study.id for key, study in studies.items()},
-        "training": {name: {"model": str(run.model(name)), **record} for name, record in run.training.items()},
+        "test_studies": {key: [study.id for study in entries] for key, entries in studies.items()},
+        "instances": run.instances,
+        "training": {name: {"model": run.instances[name]["path"], **record} for name, record in run.training.items()},
+        "kse_curve": run.kse_curve,
         "kernel_drop": [{"phi": p.phi, "fraction_dropped": p.fraction_dropped, "output_change": p.output_change,
                          "paper_dropped_pct": rp.PAPER_DROPPED_PCT[p.phi]} for p in drop],  # fmt: skip
+        "bn": bn,
         "evaluation": evaluation,
-        "table1": rows,
-        "table1_markdown": rp.table1_markdown(rows),
         "paper": {"table1_low_bmi": rp.PAPER_TABLE1, "time_saved_pct": rp.PAPER_TIME_SAVED_PCT,
                   "dropped_pct": rp.PAPER_DROPPED_PCT},  # fmt: skip
-        "answers": rp.answers(rows, run.training, run.scale.n_train, run.scale.n_finetune),
         "commands": run.commands,
         "steps": run.log.steps,
         "total_s": round(time.perf_counter() - run.log.start, 1),
     }
-    rp.write_text(out / "table1.md", "# Table 1 (simulated data)\n\n" + results["table1_markdown"])
-    rp.write_text(out / "fig4.md", rp.fig4_markdown(drop, "fig4.png"))
-    rp.write_text(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
-    rp.write_text(out / "README.md", rp.report_markdown(results, ""))
-    if docs is not None:
-        rp.write_text(docs, rp.report_markdown(results, os.path.relpath(out, docs.parent)))
+    results.update(derived(results))
+    write_report(results, out, docs)
     run.log(f"done in {results['total_s']:.0f} s: {out / 'README.md'}")
+    return results
+
+
+def report_only(args: argparse.Namespace) -> dict:
+    """Rebuild Table 1, the verdicts, the answers and the markdown from ``--out``'s results.json (no training)."""
+    out = Path(args.out)
+    path = out / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TgdpetError(f"{path} does not exist; run the reproduction into {out} first.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TgdpetError(f"{path} is not a readable results file ({e}); run the reproduction again.") from None
+    if results.get("format") != "tgdpet-reproduction" or results.get("format_version") != FORMAT_VERSION:
+        raise TgdpetError(
+            f"{path} is not a results file of this script's format (tgdpet-reproduction version {FORMAT_VERSION}); "
+            "run the reproduction again to get one."
+        )
+    docs = Path(args.docs) if args.docs else None
+    results.update(derived(results))
+    write_report(results, out, docs)
     return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: 2 CPU cores, ~50 min; paper: a GPU; tiny: a one-minute pipeline check")
+                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, ~2 h, 3 seeds x 3 test "
+                             "studies for error bars; paper: a GPU; tiny: a few-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the patches")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
-    parser.add_argument("--docs", help="also write the report here, e.g. docs/reproduction.md")
-    return parser.parse_args(argv)
+    parser.add_argument("--docs", help="also write the report here, e.g. docs/reproduction/README.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild table1.md, fig4.md, README.md (and --docs) from --out's results.json")
+    return parser.parse_args(argv)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        reproduce(args)
+        report_only(args) if args.report_only else reproduce(args)
     except TgdpetError as e:
         print(f"Error: {e}", file=sys.stderr)
         return TgdpetError.exit_code

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from test_data import make_dataset
 
 from tgdpet.checkpoint import load_model
+from tgdpet.models import bn_after
 
 # Runs in each torchrun process: train, then TGD-fine-tune the result; every rank dumps its final
 # weights, and every file write through tgdpet's atomic writers is logged with the writer's rank.
@@ -73,10 +74,22 @@ def test_two_processes_keep_identical_weights_and_only_rank0_writes(tmp_path):
         saved = dict(load_model(out / name / "last.safetensors").model.named_parameters())
         assert all(torch.equal(saved[k].detach(), r0[k]) for k in r0), name
 
-    # TGD under DDP: frozen kernels of the fine-tuned model are those of the trained one
+    # TGD under DDP: every frozen channel of the fine-tuned model (kernel, bias, BN gamma and beta, BN running
+    # statistics) is bit-identical to the trained one's, while the retrained channels moved.
     base, tuned = load_model(out / "train" / "last.safetensors"), load_model(out / "tgd" / "last.safetensors")
+    frozen_bn = 0
     for i, keep in tuned.masks.items():
-        assert torch.equal(base.model.convs[i].weight[~keep], tuned.model.convs[i].weight[~keep])
+        tensors = {"weight": lambda m: m.convs[i].weight, "bias": lambda m: m.convs[i].bias}
+        if bn_after(base.model, i) is not None:
+            frozen_bn += int((~keep).sum())
+            tensors.update({f"bn {name}": (lambda m, name=name: getattr(bn_after(m, i), name))
+                            for name in ("weight", "bias", "running_mean", "running_var")})  # fmt: skip
+        for what, get in tensors.items():
+            before, after = get(base.model).detach(), get(tuned.model).detach()
+            assert torch.equal(before[~keep], after[~keep]), f"conv{i + 1} {what}: a frozen channel moved"
+            if what.startswith("bn") and keep.any():
+                assert not torch.equal(before[keep], after[keep]), f"conv{i + 1} {what}: no retrained channel moved"
+    assert frozen_bn > 0  # some frozen channels had a BatchNorm to check
     assert tuned.provenance["world_size"] == 2
 
     written = (dump / "writes0.txt").read_text().splitlines()

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from tgdpet.checkpoint import load_model
 from tgdpet.cli import main
 from tgdpet.io import read_volume
+from tgdpet.models import bn_after
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,35 @@ def test_score_kse_then_tgd_twice_keeps_frozen_kernels(workspace, trained):
 
     run("tgd-finetune", workspace / "tgd" / "last.safetensors", workspace / "data" / "v2", "--phi", 0.3,
         "--out", workspace / "tgd2", *TUNE, "--epochs", 1, "--patches-per-epoch", 128)
-    assert len(load_model(workspace / "tgd2" / "last.safetensors").masks_history) == 2
+    tgd2 = load_model(workspace / "tgd2" / "last.safetensors")
+    first, second = tgd2.masks_history
+    assert all(torch.equal(first[i], tgd.masks[i]) for i in tgd.masks)  # round 1's masks, carried over
+    # Round 2's masks come from TGD-net's own weights; what each round froze is bit-identical in the output:
+    # round 2 against its input, and what both rounds froze against the original network.
+    assert _frozen_channels_unchanged(tgd.model, tgd2.model, second) > 0
+    both = {i: first[i] | second[i] for i in second}  # retrained in either round
+    assert _frozen_channels_unchanged(base.model, tgd2.model, both) > 0
+    moved = [i for i, keep in second.items() if keep.any()
+             and not torch.equal(tgd.model.convs[i].weight[keep], tgd2.model.convs[i].weight[keep])]  # fmt: skip
+    assert moved, "round 2 retrained nothing"
+
+
+def _frozen_channels_unchanged(before: torch.nn.Module, after: torch.nn.Module, masks: dict) -> int:
+    """Assert every frozen channel's kernel, bias, BN gamma/beta and running statistics are bit-identical.
+
+    Returns how many frozen channels were checked (so a caller can tell that some were).
+    """
+    checked = 0
+    for i, keep in masks.items():
+        frozen = ~keep
+        tensors = [("weight", lambda m: m.convs[i].weight), ("bias", lambda m: m.convs[i].bias)]
+        if bn_after(before, i) is not None:
+            tensors += [(f"bn {name}", lambda m, name=name: getattr(bn_after(m, i), name))
+                        for name in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
+        for what, get in tensors:
+            assert torch.equal(get(before).detach()[frozen], get(after).detach()[frozen]), f"conv{i + 1} {what} moved"
+        checked += int(frozen.sum())
+    return checked
 
 
 def test_n2n_online_denoises_the_study_with_its_geometry(workspace, trained):

@@ -88,9 +88,7 @@ def _expected_row(images, target, lab, truth=None) -> dict:
         "psnr_db": float(np.mean([metrics.psnr(x, target) for x in images])),
         "ssim": float(np.mean([metrics.ssim(x, target) for x in images])),
         "hallucination_bladder_pct": None,
-        "hallucination_catheter_pct": float(
-            np.mean([metrics.hallucination_score(x, target, lab == CODES["catheter"]) for x in images])
-        ),
+        "hallucination_catheter_pct": metrics.hallucination_score(stack.mean(axis=0), target, lab == CODES["catheter"]),
     }
     return row
 
@@ -143,6 +141,37 @@ def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp
         assert row["hallucination_catheter_pct"] == pytest.approx(0.0, abs=1e-4)
     assert study["rows"]["input"]["psnr_db"] is None  # identical images: infinite PSNR
     assert study["rows"]["input"]["lesion_bias_truth_pct"] is None  # no truth passed
+
+
+def test_hallucination_score_counts_a_planted_bias_not_zero_mean_noise(tmp_path):
+    """Noise that averages out over the realisations scores ~0; a bias present in every one scores its size.
+
+    The catheter region dilated by 2 voxels holds target values worked out by
+    hand below; a bias of +B Bq/mL on every voxel of it gives an RMS error of
+    B, so the score is B / mean(target there) * 100.
+    """
+    lab, target = _labels(), _target(_labels())
+    rng = np.random.default_rng(5)
+    n = 64
+    noise = rng.normal(0.0, 0.3, (n, *SHAPE))
+    noise -= noise.mean(axis=0)  # exactly zero-mean over the realisations: the ensemble mean is the target
+    noisy = [target * (1 + e) for e in noise.astype(np.float32)]
+    (tmp_path / "noise").mkdir()
+    entry = load_manifest(_study(tmp_path / "noise", realisations=noisy, truth=False)).studies[0]
+    row = evaluate_models({}, entry, label_codes=CODES, device="cpu")["rows"]["input"]
+    single = metrics.hallucination_score(noisy[0], target, lab == CODES["catheter"])
+    assert single > 10.0  # one realisation alone is far off: the old per-realisation score counted this noise
+    assert row["hallucination_catheter_pct"] == pytest.approx(0.0, abs=1e-3)
+
+    region = np.zeros(SHAPE, bool)
+    region[:, 9:15, 10:15] = True  # the catheter (y 11-12, x 12) grown by 2 voxels, clipped to the image
+    bias = 20.0
+    expected = bias / target[region].mean() * 100
+    biased = [x + np.float32(bias) * region for x in noisy]
+    (tmp_path / "bias").mkdir()
+    entry = load_manifest(_study(tmp_path / "bias", realisations=biased, truth=False)).studies[0]
+    row = evaluate_models({}, entry, label_codes=CODES, device="cpu")["rows"]["input"]
+    assert row["hallucination_catheter_pct"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_study_without_realisations_scores_its_full_input_not_its_halves(tmp_path):

@@ -2,23 +2,74 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from tgdpet import reproduce as rp
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
-MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-N2N", "TGD2-N2N")
+MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-net-BN", "TGD-N2N", "TGD2-N2N")
 RESULT_FILES = ("table1.md", "fig4.md", "fig4.png", "fig5.png", "fig6.png", "results.json", "README.md")
+CELL = re.compile(r"^(-?[\d,]+(?:\.\d+)?)(?: ± ([\d,]+(?:\.\d+)?))? \((\d+)\)$")
 
 
 def _reproduce(out: Path, device, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(SCRIPT), "--scale", "tiny", "--out", str(out), "--device", str(device), *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of a text, as rows of stripped cells (heading row first, separator left out)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _check_table1_against_evaluation(table: list[list[str]], results: dict) -> int:
+    """Every Table 1 cell of a figure is the mean ± sd (n) of the raw scores in results.json, recomputed here."""
+    headings = table[0]
+    figures = {  # heading -> (study, figure)
+        "low-BMI lesion bias %": ("low_bmi", "lesion_bias_pct"), "low-BMI liver CoV %": ("low_bmi", "liver_cov_pct"),
+        "high-BMI lesion bias %": ("high_bmi", "lesion_bias_pct"), "high-BMI liver CoV %": ("high_bmi", "liver_cov_pct"),
+        "OOD halluc. bladder %": ("ood", "hallucination_bladder_pct"), "OOD liver CoV %": ("ood", "liver_cov_pct"),
+    }  # fmt: skip
+    label_to_model = {rp.LABELS[m]: m for m in ("input", *MODELS)}
+    checked = 0
+    for row in table[1:]:
+        model = label_to_model[row[0]]
+        keys = ["input"] if model == "input" else [k for k, v in results["instances"].items() if v["model"] == model]
+        for heading, (study, figure) in figures.items():
+            values = [r["rows"][k][figure] for r in results["evaluation"][study] for k in keys]
+            values = [v for v in values if v is not None]
+            match = CELL.match(row[headings.index(heading)])
+            assert match, (model, heading, row[headings.index(heading)])
+            mean, sd, n = match.groups()
+            assert int(n) == len(values), (model, heading)
+            assert _number(mean) == pytest.approx(np.mean(values), abs=0.006), (model, heading)
+            if len(values) > 1:
+                assert _number(sd) == pytest.approx(np.std(values, ddof=1), abs=0.006), (model, heading)
+            else:
+                assert sd is None
+            checked += 1
+    return checked
 
 
 @pytest.mark.slow
@@ -33,52 +84,172 @@ def test_tiny_reproduction_writes_every_result(tmp_path, device):
         assert (out / name).is_file(), name
     for name in ("fig4.png", "fig5.png", "fig6.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (out / "table1.md").read_text()
-    for name in ("input", *MODELS):
-        assert f"| {rp.LABELS[name]} |" in table, name
 
     results = json.loads((out / "results.json").read_text())
+    head = subprocess.run(["git", "-C", str(SCRIPT.parent), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert results["git"]["commit"] == head.stdout.strip() and isinstance(results["git"]["dirty"], bool)
+    seeds = results["finetune_seeds"]
+    assert seeds == [3, 4]  # the tiny scale fine-tunes with two seeds
+    assert {k: len(v) for k, v in results["test_studies"].items()} == {"low_bmi": 2, "high_bmi": 2, "ood": 1}
+    instances = results["instances"]
+    assert sorted(k for k, v in instances.items() if v["model"] == "TGD-net") == ["TGD-net@3", "TGD-net@4"]
+    assert instances["v1-net"]["seed"] is None
     training = results["training"]
-    assert set(training) == set(MODELS)
+    assert set(training) == {k for k, v in instances.items() if v["model"] != "TGD-net-BN"}
     for name, record in training.items():
         assert record["patches_seen"] == record["epochs"] * record["patches_per_epoch"] > 0, name
         assert Path(record["model"]).is_file(), name
     # Compute scales with the data: the fine-tunes see fewer patches than training from scratch.
-    assert training["TGD-net"]["patches_seen"] < training["v2-net"]["patches_seen"]
-    assert training["TGD-net"]["method"]["method"] == "tgd" and training["TGD-net"]["method"]["phi"] == 0.3
-    assert training["TGD-N2N"]["method"]["phi"] == 0.4 and training["TGD-N2N"]["base"] == "v2-net"
+    assert training["TGD-net@3"]["patches_seen"] < training["v2-net"]["patches_seen"]
+    assert training["TGD-net@3"]["method"]["method"] == "tgd" and training["TGD-net@3"]["method"]["phi"] == 0.3
+    assert training["TGD-N2N@4"]["method"]["phi"] == 0.4 and training["TGD-N2N@4"]["base"] == "v2-net"
+    assert training["TGD2-N2N@4"]["base"] == "TGD-net@4" and training["TGD2-net@3"]["base"] == "TGD-net@3"
     for study in ("low_bmi", "high_bmi", "ood"):
-        rows = results["evaluation"][study]["rows"]
-        assert set(rows) == {"input", *MODELS}
-        assert all(row["liver_cov_pct"] is not None for row in rows.values()), study
+        for result in results["evaluation"][study]:
+            assert set(result["rows"]) == {"input", *instances}
+            assert all(row["liver_cov_pct"] is not None for row in result["rows"].values()), study
     assert [p["phi"] for p in results["kernel_drop"]] == [0.3, 0.4, 0.5, 0.6]
     fractions = [p["fraction_dropped"] for p in results["kernel_drop"]]
     assert fractions == sorted(fractions) and 0 < fractions[-1] < 1  # a higher phi drops more kernels
-    assert len(results["answers"]) == 4
 
+    # KSE after every epoch of v1-net; the last point is the network the kernel-drop study scored.
+    curve = results["kse_curve"]
+    assert [c["epoch"] for c in curve] == list(range(1, results["scale"]["epochs"] + 1))
+    assert curve[-1]["patches_seen"] == training["v1-net"]["patches_seen"]
+    for phi, point in zip(("0.3", "0.4", "0.5", "0.6"), results["kernel_drop"]):
+        assert curve[-1]["flagged_pct"][phi] == pytest.approx(100 * point["fraction_dropped"])
+
+    # BatchNorm after TGD: both groups measured for every seed; the re-estimated networks were evaluated.
+    bn = results["bn"]
+    assert bn["patches"] > 0 and set(bn["mismatch"]) == {"v1-net", "TGD-net (seed 3)", "TGD-net (seed 4)"}
+    assert bn["mismatch"]["TGD-net (seed 3)"]["frozen"]["channels"] > 0
+    assert len(bn["verdicts"]) == 4 and all(v["a"] == "TGD-net-BN" for v in bn["verdicts"])
+
+    # Table 1 in table1.md, results.json and the README: every cell recomputed from the raw evaluation.
+    table = _markdown_tables((out / "table1.md").read_text())[0]
+    assert [r[0] for r in table[1:]] == [rp.LABELS[m] for m in ("input", *MODELS)]
+    assert _check_table1_against_evaluation(table, results) == 6 * (1 + len(MODELS))
     readme = (out / "README.md").read_text()
+    assert _markdown_tables(readme)[1] == table  # the README's Table 1 is the same table
+
+    # Verdicts: one per method pair, task and figure, and the README shows each one.
+    assert len(results["verdicts"]) == 3 * 4
+    verdict_table = next(t for t in _markdown_tables(readme) if t[0][0] == "A vs B")
+    assert len(verdict_table) - 1 == len(results["verdicts"])
+    for row, v in zip(verdict_table[1:], results["verdicts"]):
+        assert row[3].startswith(f"{v['diff']:+.2f}") and row[4] == f"{v['n']} (fine-tuning seeds)"
+    assert len(results["answers"]) == 4
     assert "## Answers, from the measured numbers" in readme
     assert "tgdpet tgd-finetune" in readme and "--seed 3" in readme
+    assert results["git"]["commit"] in readme
     # The docs copy links to the figures in the results folder.
     assert "(../results/fig5.png)" in docs.read_text()
+
+    # --report-only rebuilds the same files from results.json alone.
+    before = {name: (out / name).read_text() for name in ("table1.md", "fig4.md", "README.md", "results.json")}
+    for name in ("table1.md", "README.md"):
+        (out / name).unlink()
+    rebuilt = subprocess.run([sys.executable, str(SCRIPT), "--report-only", "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert {name: (out / name).read_text() for name in before} == before
 
     again = _reproduce(out, device)
     assert again.returncode == 2
     assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    for content, words in ((None, "does not exist"), ("{", "not a readable"), ('{"format": "x"}', "not a results file")):
+        if content is not None:
+            (tmp_path / "results.json").write_text(content)
+        assert script.main(["--report-only", "--out", str(tmp_path)]) == 2
+        assert words in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing written
+
+
 def _rows(**figures: dict[str, float | None]) -> dict[str, dict]:
     return {model: {"model": model, **values} for model, values in figures.items()}
 
 
-def test_knowledge_answer_follows_the_high_bmi_liver_cov():
-    base = {"v1-net": {"high_bmi_liver_cov_pct": 9.0}, "v2-net": {"high_bmi_liver_cov_pct": 14.0}}
-    kept = rp.answer_knowledge_kept(_rows(**base, **{"TGD-net": {"high_bmi_liver_cov_pct": 10.0},
-                                                      "FT-net": {"high_bmi_liver_cov_pct": 12.5}}))
-    lost = rp.answer_knowledge_kept(_rows(**base, **{"TGD-net": {"high_bmi_liver_cov_pct": 13.0},
-                                                      "FT-net": {"high_bmi_liver_cov_pct": 12.5}}))
-    assert "Yes" in kept and "2.50 points lower" in kept
-    assert "No" in lost and "0.50 points higher" in lost
+def _evaluation(scores: dict[str, list[list[float]]], figure: str = "liver_cov_pct", study: str = "high_bmi"):
+    """Evaluation results and instances for models scored per seed (outer list) and test study (inner list)."""
+    n_studies = len(next(iter(scores.values()))[0])
+    results = [{"rows": {}} for _ in range(n_studies)]
+    instances = {}
+    for model, per_seed in scores.items():
+        for seed, per_study in enumerate(per_seed):
+            key = f"{model}@{seed}"
+            instances[key] = {"model": model, "seed": seed}
+            for t, value in enumerate(per_study):
+                results[t]["rows"][key] = {figure: value}
+    return {study: results}, instances
+
+
+def test_compare_decides_on_paired_differences_and_two_standard_errors():
+    # Per seed, TGD - FT averaged over the two studies: -1.0, -2.0, -3.0 -> mean -2, sd 1, SE 1/sqrt(3) = 0.577;
+    # |-2| > 2 x 0.577: TGD-net is better, although the studies differ far more than the methods.
+    evaluation, instances = _evaluation({
+        "TGD-net": [[10.0, 20.0], [10.0, 30.0], [10.0, 40.0]],
+        "FT-net": [[11.0, 21.0], [12.0, 32.0], [13.0, 43.0]],
+    })  # fmt: skip
+    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    assert v["n"] == 3 and v["over"] == "fine-tuning seeds"
+    assert v["diff"] == pytest.approx(-2.0) and v["se"] == pytest.approx(1 / 3**0.5)
+    assert v["verdict"] == "TGD-net better"
+
+    # Differences -1, +1, -3: mean -1, sd 2, SE 1.155: within two standard errors.
+    evaluation, instances = _evaluation({"TGD-net": [[10.0], [10.0], [10.0]], "FT-net": [[11.0], [9.0], [13.0]]})
+    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    assert v["diff"] == pytest.approx(-1.0) and v["se"] == pytest.approx(2 / 3**0.5)
+    assert v["verdict"] == "no significant difference"
+
+    # Lesion bias compares magnitudes: -5 is worse than +2 (|d| per seed: 3, 3.5, 2.5).
+    evaluation, instances = _evaluation(
+        {"TGD-net": [[-5.0], [-5.5], [-4.5]], "FT-net": [[2.0], [2.0], [2.0]]}, "lesion_bias_pct"
+    )
+    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "lesion_bias_pct", "abs")
+    assert v["diff"] == pytest.approx(3.0) and v["verdict"] == "FT-net better"
+
+    # One seed: the test studies are the units; one seed and one study decide nothing.
+    evaluation, instances = _evaluation({"TGD-net": [[10.0, 10.0, 10.0]], "FT-net": [[12.0, 12.5, 11.5]]})
+    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    assert v["n"] == 3 and v["over"] == "test studies" and v["verdict"] == "TGD-net better"
+    evaluation, instances = _evaluation({"TGD-net": [[10.0]], "FT-net": [[12.0]]})
+    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    assert v["n"] == 1 and v["verdict"] == "not decidable (n = 1)"
+
+
+def test_task_verdict_needs_a_significant_gain_and_no_significant_loss():
+    def item(figure: str, verdict: str) -> dict:
+        return {"a": "TGD-net", "b": "FT-net", "task": "old", "figure": figure, "n": 3, "verdict": verdict}
+
+    better, worse, same = "TGD-net better", "FT-net better", "no significant difference"
+    assert rp.task_verdict([item("a", better), item("b", same)], "TGD-net", "FT-net", "old") == "yes, TGD-net is better"
+    assert rp.task_verdict([item("a", same), item("b", worse)], "TGD-net", "FT-net", "old") == "no, FT-net is better"
+    assert rp.task_verdict([item("a", better), item("b", worse)], "TGD-net", "FT-net", "old").startswith("mixed")
+    assert rp.task_verdict([item("a", same), item("b", same)], "TGD-net", "FT-net", "old") == (
+        "no significant difference at this scale"
+    )
+
+
+def test_knowledge_answer_follows_the_verdicts_not_the_raw_difference():
+    # TGD-net's mean high-BMI CoV is lower, but by less than two standard errors: no verdict for TGD-net.
+    scores = {"TGD-net": [[10.0], [12.0], [8.0]], "FT-net": [[10.5], [10.0], [10.5]], "EWC-net": [[14.0], [14.5], [15.0]]}
+    evaluation, instances = _evaluation(scores)
+    evaluation["low_bmi"] = evaluation["high_bmi"]
+    for r in evaluation["high_bmi"]:
+        for row in r["rows"].values():
+            row["lesion_bias_pct"] = -5.0
+    rows = {r["model"]: r for r in rp.table1_rows({**evaluation, "ood": []}, instances, {}, list(scores))}
+    text = rp.answer_knowledge_kept(rows, rp.verdicts(evaluation, instances))
+    assert "against FT-net: no significant difference at this scale" in text
+    assert "against EWC-net: yes, TGD-net is better" in text
+    assert "TGD-net 10.00 ± 2.00 (3)" in text
 
 
 def _ood(bladder: float, cov: float) -> dict[str, float | None]:
@@ -97,10 +268,79 @@ def test_online_learning_answer_states_each_verdict_from_the_numbers():
     assert text.count("catheter") == 1  # named once, in the study's description: no figure, no claim
 
 
-def test_table1_shows_missing_figures_as_dashes_and_the_paper_beside_ours():
-    study = {"rows": {name: {"lesion_bias_pct": -1.0, "liver_cov_pct": 5.0} for name in ("input", "v1-net")}}
+def test_table1_cells_are_mean_sd_and_n_with_dashes_for_missing_figures():
+    study = {"rows": {"input": {"lesion_bias_pct": -1.0, "liver_cov_pct": 5.0},
+                      "v1-net": {"lesion_bias_pct": -2.0, "liver_cov_pct": 6.0}}}  # fmt: skip
+    other = {"rows": {"input": {"lesion_bias_pct": -3.0, "liver_cov_pct": 5.0},
+                      "v1-net": {"lesion_bias_pct": -4.0, "liver_cov_pct": 8.0}}}  # fmt: skip
     record = {"wall_s": 12.0, "patches_seen": 640, "method": {"retrained_fraction": 1.0}}
-    rows = rp.table1_rows({"low_bmi": study, "high_bmi": study, "ood": study}, {"v1-net": record}, ["v1-net"])
+    instances = {"v1-net": {"model": "v1-net", "seed": None}}
+    evaluation = {"low_bmi": [study, other], "high_bmi": [study], "ood": [study]}
+    rows = rp.table1_rows(evaluation, instances, {"v1-net": record}, ["v1-net"])
     text = rp.table1_markdown(rows)
-    assert "| input (no denoising) | -1.00 | 5.00 | -1.00 | 5.00 | - | - | 5.00 | - | - | - |" in text
-    assert "| v1-net | -1.00 | -6.30 | 5.00 | 6.02 |" in text
+    # means and sds worked out by hand: (-1, -3) -> -2 ± 1.41; (-2, -4) -> -3 ± 1.41; (6, 8) -> 7 ± 1.41
+    assert "| input (no denoising) | -2.00 ± 1.41 (2) | 5.00 ± 0.00 (2) | -1.00 (1) | 5.00 (1) | - | - | 5.00 (1) | - | - | - |" in text
+    assert "| v1-net | -3.00 ± 1.41 (2) | 7.00 ± 1.41 (2) | -2.00 (1) | 6.00 (1) | - | - | 6.00 (1) | 12.0 (1) | 640 (1) | 100.0 (1) |" in text
+    assert "| v1-net | -3.00 ± 1.41 (2) | -6.30 | 7.00 ± 1.41 (2) | 6.02 |" in text
+
+
+def _bn_net() -> torch.nn.Module:
+    from tgdpet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    with torch.no_grad():
+        for bn in model.bns:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_frozen_channels_only():
+    from tgdpet.models import bn_after
+
+    model = _bn_net()
+    batches = [torch.randn(4, model.config.in_slices, 12, 12) for _ in range(3)]
+    seen: dict[int, list[torch.Tensor]] = {}
+    hooks = [bn_after(model, i).register_forward_hook(lambda m, x, y, i=i: seen.setdefault(i, []).append(x[0]))
+             for i in range(len(model.convs)) if bn_after(model, i) is not None]  # fmt: skip
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    stats = rp.bn_input_statistics(model, batches)
+    assert set(stats) == set(seen)
+    for i, (mean, var) in stats.items():
+        x = torch.cat(seen[i]).double().permute(1, 0, 2, 3).reshape(mean.numel(), -1)
+        assert torch.allclose(mean, x.mean(dim=1)) and torch.allclose(var, x.var(dim=1, unbiased=True))
+
+    # Running statistics equal to the data's: no mismatch. Then only the frozen channels move.
+    masks = {i: torch.arange(c.out_channels) % 2 == 0 for i, c in enumerate(model.convs)}  # even channels retrained
+    matched = rp.reestimate_frozen_bn(model, {i: torch.zeros_like(m) for i, m in masks.items()}, stats)
+    zero = rp.bn_mismatch(matched, masks, stats)
+    assert zero["frozen"]["mean_shift_sd"] == pytest.approx(0, abs=1e-6)
+    assert zero["frozen"]["mean_abs_log_var_ratio"] == pytest.approx(0, abs=1e-5)
+    assert zero["frozen"]["channels"] + zero["retrained"]["channels"] == sum(mean.numel() for mean, _ in stats.values())
+    half = rp.reestimate_frozen_bn(model, masks, stats)
+    for i in stats:
+        before, after = bn_after(model, i), bn_after(half, i)
+        keep = masks[i]
+        assert torch.equal(after.running_mean[keep], before.running_mean[keep])
+        assert torch.equal(after.running_var[keep], before.running_var[keep])
+        assert torch.allclose(after.running_mean[~keep].double(), stats[i][0][~keep])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), half.parameters()))
+    mismatch = rp.bn_mismatch(half, masks, stats)
+    assert mismatch["frozen"]["mean_shift_sd"] == pytest.approx(0, abs=1e-6)
+    assert mismatch["retrained"]["mean_shift_sd"] > 0.1  # the random running statistics are far off
+
+
+def test_flagged_fractions_match_the_kernel_drop_study_and_grow_with_phi():
+    from tgdpet.tgd import drop_kernels
+
+    model = _bn_net()
+    fractions = rp.flagged_fractions(model, (0.3, 0.4, 0.5, 0.6))
+    assert list(fractions) == ["0.3", "0.4", "0.5", "0.6"]
+    assert list(fractions.values()) == sorted(fractions.values())
+    for phi, fraction in fractions.items():
+        assert fraction == pytest.approx(drop_kernels(model, float(phi))[1])

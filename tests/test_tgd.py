@@ -114,6 +114,43 @@ def test_frozen_entries_stay_bit_identical(opt, mode, restore):
     assert torch.equal(model.convs[-1].weight, before.convs[-1].weight)
 
 
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+def test_tgd_under_bf16_autocast_keeps_frozen_entries_and_masks_gradients(mode):
+    """Mixed precision as the training loop runs it (autocast bf16 forward, fp32 loss and master weights)."""
+    model = _model()
+    masks = _alternating_masks(model)
+    before = copy.deepcopy(model)
+    model.train()
+    opt = OPTIMIZERS["adamw_wd"](model.parameters(), 1e-2)
+    dtypes = []
+    model.convs[2].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    x, y = _batch()
+    with attach(model, masks, mode=mode, optimizer=opt):
+        for _ in range(4):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            F.mse_loss(out.float(), y).backward()
+            for i, keep in masks.items():
+                for name, t in _channel_tensors(model, i).items():
+                    if t.grad is None:
+                        continue  # BN running statistics: buffers, no gradient
+                    assert t.grad.dtype == torch.float32, name
+                    assert torch.all(t.grad[~keep] == 0), f"{name}: a frozen channel got a gradient"
+                    if keep.any():
+                        assert t.grad[keep].abs().sum() > 0, f"{name}: no gradient reached the retrained channels"
+            opt.step()
+    assert set(dtypes) == {torch.bfloat16}  # the convolutions really ran in bf16
+    for i in range(len(model.convs)):
+        keep, old = masks[i], _channel_tensors(before, i)
+        for name, t in _channel_tensors(model, i).items():
+            assert t.dtype == torch.float32, name
+            assert torch.equal(t.detach()[~keep], old[name].detach()[~keep]), name
+            if keep.any():
+                changed = (t.detach()[keep] != old[name].detach()[keep]).reshape(int(keep.sum()), -1).any(1)
+                assert changed.all(), f"{name}: a retrained channel did not change"
+
+
 def test_without_restore_weight_decay_moves_frozen_entries():
     # The trap the restore step exists for: AdamW decays parameters whose gradient is masked to 0.
     model = _model()

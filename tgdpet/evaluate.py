@@ -28,8 +28,12 @@ needs: a label, a truth image, two images for a CoV):
   per axial slice); an infinite PSNR (identical images) is reported as None;
 - ``hallucination_<label>_pct`` for the out-of-distribution labels
   (:data:`OOD_LABELS`) present in the study: relative RMS error against the
-  target in the structure and a rim of ``dilation`` voxels around it,
-  averaged over the images.
+  target in the structure and a rim of ``dilation`` voxels around it, of the
+  *ensemble mean* of the images (mean over the realisations of denoised
+  minus target). A hallucination is a systematic error, present in every
+  realisation; the noise left in one realisation is not, and averaging
+  first removes it (its RMS falls as 1/sqrt(R)), so the score measures what
+  a denoiser invents rather than how much noise it leaves.
 
 Regions come from the study's label map and the manifest's ``label_codes``
 (``lesion``, ``liver``, ``bladder``, ``catheter``).
@@ -188,14 +192,15 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
     ensemble = {k: v for k, v in study.regions.items() if k in ("lesion", "liver")}
     box = _bounding_box(ensemble.values())
     crops, psnrs, ssims = [], [], []
-    halluc: dict[str, list[float]] = {name: [] for name in OOD_LABELS if name in study.regions}
+    ood = [name for name in OOD_LABELS if name in study.regions]
+    total: np.ndarray | None = None  # sum of the images, for the ensemble mean the hallucination score needs
     slices_fit_ssim = min(study.target.shape[1:]) >= metrics.SSIM_WINDOW
     for img in images:
         psnrs.append(metrics.psnr(img, study.target))
         if slices_fit_ssim:
             ssims.append(metrics.ssim(img, study.target))
-        for name, values in halluc.items():
-            values.append(metrics.hallucination_score(img, study.target, study.regions[name], dilation=dilation))
+        if ood:
+            total = img.astype(np.float64) if total is None else total + img
         if box is not None:
             crops.append(img[box])
     row: dict[str, float | None] = dict.fromkeys(COLUMNS)
@@ -208,8 +213,12 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
         row["liver_cov_pct"] = metrics.liver_cov(np.stack(crops), ensemble["liver"][box])
     row["psnr_db"] = _mean(psnrs)
     row["ssim"] = _mean(ssims)
-    for name, values in halluc.items():
-        row[f"hallucination_{name}_pct"] = _mean(values)
+    if total is not None:
+        mean_image = total / len(psnrs)
+        for name in ood:
+            row[f"hallucination_{name}_pct"] = _finite(
+                metrics.hallucination_score(mean_image, study.target, study.regions[name], dilation=dilation)
+            )
     return row
 
 

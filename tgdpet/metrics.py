@@ -239,6 +239,8 @@ def hallucination_score(
     linearly with the error. The reference should be the long scan (or the
     truth): the score then also counts the noise the denoiser left, so compare
     models on the same input, and against the un-denoised input's score.
+    :mod:`tgdpet.evaluate` passes the mean over a study's realisations, where
+    that noise has averaged out and what is left is the systematic error.
     """
     a, b = _same_shape(denoised, reference)
     m = dilate(_region(ood_mask, b.shape, "out-of-distribution"), dilation)

@@ -7,20 +7,34 @@ paper's claims. The answers are sentences *generated from the measured
 numbers* with the rule that decides each verdict stated next to it, so a run
 that does not support a claim says so.
 
+Error bars. A run fine-tunes the same v1-net (and adapts the same v2-net)
+with several seeds and evaluates every network on several test studies per
+BMI class. A Table 1 cell is the mean +- sd (ddof 1) over every (seed, test
+study) pair a network was scored on, with n beside it. A verdict compares
+two fine-tuning methods on *paired* differences (same seed, same test
+study) and calls a difference only when it exceeds two standard errors
+(:func:`compare`).
+
 Everything here is a pure function of numbers and arrays, except the writers
-(:func:`save_panels`, :func:`write_text`), which write atomically.
+(:func:`save_panels`, :func:`write_text`), which write atomically, and the
+BatchNorm helpers, which run a network.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from .files import atomic_file
+from .kse import check_phi
+from .models import DnCNN, bn_after
+from .tgd import build_masks, count_retrained
 
 #: Paper Table 1 (low-BMI study): lesion ensemble bias and liver CoV, in %.
 PAPER_TABLE1: dict[str, tuple[float, float]] = {
@@ -47,6 +61,7 @@ LABELS: dict[str, str] = {
     "TGD2-net": "TGD²-net",
     "TGD-N2N": "TGD-N2N",
     "TGD2-N2N": "TGD²-N2N",
+    "TGD-net-BN": "TGD-net (BN re-est.)",
 }
 
 #: Table 1 columns: (key in a row, heading, decimals). Keys are ``<study>_<figure>`` or training facts.
@@ -82,26 +97,62 @@ def _get(row: Mapping | None, key: str) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def instances_of(instances: Mapping[str, Mapping], model: str) -> list[str]:
+    """The keys (evaluation row names) of every instance of ``model``, in seed order."""
+    keys = [k for k, v in instances.items() if v["model"] == model]
+    return sorted(keys, key=lambda k: (instances[k]["seed"] is not None, instances[k]["seed"] or 0))
+
+
+def study_values(evaluation: Mapping[str, Sequence[Mapping]], study: str, row: str, figure: str) -> list[float]:
+    """One figure of one evaluation row over the test studies of a class (missing figures left out)."""
+    values = (_get(result["rows"].get(row), figure) for result in evaluation[study])
+    return [v for v in values if v is not None]
+
+
+def summary(values: Sequence[float]) -> dict:
+    """Mean, sd (ddof 1; None below two values) and n of some numbers (all None when there are none)."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "sd": None, "n": 0}
+    mean = float(np.mean(values))
+    sd = float(np.std(values, ddof=1)) if n >= 2 else None
+    return {"mean": mean, "sd": sd, "n": n}
+
+
 def table1_rows(
-    evaluation: Mapping[str, Mapping], training: Mapping[str, Mapping], models: Sequence[str]
+    evaluation: Mapping[str, Sequence[Mapping]],
+    instances: Mapping[str, Mapping],
+    training: Mapping[str, Mapping],
+    models: Sequence[str],
 ) -> list[dict]:
     """One row per model (the un-denoised input first) with Table 1's figures and its training cost.
 
-    ``evaluation`` maps ``low_bmi``, ``high_bmi`` and ``ood`` to
-    :func:`~tgdpet.evaluate.evaluate_models` results; ``training`` maps a
-    model name to its record (``wall_s``, ``patches_seen``, ``method``).
+    ``evaluation`` maps ``low_bmi``, ``high_bmi`` and ``ood`` to a list of
+    :func:`~tgdpet.evaluate.evaluate_models` results (one per test study);
+    ``instances`` maps an evaluation row name (an instance: one trained
+    network) to ``{"model": Table 1 name, "seed": fine-tuning seed or None}``; ``training`` maps an instance name to its record (``wall_s``,
+    ``patches_seen``, ``method``). A figure ``key`` of a row holds the mean
+    over every (instance, test study) pair, ``key_sd`` and ``key_n`` its sd and n.
     """
     rows = []
     for name in (INPUT, *models):
+        keys = [INPUT] if name == INPUT else instances_of(instances, name)
         row: dict = {"model": name}
         for study, figures in _FIGURES.items():
-            scores = evaluation[study]["rows"].get(name)
             for figure in figures:
-                row[f"{study}_{figure}"] = _get(scores, figure)
-        record = training.get(name)
-        row["train_s"] = record["wall_s"] if record else None
-        row["patches_seen"] = record["patches_seen"] if record else None
-        row["retrained_pct"] = 100 * record["method"]["retrained_fraction"] if record else None
+                values = [v for k in keys for v in study_values(evaluation, study, k, figure)]
+                stats = summary(values)
+                row[f"{study}_{figure}"] = stats["mean"]
+                row[f"{study}_{figure}_sd"] = stats["sd"]
+                row[f"{study}_{figure}_n"] = stats["n"]
+        records = [training[k] for k in keys if k in training]
+        for key, value in (
+            ("train_s", lambda r: r["wall_s"]),
+            ("patches_seen", lambda r: r["patches_seen"]),
+            ("retrained_pct", lambda r: 100 * r["method"]["retrained_fraction"]),
+        ):
+            stats = summary([float(value(r)) for r in records])
+            row[key], row[f"{key}_sd"], row[f"{key}_n"] = stats["mean"], stats["sd"], stats["n"]
         rows.append(row)
     return rows
 
@@ -110,6 +161,16 @@ def _fmt(value: float | None, decimals: int = 2) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if decimals == 0 else f"{value:.{decimals}f}"
+
+
+def cell(row: Mapping, key: str, decimals: int = 2) -> str:
+    """A Table 1 cell: ``mean ± sd (n)``; ``mean (1)`` for one value, ``-`` for none."""
+    mean, sd, n = row.get(key), row.get(f"{key}_sd"), row.get(f"{key}_n", 1 if row.get(key) is not None else 0)
+    if mean is None:
+        return "-"
+    if sd is None:
+        return f"{_fmt(mean, decimals)} ({n})"
+    return f"{_fmt(mean, decimals)} ± {_fmt(sd, decimals)} ({n})"
 
 
 def markdown_table(headings: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -122,7 +183,7 @@ def table1_markdown(rows: Sequence[Mapping]) -> str:
     """Table 1 as a markdown table (every model, every study), then the paper's low-BMI numbers beside ours."""
     main = markdown_table(
         ["model"] + [heading for _, heading, _ in TABLE1_COLUMNS],
-        [[LABELS[r["model"]]] + [_fmt(r[key], d) for key, _, d in TABLE1_COLUMNS] for r in rows],
+        [[LABELS[r["model"]]] + [cell(r, key, d) for key, _, d in TABLE1_COLUMNS] for r in rows],
     )
     by_model = {r["model"]: r for r in rows}
     paper = markdown_table(
@@ -130,16 +191,290 @@ def table1_markdown(rows: Sequence[Mapping]) -> str:
         [
             [
                 LABELS[name],
-                _fmt(by_model[name]["low_bmi_lesion_bias_pct"]),
+                cell(by_model[name], "low_bmi_lesion_bias_pct"),
                 _fmt(bias),
-                _fmt(by_model[name]["low_bmi_liver_cov_pct"]),
+                cell(by_model[name], "low_bmi_liver_cov_pct"),
                 _fmt(cov),
             ]
             for name, (bias, cov) in PAPER_TABLE1.items()
             if name in by_model
         ],
     )
-    return f"{main}\n\nLow-BMI study beside the paper's Table 1:\n\n{paper}\n"
+    return (
+        f"{main}\n\nEach cell: mean ± sd (n), over every (fine-tuning seed, test study) pair the network was scored "
+        "on; one value shows as `mean (1)`.\n\n"
+        f"Low-BMI study beside the paper's Table 1:\n\n{paper}\n"
+    )
+
+
+# --------------------------------------------------------------------------- verdicts
+
+#: Figures a verdict compares, per task: (study, figure key, what "better" means).
+#: The old task is v1-net's high-BMI knowledge (no fine-tuning saw a high-BMI study);
+#: the new task is the low-BMI v2 study the fine-tuning data resembles.
+VERDICT_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "old": (("high_bmi", "lesion_bias_pct", "abs"), ("high_bmi", "liver_cov_pct", "value")),
+    "new": (("low_bmi", "lesion_bias_pct", "abs"), ("low_bmi", "liver_cov_pct", "value")),
+}
+TASKS = {"old": "keep the old task (high-BMI study, v1 knowledge)", "new": "learn the new task (low-BMI v2 study)"}
+#: The method pairs the verdicts compare (a, b): a difference a - b below 0 means a is better.
+VERDICT_PAIRS: tuple[tuple[str, str], ...] = (("TGD-net", "FT-net"), ("TGD-net", "EWC-net"), ("EWC-net", "FT-net"))
+#: A difference counts when its magnitude exceeds this many standard errors.
+SE_MULTIPLE = 2.0
+DECISION_RULE = (
+    "For two fine-tuning methods A and B and one figure (|lesion bias| or liver CoV, lower is better), "
+    "d = A - B is taken per fine-tuning seed (both fine-tuned with the same seed, hence the same patches) and "
+    "test study, and averaged over the test studies of the seed: one d per seed. With one seed, each test study "
+    "gives one d instead. A is better (worse) when the mean of the d is below (above) zero by more than "
+    f"{SE_MULTIPLE:g} standard errors (sd of the d / sqrt(n)); otherwise there is no significant difference at "
+    "this scale. With n = 1 nothing can be decided. A method keeps a task better than another when it is "
+    "significantly better on at least one of the task's two figures and significantly worse on neither (the same "
+    "rule for learning the new task)."
+)
+
+
+def _badness(value: float, how: str) -> float:
+    return abs(value) if how == "abs" else value
+
+
+def paired_differences(
+    evaluation: Mapping[str, Sequence[Mapping]], instances: Mapping[str, Mapping], a: str, b: str, study: str,
+    figure: str, how: str,
+) -> tuple[list[float], str]:
+    """The paired differences ``a - b`` of a figure's badness, and what one difference is over (see :data:`DECISION_RULE`)."""
+    seeds_a = {instances[k]["seed"]: k for k in instances_of(instances, a)}
+    seeds_b = {instances[k]["seed"]: k for k in instances_of(instances, b)}
+    per_seed: list[list[float]] = []
+    for seed in sorted(set(seeds_a) & set(seeds_b), key=lambda s: (s is None, s or 0)):
+        diffs = []
+        for result in evaluation[study]:
+            va, vb = _get(result["rows"].get(seeds_a[seed]), figure), _get(result["rows"].get(seeds_b[seed]), figure)
+            if va is not None and vb is not None:
+                diffs.append(_badness(va, how) - _badness(vb, how))
+        if diffs:
+            per_seed.append(diffs)
+    if len(per_seed) >= 2:
+        return [float(np.mean(d)) for d in per_seed], "fine-tuning seeds"
+    return (per_seed[0] if per_seed else []), "test studies"
+
+
+def compare(
+    evaluation: Mapping[str, Sequence[Mapping]], instances: Mapping[str, Mapping], a: str, b: str, study: str,
+    figure: str, how: str,
+) -> dict:
+    """One verdict: the mean paired difference ``a - b``, its standard error, n, and the decision of :data:`DECISION_RULE`."""
+    diffs, unit = paired_differences(evaluation, instances, a, b, study, figure, how)
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else None
+    se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n >= 2 else None
+    if n < 2:
+        verdict = "not decidable (n = 1)" if n == 1 else "not measurable"
+    elif abs(mean) > SE_MULTIPLE * se:
+        verdict = f"{a} better" if mean < 0 else f"{b} better"
+    else:
+        verdict = "no significant difference"
+    return {"a": a, "b": b, "study": study, "figure": figure, "lower_is_better": "|value|" if how == "abs" else "value",
+            "diff": mean, "se": se, "n": n, "over": unit, "verdict": verdict}  # fmt: skip
+
+
+def verdicts(evaluation: Mapping[str, Sequence[Mapping]], instances: Mapping[str, Mapping]) -> list[dict]:
+    """Every pair of :data:`VERDICT_PAIRS` on both tasks' figures, with the task named in each verdict."""
+    return [
+        {"task": task, **compare(evaluation, instances, a, b, study, figure, how)}
+        for a, b in VERDICT_PAIRS
+        if instances_of(instances, a) and instances_of(instances, b)
+        for task, figures in VERDICT_FIGURES.items()
+        for study, figure, how in figures
+    ]
+
+
+def task_verdict(items: Sequence[Mapping], a: str, b: str, task: str) -> str:
+    """Whether ``a`` keeps ``task`` better than ``b``, from the figure verdicts (rule in :data:`DECISION_RULE`)."""
+    mine = [v for v in items if v["a"] == a and v["b"] == b and v["task"] == task]
+    if not mine or all(v["n"] < 2 for v in mine):
+        return "not decidable (fewer than two seeds or test studies)"
+    better = [v for v in mine if v["verdict"] == f"{a} better"]
+    worse = [v for v in mine if v["verdict"] == f"{b} better"]
+    if better and not worse:
+        return f"yes, {a} is better"
+    if worse and not better:
+        return f"no, {b} is better"
+    if better and worse:
+        return "mixed (better on one figure, worse on another)"
+    return "no significant difference at this scale"
+
+
+_FIGURE_NAMES = {"lesion_bias_pct": "abs. lesion bias %", "liver_cov_pct": "liver CoV %"}
+
+
+def _labelled(text: str) -> str:
+    """A verdict with the networks' display names (``TGD2-net better`` -> ``TGD²-net better``)."""
+    name, _, rest = text.partition(" ")
+    return f"{LABELS[name]} {rest}" if name in LABELS and rest else text
+
+
+def verdicts_markdown(items: Sequence[Mapping], rule: bool = True) -> str:
+    """The verdict table (one line per pair, task and figure) and one sentence per pair and task.
+
+    ``rule`` puts :data:`DECISION_RULE` first.
+    """
+    if not items:
+        return "No two fine-tuning methods were run, so there is nothing to compare.\n"
+    table = markdown_table(
+        ["A vs B", "task", "figure (lower is better)", "mean of A - B ± SE", "n (over)", "verdict"],
+        [
+            [f"{LABELS[v['a']]} vs {LABELS[v['b']]}", v["task"], _FIGURE_NAMES[v["figure"]],
+             "-" if v["diff"] is None else f"{v['diff']:+.2f}" + ("" if v["se"] is None else f" ± {v['se']:.2f}"),
+             f"{v['n']} ({v['over']})", _labelled(v["verdict"])]
+            for v in items
+        ],
+    )  # fmt: skip
+    pairs = dict.fromkeys((v["a"], v["b"]) for v in items)
+    sentences = [
+        f"- **Does {LABELS[a]} {TASKS[task]} better than {LABELS[b]}?** "
+        f"{_labelled_sentence(task_verdict(items, a, b, task))}."
+        for a, b in pairs
+        for task in TASKS
+    ]
+    return (f"{DECISION_RULE}\n\n" if rule else "") + f"{table}\n\n" + "\n".join(sentences) + "\n"
+
+
+def _labelled_sentence(text: str) -> str:
+    """A task verdict (``yes, TGD-net is better``) with the display names."""
+    head, sep, tail = text.partition(", ")
+    return f"{head}{sep}{_labelled(tail)}" if sep else text
+
+
+# --------------------------------------------------------------------------- KSE against training length
+
+
+def flagged_fractions(model: DnCNN, phis: Sequence[float]) -> dict[str, float]:
+    """Fraction of the parameters KSE flags (would retrain or drop) at each ``phi``, keyed by ``f"{phi:g}"``.
+
+    The same count as the kernel-drop study (:func:`tgdpet.tgd.drop_kernels`: conv1 included, the last layer never).
+    """
+    return {f"{phi:g}": count_retrained(model, build_masks(model, check_phi(phi), conv1="retrain")).fraction
+            for phi in phis}  # fmt: skip
+
+
+def kse_curve_markdown(curve: Sequence[Mapping], points: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 1.0)) -> str:
+    """The KSE curve at the epochs nearest to the given fractions of training, beside the paper's fractions."""
+    if not curve:
+        return "Not measured in this run.\n"
+    last = curve[-1]["epoch"]
+    chosen = sorted({min(curve, key=lambda c: abs(c["epoch"] - f * last))["epoch"] for f in points})
+    phis = list(curve[0]["flagged_pct"])
+    rows = [
+        [str(c["epoch"]), f"{100 * c['epoch'] / last:.0f}", f"{c['patches_seen']:,}"]
+        + [_fmt(c["flagged_pct"][phi], 1) for phi in phis]
+        for c in curve
+        if c["epoch"] in chosen
+    ]
+    rows.append(["paper (500)", "", ""] + [_fmt(PAPER_DROPPED_PCT.get(float(phi)), 1) for phi in phis])
+    return markdown_table(
+        ["epoch", "% of training", "patches seen"] + [f"flagged % at phi {phi}" for phi in phis], rows
+    ) + "\n"
+
+
+# --------------------------------------------------------------------------- BatchNorm statistics after TGD
+
+
+@torch.no_grad()
+def bn_input_statistics(model: DnCNN, batches: Iterable[torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per conv index with a BN after it: mean and variance (ddof 1) per channel of what that BN receives.
+
+    The model runs in eval mode, so each BN sees what it sees at inference
+    (the layers before it normalised by their running statistics).
+    """
+    model.eval()
+    sums: dict[int, list] = {}
+    handles = []
+    for i in range(len(model.convs)):
+        bn = bn_after(model, i)
+        if bn is None:
+            continue
+
+        def hook(module, inputs, output, i=i) -> None:
+            x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+            acc = sums.setdefault(i, [0, torch.zeros(x.shape[0], dtype=torch.float64), torch.zeros(x.shape[0], dtype=torch.float64)])
+            acc[0] += x.shape[1]
+            acc[1] += x.sum(dim=1)
+            acc[2] += (x * x).sum(dim=1)
+
+        handles.append(bn.register_forward_hook(hook))
+    try:
+        device = next(model.parameters()).device
+        for x in batches:
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for i, (n, s, ss) in sums.items():
+        mean = s / n
+        stats[i] = (mean, (ss - n * mean * mean) / (n - 1))
+    return stats
+
+
+def bn_mismatch(model: DnCNN, masks: Mapping[int, torch.Tensor] | None, stats: Mapping[int, tuple]) -> dict:
+    """How far the data's batch statistics are from the kept running statistics, for frozen and retrained channels.
+
+    Per channel: ``|batch mean - running mean| / sqrt(running var + eps)``
+    (the shift, in running standard deviations, that normalisation leaves in
+    the channel) and ``|ln(batch var / running var)|``. Averaged over the
+    frozen channels (``masks`` False) and the retrained ones (True); with
+    ``masks`` None every channel counts as frozen (a network not fine-tuned).
+    """
+    groups: dict[str, list[tuple[float, float]]] = {"frozen": [], "retrained": []}
+    for i, (mean, var) in stats.items():
+        bn = bn_after(model, i)
+        rm, rv = bn.running_mean.double().cpu(), bn.running_var.double().cpu()
+        shift = (mean - rm).abs() / torch.sqrt(rv + bn.eps)
+        ratio = torch.log(var.clamp_min(1e-12) / rv.clamp_min(1e-12)).abs()
+        keep = torch.zeros_like(rm, dtype=torch.bool) if masks is None else masks[i].cpu()
+        for c in range(rm.numel()):
+            groups["retrained" if keep[c] else "frozen"].append((float(shift[c]), float(ratio[c])))
+    return {
+        name: {
+            "channels": len(values),
+            "mean_shift_sd": float(np.mean([v[0] for v in values])) if values else None,
+            "mean_abs_log_var_ratio": float(np.mean([v[1] for v in values])) if values else None,
+        }
+        for name, values in groups.items()
+    }
+
+
+@torch.no_grad()
+def reestimate_frozen_bn(model: DnCNN, masks: Mapping[int, torch.Tensor], stats: Mapping[int, tuple]) -> DnCNN:
+    """A copy of ``model`` whose frozen channels' BN running statistics are replaced by the measured ``stats``.
+
+    Retrained channels keep theirs (training already fitted them to the new
+    data); every weight is unchanged.
+    """
+    out = copy.deepcopy(model)
+    for i, (mean, var) in stats.items():
+        bn = bn_after(out, i)
+        frozen = ~masks[i].to(bn.running_mean.device)
+        bn.running_mean[frozen] = mean.to(bn.running_mean)[frozen]
+        bn.running_var[frozen] = var.to(bn.running_var)[frozen]
+    return out
+
+
+def bn_markdown(bn: Mapping) -> str:
+    """The BN mismatch table (per seed: frozen vs retrained channels; v1-net before fine-tuning)."""
+    if not bn:
+        return "Not measured in this run.\n"
+    rows = []
+    for name, groups in bn["mismatch"].items():
+        for group in ("frozen", "retrained"):
+            g = groups[group]
+            if g["channels"]:
+                rows.append([name, group, str(g["channels"]), _fmt(g["mean_shift_sd"], 3),
+                             _fmt(g["mean_abs_log_var_ratio"], 3)])  # fmt: skip
+    return markdown_table(
+        ["network", "channels", "count", "mean abs(batch mean - running mean) / running sd",
+         "mean abs(ln(batch var / running var))"], rows,
+    ) + "\n"  # fmt: skip
 
 
 @dataclass
@@ -179,31 +514,25 @@ def _pct_change(new: float, old: float) -> float:
     return (new - old) / abs(old) * 100 if old else math.inf
 
 
-def answer_knowledge_kept(rows: Mapping[str, Mapping]) -> str:
-    """Does TGD-net keep v1-net's knowledge on the high-BMI study better than FT-net? (verdict: liver CoV)."""
-    cov = {m: _get(rows.get(m), "high_bmi_liver_cov_pct") for m in ("v1-net", "v2-net", "FT-net", "TGD-net")}
-    bias = {m: _get(rows.get(m), "high_bmi_lesion_bias_pct") for m in ("FT-net", "TGD-net")}
-    if cov["TGD-net"] is None or cov["FT-net"] is None:
-        return "**v1 knowledge on the high-BMI study:** not measurable (no liver CoV on the high-BMI study)."
-    diff = cov["TGD-net"] - cov["FT-net"]
-    verdict = (
-        f"Yes: TGD-net's liver CoV is {abs(diff):.2f} points lower than FT-net's"
-        if diff < 0
-        else f"No: TGD-net's liver CoV is {diff:.2f} points higher than (or equal to) FT-net's"
+def answer_knowledge_kept(rows: Mapping[str, Mapping], items: Sequence[Mapping]) -> str:
+    """Does TGD-net keep v1-net's knowledge on the high-BMI study better than FT-net and EWC-net? (the verdicts decide)."""
+    if not any(v["a"] == "TGD-net" and v["task"] == "old" for v in items):
+        return "**v1 knowledge on the high-BMI study:** not measurable (TGD-net or the methods it is compared with did not run)."
+    against = [
+        f"against {LABELS[b]}: {task_verdict(items, 'TGD-net', b, 'old')}"
+        for b in ("FT-net", "EWC-net")
+        if any(v["a"] == "TGD-net" and v["b"] == b for v in items)
+    ]
+    shown = [m for m in ("TGD-net", "FT-net", "EWC-net", "v1-net", "v2-net") if m in rows]
+    cov = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_liver_cov_pct')}" for m in shown)
+    bias = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_lesion_bias_pct')}" for m in shown)
+    return (
+        "**Does TGD-net keep v1 knowledge on the high-BMI study better than FT-net and EWC-net?** "
+        + "; ".join(against)
+        + f". High-BMI liver CoV %: {cov}. High-BMI lesion bias %: {bias}. Neither fine-tuning saw a high-BMI "
+        "study, so the liver noise and the lesion bias left on it measure how much of v1-net's high-BMI denoising "
+        "survived (the paper's Fig. 5 argument); the verdict follows the decision rule above."
     )
-    sentence = (
-        f"**Does TGD-net keep v1 knowledge on the high-BMI study better than FT-net?** {verdict} "
-        f"(TGD-net {cov['TGD-net']:.2f} %, FT-net {cov['FT-net']:.2f} %, v1-net {_fmt(cov['v1-net'])} %, "
-        f"v2-net {_fmt(cov['v2-net'])} %). Neither fine-tuning saw a high-BMI study, so the liver noise left "
-        "on it measures how much of the v1-net's high-BMI denoising survived (the paper's Fig. 5 argument)."
-    )
-    if bias["TGD-net"] is not None and bias["FT-net"] is not None:
-        better = "smaller" if abs(bias["TGD-net"]) < abs(bias["FT-net"]) else "larger"
-        sentence += (
-            f" Its lesion bias there is {bias['TGD-net']:.2f} % against FT-net's {bias['FT-net']:.2f} % "
-            f"({better} in magnitude)."
-        )
-    return sentence
 
 
 def answer_close_to_v2(rows: Mapping[str, Mapping]) -> str:
@@ -215,7 +544,7 @@ def answer_close_to_v2(rows: Mapping[str, Mapping]) -> str:
     sentence = (
         f"**How close does TGD-net come to v2-net on the low-BMI study?** Lesion bias {b['TGD-net']:.2f} % against "
         f"{b['v2-net']:.2f} % ({b['TGD-net'] - b['v2-net']:+.2f} points), liver CoV {c['TGD-net']:.2f} % against "
-        f"{c['v2-net']:.2f} % ({c['TGD-net'] - c['v2-net']:+.2f} points)."
+        f"{c['v2-net']:.2f} % ({c['TGD-net'] - c['v2-net']:+.2f} points; means, Table 1 gives their sd)."
     )
     if b["v1-net"] is not None and abs(b["v2-net"] - b["v1-net"]) > 1e-6:
 
@@ -288,19 +617,26 @@ def answer_online_learning(rows: Mapping[str, Mapping]) -> str:
         return "**Online learning:** not measurable (no bladder or catheter region on the OOD study at this grid)."
     return (
         "**Does TGD-N2N lower the hallucination score while keeping the liver CoV?** On the out-of-distribution "
-        "study (hot bladder and catheter, never seen in training), scores over its 60 s realisations: "
+        "study (hot bladder and catheter, never seen in training), scored on its 60 s realisations: "
         + " ".join(pairs)
-        + f" A CoV counts as kept when it moves by at most {COV_KEPT_TOLERANCE:.0%} of its value; the hallucination "
-        "score is the relative RMS error against the 600 s image in and around the structure, so it also counts "
-        "left-over noise (compare with the input row)."
+        + f" Means over the fine-tuning seeds. A CoV counts as kept when it moves by at most "
+        f"{COV_KEPT_TOLERANCE:.0%} of its value; the hallucination score is the relative RMS error of the ensemble "
+        "mean over the realisations against the 600 s image in and around the structure, so noise that averages "
+        "out does not count."
     )
 
 
-def answers(rows: Sequence[Mapping], training: Mapping[str, Mapping], n_train: int, n_finetune: int) -> list[str]:
-    """The four answers of the report, each generated from the measured numbers."""
+def answers(
+    rows: Sequence[Mapping], training: Mapping[str, Mapping], items: Sequence[Mapping], n_train: int, n_finetune: int
+) -> list[str]:
+    """The four answers of the report, each generated from the measured numbers.
+
+    ``training`` maps a model name to the training record of one of its
+    instances (the first seed's); ``items`` are the :func:`verdicts`.
+    """
     by_model = {r["model"]: r for r in rows}
     return [
-        answer_knowledge_kept(by_model),
+        answer_knowledge_kept(by_model, items),
         answer_close_to_v2(by_model),
         answer_compute_saved(training, n_train, n_finetune),
         answer_online_learning(by_model),
@@ -310,12 +646,27 @@ def answers(rows: Sequence[Mapping], training: Mapping[str, Mapping], n_train: i
 # --------------------------------------------------------------------------- report
 
 
+def instance_label(key: str, instances: Mapping[str, Mapping]) -> str:
+    """A network's display name, with its fine-tuning seed when it has one."""
+    inst = instances.get(key, {"model": key, "seed": None})
+    label = LABELS.get(inst["model"], inst["model"])
+    return label if inst["seed"] is None else f"{label} (seed {inst['seed']})"
+
+
+def git_line(git: Mapping | None) -> str:
+    if not git or not git.get("commit"):
+        return "git commit: unknown (not run from a git checkout)"
+    return f"git commit {git['commit']}" + (" (with uncommitted changes)" if git.get("dirty") else "")
+
+
 def report_markdown(results: dict, link: str) -> str:
-    """The report: what ran, how to repeat it, Table 1, the figures and the answers from the measured numbers.
+    """The report: what ran, how to repeat it, Table 1 with error bars, the verdicts, KSE against training
+    length, the BN statistics after TGD, the figures and the answers, all from ``results`` (results.json).
 
     ``link`` is the path from the report's folder to the results folder ("" beside it).
     """
     s = results["scale"]
+    instances = results["instances"]
     prefix = f"{link}/" if link else ""
     levels = ", ".join(f"{x:g}" for x in s["levels_s"])
     commands = "\n".join(f"# {step}\n{command}" for step, command in results["commands"].items())
@@ -327,30 +678,41 @@ def report_markdown(results: dict, link: str) -> str:
     nets = markdown_table(
         ["network", "starts from", "data (studies)", "epochs", "patches / epoch", "patches seen", "training s"],
         [
-            [LABELS[name], LABELS.get(r.get("base"), "scratch"), f"{r['data']} ({r['studies']})",
-             str(r["epochs"]), f"{r['patches_per_epoch']:,}", f"{r['patches_seen']:,}", f"{r['wall_s']:.1f}"]
+            [instance_label(name, instances), instance_label(r["base"], instances) if r.get("base") else "scratch",
+             f"{r['data']} ({r['studies']})", str(r["epochs"]), f"{r['patches_per_epoch']:,}",
+             f"{r['patches_seen']:,}", f"{r['wall_s']:.1f}"]
             for name, r in results["training"].items()
         ],
     )  # fmt: skip
     v = results["versions"]
     datasets = "\n".join(f"- `{name}` (seed {d['seed']}): {d['summary']}" for name, d in results["datasets"].items())
+    tests = ", ".join(f"{key}: {', '.join(ids)}" for key, ids in results["test_studies"].items())
     answers = "\n\n".join(f"{i}. {text}" for i, text in enumerate(results["answers"], start=1))
+    seeds = ", ".join(str(x) for x in results["finetune_seeds"])
+    drop = markdown_table(
+        ["phi", "parameters flagged % (measured, end of training)", "paper %", "output change when dropped %"],
+        [[f"{p['phi']:.1f}", _fmt(100 * p["fraction_dropped"], 1), _fmt(p["paper_dropped_pct"], 1),
+          _fmt(100 * p["output_change"], 2)] for p in results["kernel_drop"]],
+    )  # fmt: skip
     return f"""# Reproduction of Targeted Gradient Descent (Chen, Asma, Chan, MICCAI 2021) on simulated PET
 
-Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured;
-everything below is in `{prefix}results.json`.
+Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured
+(rebuild it from `{prefix}results.json` with `--report-only`); nothing here is written by hand.
+{git_line(results.get("git"))}.
 
 ## What ran
 
 Simulated data (tgdpet's whole-body PET simulator; v1 = coarse-noise reconstruction, v2 = finer noise, the
 same counts), {s['size']} x {s['size']} x {s['slices']} voxels, count levels {levels} s against a 600 s target,
-tests of {s['realisations']} x 60 s realisations:
+tests of {s['realisations']} x 60 s realisations, {s['test_studies']} test studies per BMI class ({tests}):
 
 {datasets}
 
 The fine-tuning studies are separate from the {s['n_train']} training studies, as in the paper. The tests are on v2
-images. TGD²-net is TGD-net fine-tuned by TGD again (masks from its own weights) on the `third` dataset, a third
-task the paper's TGD² notation allows; TGD²-N2N is the paper's TGD-net + online learning.
+images. v1-net and v2-net are trained once (seed {results['seed']}); every fine-tuning and online-learning
+network is trained with each of the fine-tuning seeds {seeds} from the same v1-net / v2-net. TGD²-net is TGD-net
+fine-tuned by TGD again (masks from its own weights) on the `third` dataset, a third task the paper's TGD²
+notation allows; TGD²-N2N is the paper's TGD-net + online learning.
 
 {nets}
 
@@ -362,18 +724,48 @@ Training times are the training loop alone (the step times below add data loadin
 ## Table 1
 
 Lesion ensemble bias and liver CoV over the realisations of each test study (eq. 6-7 of the supplement, the 600 s
-image as reference); the hallucination score is the relative RMS error against the 600 s image in and around the
-bladder and the catheter of the OOD study, averaged over its realisations. The N2N networks were adapted to the
-OOD study only; their low- and high-BMI figures show what online learning did to their general denoising.
+image as reference); the hallucination score is the relative RMS error of the ensemble mean over the realisations
+(mean denoised image minus the 600 s image) in and around the bladder and the catheter of the OOD study, so noise
+that averages out over the realisations does not count. The N2N networks were adapted to the OOD study only;
+their low- and high-BMI figures show what online learning did to their general denoising. TGD-net (BN re-est.)
+is TGD-net with its frozen channels' BatchNorm running statistics re-estimated on the fine-tuning data (below).
+For v1-net and v2-net (trained once) the ± is over the test studies alone; for every other network over
+seeds x test studies.
 
 {results['table1_markdown']}
+## Verdicts
+
+{verdicts_markdown(results['verdicts'])}
+## KSE against training length
+
+Parameters KSE flags (kernels with KSE < phi: those TGD retrains, or the kernel-drop study removes) in v1-net,
+scored after each epoch of its training. The paper's figures are for 500 epochs.
+
+{kse_curve_markdown(results.get('kse_curve', []))}
+At the end of training, and what dropping the flagged kernels does to v1-net's output (Fig. 4):
+
+{drop}
+
+## BatchNorm statistics of frozen channels after TGD
+
+TGD keeps the frozen channels' BN running mean and variance (by design: they are part of v1-net's knowledge),
+but the new task's data gives those channels other batch statistics. Measured on
+{results.get('bn', {}).get('patches', 0):,} fine-tuning patches (drawn as in training), each BN's input with the
+network in eval mode: the mean shift in running standard deviations and the log variance ratio, per channel,
+averaged over frozen and over retrained channels. v1-net's row is the same measure before any fine-tuning.
+
+{bn_markdown(results.get('bn', {}))}
+Re-estimating the frozen channels' running statistics on the fine-tuning data changes Table 1's figures as the
+row TGD-net (BN re-est.) shows; paired against TGD-net:
+
+{verdicts_markdown(results.get('bn', {}).get('verdicts', []), rule=False)}
 ## Figures
 
 - [Fig. 4]({prefix}fig4.md) ([image]({prefix}fig4.png)): kernels dropped by KSE threshold on v1-net.
 - [Fig. 5]({prefix}fig5.png): low- and high-BMI test slices through the lesion (red arrow), first 60 s
-  realisation, every fine-tuning method, one grey scale per row (Bq/mL).
+  realisation, every fine-tuning method (first seed), one grey scale per row (Bq/mL).
 - [Fig. 6]({prefix}fig6.png): the OOD study's 120 s image (mean of the N2N halves) through bladder and catheter,
-  denoised by v2-net, TGD-net, TGD-N2N and TGD²-N2N; second row: minus the 600 s image.
+  denoised by v2-net, TGD-net, TGD-N2N and TGD²-N2N (first seed); second row: minus the 600 s image.
 
 ## Answers, from the measured numbers
 
@@ -383,8 +775,8 @@ OOD study only; their low- and high-BMI figures show what online learning did to
 
 Simulated instead of clinical studies; studies: {s['n_train']} + {s['n_finetune']} (paper: 20 + 7); epochs:
 {s['epochs']} (paper: 500) and {s['n2n_epochs']} for N2N (paper: 150); network preset `{s['preset']}` (the paper's
-widths are the preset `paper`). Lesion bias and CoV come from one test study each, as in the paper: small
-differences between networks may not hold for another seed (`--seed`).
+widths are the preset `paper`); {s['test_studies']} test studies per BMI class and {s['seeds']} fine-tuning
+seed(s) (the paper: one study each, one run).
 
 ## How to repeat it
 
