@@ -351,9 +351,14 @@ def nifti_not_an_image(root: Path) -> list[str]:
     return [*DENOISE, "notes.txt"]
 
 
-@case("`-o out.nrrd`", "looks like a .nrrd")
+@case("`-o out.nrrd`", "tgdpet cannot write out.nrrd")
 def nifti_output_format(root: Path) -> list[str]:
     return [*DENOISE, "scan.nii.gz", "-o", "out.nrrd"]
+
+
+@case("`-o out.png` (an image format tgdpet does not write)", "tgdpet cannot write out.png")
+def nifti_output_png(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "-o", "out.png"]
 
 
 @case("an existing output, without `--overwrite`", "already exists")

@@ -347,6 +347,7 @@ def denoise_command(
 
     from .files import check_can_write
     from .infer import default_output_path, denoise_file, load_denoiser
+    from .io import check_output_name
 
     if out and (len(inputs) > 1 or out_dir):
         raise TgdpetError("-o/--out names the output of a single input; use --out-dir for several inputs.")
@@ -362,6 +363,7 @@ def denoise_command(
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
     for o in outputs:  # refuse before denoising anything, not after the first volumes
+        check_output_name(o)
         if not new_out_dir:
             check_can_write(o, overwrite)
     denoiser = load_denoiser(
