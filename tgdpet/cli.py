@@ -328,6 +328,8 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("-o", "--out", type=click.Path(), help="Output for a single INPUT: .nii, .nii.gz or a DICOM folder.")
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Folder for the outputs  [default: next to each input]")
+@click.option("--frame", type=click.IntRange(min=0),
+              help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
@@ -336,7 +338,7 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def denoise_command(
-    inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, overwrite, no_progress
+    inputs, model_path, out, out_dir, frame, device, precision, batch_slices, compile_, overwrite, no_progress
 ) -> None:
     """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
 
@@ -372,7 +374,7 @@ def denoise_command(
     if new_out_dir:
         Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
     for src, dest in zip(inputs, outputs):
-        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress)
+        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame)
         click.echo(f"Wrote {written}.")
 
 

@@ -82,8 +82,9 @@ def _drop_philips_activity_factor(ds: Dataset) -> None:
     except KeyError:
         return
     for offset in (0x00, 0x09):  # SUV factor and activity concentration factor, both for CNTS pixels
-        if offset in block:
-            del block[offset]
+        tag = block.get_tag(offset)
+        if tag in ds:
+            del ds[tag]
 
 
 def _conform(ds: Dataset) -> None:

@@ -34,7 +34,8 @@ def is_ecat(path: Path) -> bool:
 def read_ecat(path: Path, frame: int | None = None) -> Volume:
     """One frame of an ECAT 7 file (the only one, or ``frame``) as a :class:`Volume` in its calibrated units."""
     try:
-        img = nib.ecat.load(str(path))
+        holder = nib.FileHolder(filename=str(path))  # nib.ecat.load would insist on a .v name
+        img = nib.ecat.EcatImage.from_file_map({"image": holder, "header": holder})
         shape = tuple(int(s) for s in img.shape)
     except (OSError, EOFError, ValueError, KeyError, IndexError) as e:
         raise TgdpetError(f"{path} is a damaged ECAT file ({e}); copy it again or re-export it.") from None
