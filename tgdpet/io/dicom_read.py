@@ -109,11 +109,23 @@ def series_files(folder: Path) -> list[Path]:
     )
 
 
-def group_series(files: list[Path]) -> dict[str, list[tuple[Path, Dataset]]]:
-    """The DICOM images among ``files``, by SeriesInstanceUID (other files, DICOMDIR included, left out)."""
+def group_series(
+    files: list[Path], damaged: dict[Path, str] | None = None
+) -> dict[str, list[tuple[Path, Dataset]]]:
+    """The DICOM images among ``files``, by SeriesInstanceUID (other files, DICOMDIR included, left out).
+
+    A damaged DICOM file is refused, or, when ``damaged`` is given, recorded
+    there with the reason and passed over (a study tree is read around it).
+    """
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path in files:
-        ds = read_header(path)
+        try:
+            ds = read_header(path)
+        except TgdpetError as e:
+            if damaged is None:
+                raise
+            damaged[path] = str(e)
+            continue
         if ds is not None and "SeriesInstanceUID" in ds and "SOPInstanceUID" in ds:
             series[str(ds.SeriesInstanceUID)].append((path, ds))
     return dict(series)
