@@ -28,12 +28,16 @@ REPORT_NAME = "tgdpet-report.json"
 
 
 def is_study_tree(path: str | os.PathLike) -> bool:
-    """A folder whose images are not one flat DICOM series folder: NIfTI/ECAT files, or series in subfolders."""
+    """A folder whose images are not one flat DICOM series folder: NIfTI/ECAT files, or series in subfolders.
+
+    A damaged file directly in the folder leaves it a series folder, so that
+    reading it refuses the series by naming that file.
+    """
     folder = Path(path)
     if not folder.is_dir():
         return False
     found = find_images([folder])
-    return any(s.kind != "dicom" or s.folder.resolve() != folder.resolve() for s in found)
+    return any(s.kind not in ("dicom", "damaged") or s.folder.resolve() != folder.resolve() for s in found)
 
 
 def output_path(series: ImageSeries, root: Path, out_root: Path, shared_folder: bool) -> Path:

@@ -94,6 +94,11 @@ def _orientation(affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
 
 
+def _syntax_name(ds: Dataset) -> str:
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    return str(ts.name) if ts is not None else "unknown"
+
+
 def _describe_dicom(series: ImageSeries, frame: int | None) -> dict[str, Any]:
     first = series.slices[0][1]
     slopes = [float(ds.get("RescaleSlope", 1.0) or 1.0) for _, ds in series.slices]
@@ -104,7 +109,7 @@ def _describe_dicom(series: ImageSeries, frame: int | None) -> dict[str, Any]:
         "description": str(first.get("SeriesDescription", "")),
         "modality": str(first.get("Modality", "")),
         "files": len(series.slices),
-        "transfer_syntax": sorted({str(ds.file_meta.get("TransferSyntaxUID", "?").name) for _, ds in series.slices}),
+        "transfer_syntax": sorted({_syntax_name(ds) for _, ds in series.slices}),
         "slope_range": [min(slopes), max(slopes)],
     }
     try:
