@@ -351,9 +351,14 @@ def nifti_not_an_image(root: Path) -> list[str]:
     return [*DENOISE, "notes.txt"]
 
 
-@case("`-o out.nrrd`", "looks like a .nrrd")
+@case("`-o out.nrrd`", "tgdpet cannot write out.nrrd")
 def nifti_output_format(root: Path) -> list[str]:
     return [*DENOISE, "scan.nii.gz", "-o", "out.nrrd"]
+
+
+@case("`-o out.png` (an image format tgdpet does not write)", "tgdpet cannot write out.png")
+def nifti_output_png(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "-o", "out.png"]
 
 
 @case("an existing output, without `--overwrite`", "already exists")
@@ -383,11 +388,13 @@ def dicom_ct(root: Path) -> list[str]:
     return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "Modality", "CT"))]
 
 
-@case("a folder holding two series", "holds 2 series")
+@case("a folder holding the files of two series side by side", "holds 2 series")
 def dicom_two_series(root: Path) -> list[str]:
     (root / "two").mkdir()
-    write_test_series(root / "two" / "a")
-    write_test_series(root / "two" / "b")
+    for name in ("a", "b"):  # in subfolders they would be a study tree, denoised series by series
+        for f in write_test_series(root / name):
+            f.rename(root / "two" / f"{name}_{f.name}")
+        (root / name).rmdir()
     return [*DENOISE, "two"]
 
 

@@ -198,7 +198,7 @@ def test_nifti_header_claiming_huge_volume(tmp_path, name, shape, match):
 def test_bad_outputs_write_nothing(tmp_path):
     vol = make_volume()
     series = tmp_path / "s"
-    assert_refused(tmp_path, lambda: write_volume(vol, tmp_path / "out.nrrd"), "looks like a .nrrd file")
+    assert_refused(tmp_path, lambda: write_volume(vol, tmp_path / "out.nrrd"), "tgdpet cannot write out.nrrd")
     assert_refused(tmp_path, lambda: write_volume(vol, series, dicom_meta={"PatientNam": "x"}), "not a DICOM keyword")
     assert_refused(
         tmp_path, lambda: write_volume(vol, series, dicom_meta={"SOPInstanceUID": "1.2"}), "computes for every slice"

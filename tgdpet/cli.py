@@ -330,6 +330,8 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("-o", "--out", type=click.Path(), help="Output for a single INPUT: .nii, .nii.gz or a DICOM folder.")
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Folder for the outputs  [default: next to each input]")
+@click.option("--frame", type=click.IntRange(min=0),
+              help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
@@ -339,17 +341,22 @@ def n2n_online_command(model, half1, half2, out, full, save_model, config, no_pr
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def denoise_command(
-    inputs, model_path, out, out_dir, device, precision, batch_slices, compile_, tta, overwrite, no_progress
+    inputs, model_path, out, out_dir, frame, device, precision, batch_slices, compile_, tta, overwrite, no_progress
 ) -> None:
     """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
 
     Geometry and metadata are kept; the default output is <name>_denoised.nii.gz
-    (or <folder>_denoised/ for DICOM) next to each input.
+    (or <folder>_denoised/ for DICOM) next to each input. A study tree (a
+    folder with series in subfolders, or NIfTI files) is denoised PET series
+    by PET series into <folder>_denoised/, other series skipped with a reason,
+    and a report written there (tgdpet-report.json).
     """
     from pathlib import Path
 
+    from .batch import denoise_tree, is_study_tree
     from .files import check_can_write
     from .infer import default_output_path, denoise_file, load_denoiser
+    from .io import check_output_name
 
     if out and (len(inputs) > 1 or out_dir):
         raise TgdpetError("-o/--out names the output of a single input; use --out-dir for several inputs.")
@@ -365,6 +372,7 @@ def denoise_command(
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
     for o in outputs:  # refuse before denoising anything, not after the first volumes
+        check_output_name(o)
         if not new_out_dir:
             check_can_write(o, overwrite)
     denoiser = load_denoiser(
@@ -373,8 +381,59 @@ def denoise_command(
     if new_out_dir:
         Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
     for src, dest in zip(inputs, outputs):
-        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress)
+        if is_study_tree(src):  # every PET series in it, and a report
+            report = denoise_tree(
+                src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
+                frame=frame, overwrite=overwrite, echo=click.echo,
+            )  # fmt: skip
+            click.echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
+            continue
+        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame)
         click.echo(f"Wrote {written}.")
+
+
+@main.command("inspect")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--frame", type=click.IntRange(min=0), help="Time frame of dynamic inputs to describe.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+def inspect_command(inputs, frame, as_json) -> None:
+    """Describe every PET series, NIfTI or ECAT file in INPUTS (files or folder trees), from headers.
+
+    Per series: modality, units, slices, spacing, orientation, RescaleSlope
+    range, whether SUV can be computed (and why not), and the reason tgdpet
+    would refuse it, if any.
+    """
+    import json
+
+    from .io.inspect import inspect_inputs
+
+    found = inspect_inputs(list(inputs), frame=frame)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for info in found:
+        click.echo(_inspect_line(info))
+
+
+def _inspect_line(info: dict) -> str:
+    """One series of ``tgdpet inspect`` as a few readable lines."""
+    head = f"{info['path']} [{info['format']}]"
+    if info.get("description"):
+        head += f" '{info['description']}'"
+    if not info["readable"]:
+        return f"{head}\n  not readable: {info['problem']}"
+    z, y, x = info["shape_zyx"]
+    spacing = " x ".join(f"{s:g}" for s in info["spacing_mm"])
+    slopes = info.get("slope_range")
+    lines = [
+        head,
+        f"  {info['modality'] or 'modality not recorded'}, units {info['units']}, {z} slices of {y} x {x}, spacing {spacing} mm, "
+        f"orientation {info['orientation']}" + (f", {info['frames']} time frames" if info.get("frames", 1) > 1 else ""),
+        f"  RescaleSlope {slopes[0]:g} to {slopes[1]:g}" if slopes else "  stored as floating point",
+        f"  SUV factor {info['suv_factor']:.6g}" if info["suv_factor"] is not None
+        else f"  SUV: not computable ({info['suv_problem']})",
+    ]
+    return "\n".join(lines)
 
 
 def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:

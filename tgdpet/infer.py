@@ -378,13 +378,18 @@ def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
 def default_output_path(input_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """Where ``tgdpet denoise`` writes by default: ``<stem>_denoised.nii.gz``, or ``<folder>_denoised/`` for DICOM.
 
+    ECAT inputs, which tgdpet does not write, get ``<stem>_denoised.nii.gz`` too.
+
     Next to the input, or in ``out_dir``. A DICOM series may be named by its
     folder or by one of its files; either way the output is a sibling folder.
     """
+    from .io.ecat import is_ecat
     from .io.nifti import is_nifti_name
 
     src = Path(input_path)
-    if is_nifti_name(src):
+    if src.is_file() and is_ecat(src):  # ECAT is read, never written: its result is NIfTI
+        out = src.with_name(f"{src.stem}_denoised.nii.gz")
+    elif is_nifti_name(src):
         name = src.name[: -len(".nii.gz")] if src.name.lower().endswith(".gz") else src.stem
         out = src.with_name(f"{name}_denoised.nii.gz")
     else:
@@ -400,8 +405,11 @@ def denoise_file(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    frame: int | None = None,
 ) -> Path:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
+
+    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`).
 
     The output is refused before any work if it exists (without ``overwrite``)
     and is written atomically, so a failure leaves nothing under its name; the
@@ -411,6 +419,6 @@ def denoise_file(
     from .io import read_volume, write_volume
 
     check_can_write(output_path, overwrite)
-    volume = read_volume(input_path)
+    volume = read_volume(input_path, frame=frame)
     denoised = denoiser.denoise_volume(volume, progress=progress)
     return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)

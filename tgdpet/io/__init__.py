@@ -1,8 +1,8 @@
 """Volumes in and out: NIfTI files and DICOM PET series, plus SUV.
 
 ``read_volume`` and ``write_volume`` pick the format from the path:
-``*.nii`` / ``*.nii.gz`` is NIfTI, a folder (or one file of it) is a DICOM
-series. A volume read from either keeps its source so that
+``*.nii`` / ``*.nii.gz`` is NIfTI, an ECAT 7 file (read only) is told by its
+magic number, a folder (or one file of it) is a DICOM series. A volume read from either keeps its source so that
 ``write_volume(result, out, like=input)`` writes a result that viewers and
 PACS treat as belonging to the input (same header codes; same patient, study
 and frame of reference in a new derived series).
@@ -11,6 +11,7 @@ and frame of reference in a new derived series).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ from ..errors import TgdpetError
 from ..files import check_can_write
 from .dicom_read import read_dicom_series
 from .dicom_write import write_dicom_series
+from .ecat import is_ecat, read_ecat
 from .nifti import is_nifti_name, read_nifti, write_nifti
 from .suv import convert_units, from_suv, suv_factor, to_suv
 from .volume import MAX_VOXELS, META_TAGS, Volume, check_finite
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_VOXELS",
     "META_TAGS",
     "Volume",
+    "check_output_name",
     "convert_units",
     "from_suv",
     "read_volume",
@@ -36,8 +39,24 @@ __all__ = [
     "write_volume",
 ]
 
-#: Names that look like another image format: refused rather than silently made into a DICOM folder.
-_OTHER_FORMATS = (".dcm", ".img", ".hdr", ".mha", ".mhd", ".nrrd", ".mgz", ".npy", ".npz", ".h5", ".gz", ".zip")
+#: A file extension (a letter, then up to 4 letters or digits: ``.png``, ``.dcm``, ``.h5``) cannot
+#: name a DICOM series folder; folders named by UIDs (``1.2.840.5``) have none.
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,4}$")
+
+
+def check_output_name(path: str | os.PathLike) -> Path:
+    """Refuse an output name tgdpet cannot write: a file extension other than .nii/.nii.gz.
+
+    Anything but NIfTI is written as a DICOM series into a folder, so a name
+    such as ``out.png`` would become a folder called out.png; it is refused.
+    """
+    out = Path(path)
+    if not is_nifti_name(out) and _EXTENSION.search(out.name):
+        raise TgdpetError(
+            f"tgdpet cannot write {out.name}: outputs are NIfTI files (.nii, .nii.gz) or DICOM series folders "
+            "(a name without a file extension)."
+        )
+    return out
 
 
 def read_volume(
@@ -50,10 +69,11 @@ def read_volume(
     """Read a PET volume from a NIfTI file or a DICOM PET series.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file, a folder holding one DICOM PET series
-            (searched recursively), or one DICOM file of a series.
+        path: a ``.nii``/``.nii.gz`` file, an ECAT 7 file, a folder holding one
+            DICOM PET series (searched recursively), or one DICOM file of a series.
         series_uid: the SeriesInstanceUID to read when the folder holds several.
-        frame: the frame to read from a 4-D NIfTI file.
+        frame: the time frame to read from a 4-D NIfTI file, a dynamic DICOM
+            series or a multi-frame ECAT file (0 is the first).
         allow_nonfinite: accept NaN/Inf voxels instead of refusing the file.
 
     NIfTI has no field for activity units: the ``units=`` note tgdpet writes in
@@ -71,10 +91,12 @@ def read_volume(
         if series_uid is not None:
             raise TgdpetError(f"series_uid applies to DICOM folders, but {p} is a NIfTI file; leave it out.")
         volume = read_nifti(p, frame)
+    elif p.is_file() and is_ecat(p):
+        if series_uid is not None:
+            raise TgdpetError(f"series_uid applies to DICOM folders, but {p} is an ECAT file; leave it out.")
+        volume = read_ecat(p, frame)
     else:
-        if frame is not None:
-            raise TgdpetError(f"frame applies to 4-D NIfTI files, but {p} is DICOM; leave it out.")
-        volume = read_dicom_series(p, series_uid)
+        volume = read_dicom_series(p, series_uid, frame)
     check_finite(volume.data, p, allow_nonfinite)
     return volume
 
@@ -120,13 +142,8 @@ def write_volume(
     Returns:
         The path written.
     """
-    out = Path(path)
+    out = check_output_name(path)
     is_nifti = is_nifti_name(out)
-    if not is_nifti and out.name.lower().endswith(_OTHER_FORMATS):
-        raise TgdpetError(
-            f"{out} looks like a {out.suffix} file; tgdpet writes NIfTI (.nii, .nii.gz) or a DICOM series "
-            "into a folder (a name without extension)."
-        )
     check_can_write(out, overwrite)
     if overwrite and out.exists() and out.is_dir() == is_nifti:
         raise TgdpetError(f"{out} exists as a {'folder' if is_nifti else 'file'}; remove it or choose another name.")

@@ -19,11 +19,42 @@ from pydicom.valuerep import DA, DT, TM
 F18_HALF_LIFE_S = 6586.2
 
 
+#: Philips stores PET in CNTS with a private factor to Bq/mL: (7053,xx09) of this private creator.
+PHILIPS_PET_CREATOR = "Philips PET Private Group"
+_PHILIPS_ACTIVITY_FACTOR = 0x09
+
+
+def philips_activity_factor(ds: Dataset) -> float | None:
+    """Philips' Activity Concentration Scale Factor (7053,xx09) of a CNTS slice; ``None`` when absent.
+
+    Philips scanners write PET in Units CNTS; pixel values (after
+    RescaleSlope/Intercept) times this factor are Bq/mL. Only CNTS slices
+    use it: a series already in BQML or SUV is not scaled again.
+    """
+    if str(ds.get("Units", "") or "").upper() != "CNTS":
+        return None
+    try:
+        element = ds.private_block(0x7053, PHILIPS_PET_CREATOR)[_PHILIPS_ACTIVITY_FACTOR]
+    except KeyError:
+        return None
+    value = element.value
+    try:
+        factor = float(value.decode("ascii").strip("\x00 ") if isinstance(value, bytes) else value)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return None
+    return factor if factor > 0 else None
+
+
 def units_from_dataset(ds: Dataset) -> str:
-    """tgdpet units of a PET slice: the DICOM Units term, with SUV-bw (``GML``) read as ``SUV``."""
+    """tgdpet units of a PET slice: the DICOM Units term, with SUV-bw (``GML``) read as ``SUV``.
+
+    Philips CNTS with its activity factor is read as ``BQML`` (the reader applies the factor).
+    """
     units = str(ds.get("Units", "") or "").upper()
     if units == "GML" and str(ds.get("SUVType", "BW") or "BW").upper() == "BW":
         return "SUV"
+    if units == "CNTS" and philips_activity_factor(ds) is not None:
+        return "BQML"
     return units or "BQML"
 
 
@@ -131,7 +162,7 @@ def apply_meta(ds: Dataset, meta: dict[str, Any], series_datetime: dt.datetime) 
     rp.RadiopharmaceuticalStartTime = format_tm(injection) if injection else None
     rp.RadiopharmaceuticalStartDateTime = injection.strftime("%Y%m%d%H%M%S.%f") if injection else None
     if half_life == F18_HALF_LIFE_S:
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+        code = Dataset()  # SNOMED CT (SCT); the older SRT code C-111A1 is retired
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "77004003", "SCT", "^18^Fluorine"
         rp.RadionuclideCodeSequence = Sequence([code])
     ds.RadiopharmaceuticalInformationSequence = Sequence([rp])

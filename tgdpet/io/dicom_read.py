@@ -8,22 +8,29 @@ own RescaleSlope/Intercept applied (PET scales every slice separately).
 
 Slices are ordered by ImagePositionPatient projected on the slice normal, never
 by InstanceNumber, which scanners and anonymisers do not keep consistent.
+A dynamic series (several time frames at each position) is split into its
+frames by FrameReferenceTime (or AcquisitionTime); one frame is read when
+asked for by number. Files without the 128-byte preamble (bare datasets, as
+old archives hold them) are read too; anything else in the folder that is not
+a DICOM image (text, DICOMDIR, hidden files) is passed over.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import RLELossless
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from ..errors import TgdpetError
-from .acquisition import meta_from_dataset, units_from_dataset
+from .acquisition import meta_from_dataset, philips_activity_factor, units_from_dataset
 from .geometry import affine_from_dicom, slice_normal
 from .volume import Volume, allocate, check_voxel_count
 
@@ -47,32 +54,89 @@ _GEOMETRY_TAGS = {
 }
 
 
+#: How a bare dataset (no preamble, no "DICM") can begin: group 0x0002 or 0x0008, little or big endian.
+_BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+def _bare_dataset(path: Path, stop_before_pixels: bool) -> Dataset | None:
+    """A file without preamble read as a dataset, with the transfer syntax it was found in; else ``None``.
+
+    Only files that start like a DICOM group are tried, and any failure means
+    "not DICOM": text and other junk beside a series must not stop the read.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) not in _BARE_STARTS:
+            return None
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+            return None
+        if "TransferSyntaxUID" not in ds.file_meta:
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            )
+        str(ds.SeriesInstanceUID)  # parse it now: a lookalike file fails here, not later
+        return ds
+    except Exception:  # noqa: BLE001 - a forced parse of a non-DICOM file can fail in any way
+        return None
+
+
+def _dcmread(path: Path, stop_before_pixels: bool) -> Dataset | None:
+    """A DICOM file's dataset (with or without preamble); ``None`` when the file is not DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        return _bare_dataset(path, stop_before_pixels)
+
+
 def read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file without its pixel data; ``None`` when the file is not DICOM."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        return None
+        return _dcmread(path, stop_before_pixels=True)
     except _READ_ERRORS as e:
         raise TgdpetError(
             f"{path} is a damaged DICOM file ({e}); copy it again or remove it from the folder."
         ) from None
 
 
-def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
-    """Every DICOM image in ``folder`` (recursively, hidden entries skipped), by series UID."""
-    files = sorted(
+def series_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively) that tgdpet may read: hidden entries are skipped."""
+    return sorted(
         p
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-    if not files:
-        raise TgdpetError(f"the folder {folder} is empty; give a folder holding one DICOM PET series.")
+
+
+def group_series(
+    files: list[Path], damaged: dict[Path, str] | None = None
+) -> dict[str, list[tuple[Path, Dataset]]]:
+    """The DICOM images among ``files``, by SeriesInstanceUID (other files, DICOMDIR included, left out).
+
+    A damaged DICOM file is refused, or, when ``damaged`` is given, recorded
+    there with the reason and passed over (a study tree is read around it).
+    """
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path in files:
-        ds = read_header(path)
+        try:
+            ds = read_header(path)
+        except TgdpetError as e:
+            if damaged is None:
+                raise
+            damaged[path] = str(e)
+            continue
         if ds is not None and "SeriesInstanceUID" in ds and "SOPInstanceUID" in ds:
             series[str(ds.SeriesInstanceUID)].append((path, ds))
+    return dict(series)
+
+
+def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Every DICOM image in ``folder`` (recursively, hidden entries skipped), by series UID."""
+    files = series_files(folder)
+    if not files:
+        raise TgdpetError(f"the folder {folder} is empty; give a folder holding one DICOM PET series.")
+    series = group_series(files)
     if not series:
         raise TgdpetError(
             f"the folder {folder} holds no DICOM images ({len(files)} other file(s)); "
@@ -150,7 +214,12 @@ def _check_slice(path: Path, ds: Dataset) -> None:
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
     needed = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
     size = path.stat().st_size
-    if ts is not None and not ts.is_compressed and needed > size:
+    if ts is not None and ts.is_deflated and needed > _DEFAULT_MAX_EXPANSION * size:
+        raise TgdpetError(
+            f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes), more than its {size:,} bytes of "
+            "deflated data can hold; the header is damaged, re-export the series."
+        )
+    if ts is not None and not ts.is_compressed and not ts.is_deflated and needed > size:
         raise TgdpetError(
             f"{path} declares {ds.Rows} x {ds.Columns} pixels ({needed:,} bytes) but the file holds only "
             f"{size:,} bytes; the file is truncated or its header is damaged, re-export the series."
@@ -192,8 +261,8 @@ def _check_spacing(positions: np.ndarray, paths: list[Path]) -> None:
     if dup.size:
         i = int(dup[0])
         raise TgdpetError(
-            f"{paths[i].name} and {paths[i + 1].name} both hold the slice at {positions[i]:.2f} mm (a duplicated "
-            "slice, or a dynamic series); remove the duplicate or export a single time frame."
+            f"{paths[i].name} and {paths[i + 1].name} both hold the slice at {positions[i]:.2f} mm and record the "
+            "same frame time (a duplicated slice); remove the duplicate from the folder."
         )
     spacing = float(np.median(gaps))
     tol = 0.05 * spacing + 0.01
@@ -214,8 +283,69 @@ def _check_spacing(positions: np.ndarray, paths: list[Path]) -> None:
     )
 
 
+def _frame_time(ds: Dataset) -> tuple[float, str] | None:
+    """When a slice's time frame starts: FrameReferenceTime (ms), else AcquisitionTime; ``None`` if neither."""
+    reference = ds.get("FrameReferenceTime")
+    if reference not in (None, ""):
+        return float(reference), f"FrameReferenceTime {float(reference):g} ms"
+    acquired = str(ds.get("AcquisitionTime", "") or "").strip()
+    if acquired:
+        return 0.0, f"AcquisitionTime {acquired}"
+    return None
+
+
+def split_frames(slices: list[tuple[Path, Dataset]]) -> list[list[tuple[Path, Dataset]]]:
+    """The series' time frames, earliest first: one for a static series, several for a dynamic one.
+
+    A dynamic series holds every position once per frame; slices sharing a
+    position are told apart by their frame's start time. Slices that share a
+    position and a time are duplicates, which :func:`_check_spacing` names.
+    """
+    iop = _check_same_grid(slices)
+    normal = slice_normal(iop)
+    positions = np.round([np.array(ds.ImagePositionPatient, float) @ normal for _, ds in slices], 2)
+    if len(np.unique(positions)) == len(slices):
+        return [slices]
+    times = [_frame_time(ds) for _, ds in slices]
+    if any(t is None for t in times):
+        return [slices]
+    groups: dict[tuple[float, str], list[tuple[Path, Dataset]]] = defaultdict(list)
+    for item, time in zip(slices, times):
+        groups[time].append(item)  # type: ignore[index]
+    if len(groups) == 1:
+        return [slices]
+    frames = [groups[t] for t in sorted(groups)]
+    sizes = sorted({len(f) for f in frames})
+    if len(sizes) > 1:
+        raise TgdpetError(
+            f"the series is dynamic ({len(frames)} time frames) but its frames hold different numbers of slices "
+            f"({', '.join(str(n) for n in sizes)}); copy or export the complete series."
+        )
+    return frames
+
+
+def pick_frame(frames: list[list[tuple[Path, Dataset]]], frame: int | None, where: object) -> list[tuple[Path, Dataset]]:
+    """The frame asked for; a dynamic series needs one named, a static one is frame 0."""
+    n = len(frames)
+    if frame is None:
+        if n > 1:
+            first, last = _frame_time(frames[0][0][1]), _frame_time(frames[-1][0][1])
+            raise TgdpetError(
+                f"{where} is a dynamic series of {n} time frames of {len(frames[0])} slices each "
+                f"({first[1]} to {last[1]}); pick one with --frame N, 0 <= N < {n}."  # type: ignore[index]
+            )
+        return frames[0]
+    if not 0 <= frame < n:
+        raise TgdpetError(f"frame {frame} does not exist in {where}, which has {n} time frame(s); use 0 to {n - 1}.")
+    return frames[frame]
+
+
 def _sorted_geometry(slices: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], np.ndarray]:
-    """Slices sorted along the normal, checked, and the stack's RAS affine."""
+    """Slices sorted along the normal, checked, and the stack's RAS affine.
+
+    The affine's slice axis is the measured step between positions, so a
+    gantry-tilted stack (positions not along the normal) keeps its shear exactly.
+    """
     iop = _check_same_grid(slices)
     normal = slice_normal(iop)
     xyz = np.array([np.array(ds.ImagePositionPatient, float) for _, ds in slices])
@@ -238,13 +368,56 @@ def _sorted_geometry(slices: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Pat
     return slices, affine_from_dicom(iop, np.array(ds0.PixelSpacing, float), xyz[0], step)
 
 
+def _check_units(slices: list[tuple[Path, Dataset]]) -> str:
+    """The series' units, one for all slices; Philips CNTS needs its activity factor on every slice."""
+    units = {units_from_dataset(ds) for _, ds in slices}
+    if len(units) > 1:
+        raise TgdpetError(
+            f"the slices of the series are in different units ({', '.join(sorted(units))}); re-export the series."
+        )
+    return units.pop()
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """A DICOM series checked from its headers alone: what reading its pixels will give.
+
+    Attributes:
+        folder: where the series was found.
+        slices: the (path, header) of each slice of the chosen frame, in position order.
+        affine: voxel ``(x, y, z, 1)`` -> RAS mm.
+        units: tgdpet units (Philips CNTS with an activity factor read as BQML).
+        frames: how many time frames the series holds.
+        meta: acquisition facts (keys of ``io.volume.META_TAGS``).
+    """
+
+    folder: Path
+    slices: list[tuple[Path, Dataset]]
+    affine: np.ndarray
+    units: str
+    frames: int
+    meta: dict[str, Any]
+
+
+def plan_series(folder: Path, slices: list[tuple[Path, Dataset]], frame: int | None = None) -> SeriesPlan:
+    """Check a series from its headers (nothing decoded or allocated) and choose its frame."""
+    for p, ds in slices:
+        _check_slice(p, ds)
+        _check_decodable(p, ds)
+    frames = split_frames(slices)
+    chosen, affine = _sorted_geometry(pick_frame(frames, frame, f"the series in {folder}"))
+    units = _check_units(chosen)
+    first = chosen[0][1]
+    return SeriesPlan(folder, chosen, affine, units, len(frames), meta_from_dataset(first))
+
+
 def _slice_pixels(path: Path, rows: int, columns: int) -> np.ndarray:
-    """One slice's pixels in the series' units (its own RescaleSlope/Intercept applied)."""
+    """One slice's pixels in the series' units (its own RescaleSlope/Intercept, and Philips factor, applied)."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = _dcmread(path, stop_before_pixels=False)
     except _READ_ERRORS as e:
         raise TgdpetError(f"{path} is a damaged DICOM file ({e}); copy it again or re-export the series.") from None
-    if "PixelData" not in ds:
+    if ds is None or "PixelData" not in ds:
         raise TgdpetError(f"{path} holds no pixel data; re-export the series.")
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
     needed = rows * columns * int(ds.BitsAllocated) // 8
@@ -259,8 +432,9 @@ def _slice_pixels(path: Path, rows: int, columns: int) -> np.ndarray:
         raise TgdpetError(f"cannot decode the pixel data of {path} ({e}); re-export the series uncompressed.") from None
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    activity = philips_activity_factor(ds) or 1.0
     with np.errstate(over="ignore", invalid="ignore"):
-        values = pixels.astype(np.float64) * slope + intercept
+        values = (pixels.astype(np.float64) * slope + intercept) * activity
     if not (np.isfinite(values).all() and np.abs(values).max(initial=0.0) <= _FLOAT32_MAX):
         raise TgdpetError(
             f"{path} has RescaleSlope {slope:g} and RescaleIntercept {intercept:g}, which scale its pixels beyond "
@@ -269,8 +443,8 @@ def _slice_pixels(path: Path, rows: int, columns: int) -> np.ndarray:
     return values
 
 
-def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
-    """Read a DICOM PET series: a folder (one series, or the one named), or any one file of it.
+def find_series(path: Path, series_uid: str | None = None) -> tuple[Path, list[tuple[Path, Dataset]]]:
+    """The folder and slices of the series at ``path``: a folder (one series, or the one named), or one file of it.
 
     A single file stands for its whole series in the same folder, the way
     viewers open a series from one of its images.
@@ -278,29 +452,33 @@ def read_dicom_series(path: Path, series_uid: str | None = None) -> Volume:
     if path.is_file():
         header = read_header(path)
         if header is None or "SeriesInstanceUID" not in header:
-            raise TgdpetError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM image; give one of those.")
+            raise TgdpetError(
+                f"{path} is neither a NIfTI file (.nii, .nii.gz), an ECAT file nor a DICOM image; give one of those."
+            )
         series_uid = series_uid or str(header.SeriesInstanceUID)
         path = path.parent
-    slices = _choose_series(path, _scan_folder(path), series_uid)
-    for p, ds in slices:
-        _check_slice(p, ds)
-        _check_decodable(p, ds)
-    slices, affine = _sorted_geometry(slices)
-    rows, columns = int(slices[0][1].Rows), int(slices[0][1].Columns)
-    check_voxel_count((len(slices), rows, columns), f"the series in {path}")
-    data = allocate((len(slices), rows, columns), f"the series in {path}")
-    for k, (p, _) in enumerate(slices):
+    return path, _choose_series(path, _scan_folder(path), series_uid)
+
+
+def read_dicom_series(path: Path, series_uid: str | None = None, frame: int | None = None) -> Volume:
+    """Read a DICOM PET series (one time frame of a dynamic one) into a :class:`Volume`."""
+    folder, slices = find_series(path, series_uid)
+    plan = plan_series(folder, slices, frame)
+    rows, columns = int(plan.slices[0][1].Rows), int(plan.slices[0][1].Columns)
+    shape = (len(plan.slices), rows, columns)
+    check_voxel_count(shape, f"the series in {folder}")
+    data = allocate(shape, f"the series in {folder}")
+    for k, (p, _) in enumerate(plan.slices):
         pixels = _slice_pixels(p, rows, columns)
         if pixels.shape != (rows, columns):
             raise TgdpetError(f"{p} decodes to {pixels.shape} pixels, not {rows} x {columns}; re-export the series.")
         data[k] = pixels
-    first = slices[0][1]
     return Volume(
         data=data,
-        affine=affine,
-        units=units_from_dataset(first),
+        affine=plan.affine,
+        units=plan.units,
         source_format="dicom",
-        dicom_headers=tuple(ds for _, ds in slices),
-        source_paths=tuple(p for p, _ in slices),
-        meta=meta_from_dataset(first),
+        dicom_headers=tuple(ds for _, ds in plan.slices),
+        source_paths=tuple(p for p, _ in plan.slices),
+        meta=plan.meta,
     )

@@ -33,7 +33,7 @@ from pydicom.valuerep import DSfloat
 from .. import __version__
 from ..errors import TgdpetError
 from ..files import atomic_dir
-from .acquisition import apply_meta, format_da, format_tm, set_units
+from .acquisition import PHILIPS_PET_CREATOR, apply_meta, format_da, format_tm, set_units
 from .geometry import dicom_plane_from_affine, slice_normal
 from .volume import Volume
 
@@ -75,12 +75,35 @@ def quantise(values: np.ndarray) -> tuple[np.ndarray, str]:
     return stored, str(slope)
 
 
+def _drop_philips_activity_factor(ds: Dataset) -> None:
+    """Remove Philips' CNTS -> Bq/mL factor: the derived slice is written in real units, not CNTS."""
+    try:
+        block = ds.private_block(0x7053, PHILIPS_PET_CREATOR)
+    except KeyError:
+        return
+    for offset in (0x00, 0x09):  # SUV factor and activity concentration factor, both for CNTS pixels
+        tag = block.get_tag(offset)
+        if tag in ds:
+            del ds[tag]
+
+
+def _conform(ds: Dataset) -> None:
+    """Fill what the PET IOD requires of every series and older sources often lack.
+
+    Laterality (0020,0060) is Type 2C: needed unless BodyPartExamined names an
+    unpaired part; when neither is known it is present and empty (unknown).
+    """
+    if "Laterality" not in ds and not ds.get("BodyPartExamined"):
+        ds.Laterality = ""
+
+
 def _derived_slice(source: Dataset, description: str) -> Dataset:
     """A copy of a source slice header, marked as the derived image of a new series."""
     ds = copy.deepcopy(source)
     for keyword in _STALE:
         if keyword in ds:
             delattr(ds, keyword)
+    _drop_philips_activity_factor(ds)
     ds.ImageType = ["DERIVED", "PRIMARY", *list(source.get("ImageType", []))[2:]]
     original = str(source.get("SeriesDescription", "")).strip()
     described = f"{original[: max(0, 63 - len(description))]} {description}" if original else description
@@ -180,6 +203,7 @@ def write_dicom_series(
             set_units(ds, volume.units)
             for keyword, value in (dicom_meta or {}).items():
                 setattr(ds, keyword, value)
+            _conform(ds)
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -305,6 +305,7 @@ def _write_study(study: SimulatedStudy, config: SimulationConfig, root: Path) ->
                     "StudyInstanceUID": uid["study"],
                     "FrameOfReferenceUID": uid["frame"],
                     "SeriesNumber": (list(PROTOCOLS).index(p) + 1) * 100 + number,
+                    "BodyPartExamined": "WHOLEBODY",  # neck to pelvis, as PET whole-body scans are
                 }
             write_volume(
                 _volume(image, grid, "BQML", study, scan.seconds),

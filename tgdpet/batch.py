@@ -1,0 +1,181 @@
+"""Denoising a whole study tree: every PET series in it, the rest skipped with a reason, and a JSON report.
+
+An archive export or a study folder holds PET next to CT, localisers and
+reports. :func:`denoise_tree` finds every image (:func:`tgdpet.io.inspect.find_images`),
+denoises each readable PET series with :func:`tgdpet.infer.denoise_file`
+into a mirror of the tree, and writes ``tgdpet-report.json`` beside the
+outputs: per input, the output path (or why it was skipped), the units, the
+SUV factor, the largest error the output's storage adds, and how much the
+mean activity in the body changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import TgdpetError
+from .files import atomic_file, check_can_write
+from .io.inspect import ImageSeries, describe, find_images
+
+REPORT_NAME = "tgdpet-report.json"
+
+
+def is_study_tree(path: str | os.PathLike) -> bool:
+    """A folder whose images are not one flat DICOM series folder: NIfTI/ECAT files, or series in subfolders.
+
+    A damaged file directly in the folder leaves it a series folder, so that
+    reading it refuses the series by naming that file.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    found = find_images([folder])
+    return any(s.kind not in ("dicom", "damaged") or s.folder.resolve() != folder.resolve() for s in found)
+
+
+def output_path(series: ImageSeries, root: Path, out_root: Path, shared_folder: bool) -> Path:
+    """Where a series' result goes: its place in the tree, mirrored under ``out_root``.
+
+    NIfTI keeps its name; ECAT (read only) becomes ``.nii.gz``; a DICOM series
+    is a folder named like its own, or, when its folder holds several series,
+    a subfolder per series.
+    """
+    if series.kind == "dicom":
+        rel = series.folder.resolve().relative_to(root.resolve())
+        if shared_folder:
+            number = series.slices[0][1].get("SeriesNumber", "")
+            rel = rel / f"series_{number}_{series.series_uid[-8:]}"  # type: ignore[index]
+        return out_root / rel
+    rel = series.path.resolve().relative_to(root.resolve())
+    return out_root / (rel.with_name(f"{rel.stem}.nii.gz") if series.kind == "ecat" else rel)
+
+
+#: Units of images that hold activity (NIfTI records no modality: a label map says units=LABELS).
+ACTIVITY_UNITS = ("BQML", "SUV", "CNTS")
+
+
+def _skip_reason(info: dict[str, Any]) -> str | None:
+    """Why a series is not denoised, or ``None`` when it is."""
+    if not info.get("readable"):
+        return str(info["problem"])
+    if info["format"] == "dicom" and info.get("modality") != "PT":
+        return f"a {info.get('modality') or 'modality-less'} series, not PET"
+    if info.get("units") not in ACTIVITY_UNITS:
+        return f"its values are in {info.get('units')}, not activity ({', '.join(ACTIVITY_UNITS)})"
+    return None
+
+
+def storage_error(written: Path) -> float:
+    """The largest error storing the result added, in its units: half the largest RescaleSlope of a DICOM
+    output (int16 with a per-slice slope), 0 for NIfTI (float32, the network's own precision)."""
+    if not written.is_dir():
+        return 0.0
+    import pydicom
+
+    slopes = [float(pydicom.dcmread(f, stop_before_pixels=True).RescaleSlope) for f in written.iterdir()]
+    return max(slopes) / 2.0
+
+
+def body_mean_change(before: np.ndarray, after: np.ndarray) -> float:
+    """Relative change (%) of the mean activity inside the body mask of the input."""
+    from .data import body_mask
+
+    mask = body_mask(before)
+    mean_before = float(before[mask].mean())
+    return 100.0 * (float(after[mask].mean()) - mean_before) / mean_before if mean_before else 0.0
+
+
+def _denoise_one(
+    denoise: Callable[[Path, Path], Path], series: ImageSeries, out: Path, frame: int | None
+) -> dict[str, Any]:
+    """Denoise one image and measure what the report says about it, from the files as written."""
+    from .io import read_volume
+
+    written = denoise(series.path, out)
+    before = read_volume(series.path, frame=frame)
+    after = read_volume(written)
+    return {
+        "output": str(written),
+        "storage_error_max": storage_error(written),
+        "body_mean_change_percent": round(body_mean_change(before.data, after.data), 4),
+    }
+
+
+def denoise_tree(
+    root: str | os.PathLike,
+    out_root: str | os.PathLike,
+    denoise: Callable[[Path, Path], Path],
+    *,
+    frame: int | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Denoise every PET image under ``root`` into ``out_root``; return (and write) the report.
+
+    Args:
+        root: the study tree.
+        out_root: the folder for the outputs and ``tgdpet-report.json``; created here once
+            there is something to denoise; an existing one only with ``overwrite``.
+        denoise: ``denoise(input, output) -> written`` for one image, e.g. a partial of
+            :func:`tgdpet.infer.denoise_file` with a loaded denoiser.
+        frame: the time frame of dynamic inputs.
+        overwrite: write into an existing ``out_root`` (``denoise`` decides about each output).
+        echo: where one line per input is printed.
+
+    A series tgdpet cannot read, or that is not PET, is skipped with the
+    sentence it would be refused with; one that fails while denoising is
+    reported the same way, and the others go on.
+    """
+    root, out_root = Path(root), Path(out_root)
+    check_can_write(out_root, overwrite)
+    found = find_images([root])
+    per_folder: dict[Path, int] = {}  # DICOM series per folder: several get a subfolder each
+    for s in found:
+        per_folder[s.folder] = per_folder.get(s.folder, 0) + (s.kind == "dicom")
+    entries = []
+    jobs = []
+    for series in found:
+        info = describe(series, frame)
+        entry: dict[str, Any] = {"input": str(series.folder if series.kind == "dicom" else series.path)}
+        keys = ("format", "series_uid", "modality", "units", "suv_factor", "suv_problem")
+        entry.update({k: info.get(k) for k in keys})
+        reason = _skip_reason(info)
+        if reason is None:
+            jobs.append((series, output_path(series, root, out_root, per_folder[series.folder] > 1), entry))
+        else:
+            entry.update(status="skipped", reason=reason)
+            echo(f"skipped: {entry['input']} ({reason})")
+        entries.append(entry)
+    if not jobs:
+        raise TgdpetError(
+            f"{root} holds no PET image tgdpet can denoise ({len(found)} image(s) skipped); "
+            "run tgdpet inspect on it to see why."
+        )
+    out_root.mkdir(parents=True, exist_ok=overwrite)
+    for series, out, entry in jobs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            entry.update(status="denoised", **_denoise_one(denoise, series, out, frame))
+            echo(f"denoised: {entry['input']} -> {entry['output']}")
+        except TgdpetError as e:
+            entry.update(status="skipped", reason=str(e))
+            echo(f"skipped: {entry['input']} ({e})")
+    report = {
+        "tgdpet": __version__,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "root": str(root),
+        "denoised": sum(e["status"] == "denoised" for e in entries),
+        "skipped": sum(e["status"] == "skipped" for e in entries),
+        "inputs": entries,
+    }
+    check_can_write(out_root / REPORT_NAME, overwrite)
+    with atomic_file(out_root / REPORT_NAME) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
