@@ -8,5 +8,5 @@ set -euo pipefail
 export OMP_WAIT_POLICY=PASSIVE
 work=${1:-pretrained-work}
 tgdpet simulate "$work/data" --studies 10 --protocols v1 --no-test-study --ood none --seed 1000 --no-progress
-tgdpet train "$work/data/v1" --out "$work/run" --config configs/train_small.yaml --epochs 50 --seed 0 --no-progress
+tgdpet train "$work/data/v1" --out "$work/run" --config small --epochs 50 --seed 0 --no-progress
 cp "$work/run/best.safetensors" tgdpet/pretrained/dncnn-v1-small.safetensors
