@@ -321,22 +321,30 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
 @click.option("--full", type=click.Path(exists=True),
               help="The full-count study to denoise  [default: the mean of the halves]")
 @click.option("--save-model", type=click.Path(dir_okay=False), help="Also keep the adapted model here (.safetensors).")
+@click.option("--skip-halves-check", is_flag=True,
+              help="Use halves that fail the one-scan check (correlation and mean uptake); very low-count halves "
+              "of one scan can.")
 @_finetune_options(phi=0.4)
 @_loop_options("n2n-online", epochs=10, patches_per_epoch=1024)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def n2n_online_command(model, half1, half2, out, full, save_model, config, no_progress, overwrite, **options) -> None:
+def n2n_online_command(
+    model, half1, half2, out, full, save_model, skip_halves_check, config, no_progress, overwrite, **options
+) -> None:
     """Adapt MODEL to one study with Noise2Noise (HALF1 <-> HALF2), then denoise the study.
 
     HALF1 and HALF2 are two reconstructions of disjoint, equal-count halves
     of the study's data (activity images, Bq/mL or SUV). Without --full the
     full study is their mean: each half already estimates the full activity.
+    Halves that cannot be one scan (other grid, weakly correlated, other mean
+    uptake) are refused. The adapted weights are those after the last step:
+    with one study there is no held-out data to pick an epoch by.
     """
     from .train import N2NConfig, n2n_online, resolve_config
 
     cfg = resolve_config(N2NConfig, config, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
     result = n2n_online(
-        model, half1, half2, out, cfg, full=full, save_model_path=save_model, overwrite=overwrite,
-        progress_bar=not no_progress, echo=click.echo, command=_command_line(),
+        model, half1, half2, out, cfg, full=full, skip_halves_check=skip_halves_check, save_model_path=save_model,
+        overwrite=overwrite, progress_bar=not no_progress, echo=click.echo, command=_command_line(),
     )  # fmt: skip
     click.echo(f"Wrote {result.output}" + (f" and {result.model_path}" if result.model_path else "") + ".")
 
