@@ -152,6 +152,17 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
         _print_drop_table(summary["drop"])
 
 
+def _stacked(options: list):
+    """One decorator applying ``options`` in order (the first appears first in --help)."""
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 def _loop_options(command: str, epochs: int, patches_per_epoch: int):
     """Options shared by train, tgd-finetune and n2n-online.
 
@@ -182,12 +193,7 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
         click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
     ]
 
-    def decorate(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
+    return _stacked(options)
 
 
 def _finetune_options(phi: float):
@@ -205,12 +211,7 @@ def _finetune_options(phi: float):
         click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
     ]
 
-    def decorate(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
+    return _stacked(options)
 
 
 _LOOP_KEYS = (
