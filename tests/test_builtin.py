@@ -34,7 +34,8 @@ def test_models_lists_the_builtin_model_with_what_its_file_records():
     assert card["tracer"] == prov.get("tracer", "unknown")
     assert card["protocol"] == prov.get("protocol", "unknown")
     assert f"preset {meta['preset']}" in card["network"]
-    assert f"{len(prov['train_studies'])} training + {len(prov['val_studies'])} validation studies" in card["training data"]
+    counted = f"{len(prov['train_studies'])} training + {len(prov['val_studies'])} validation studies"
+    assert counted in card["training data"]
     text = CliRunner().invoke(main, ["models"]).output
     assert text.splitlines()[0] == default.stem and prov["command"] in text
 

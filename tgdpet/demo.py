@@ -146,7 +146,8 @@ def run_demo(
             ("denoised_060s", denoised, "tgdpet denoised"),
             ("reference_600s", reference, "tgdpet demo: simulated 600 s reference"),
         ):
-            write_volume(Volume(data=data, affine=affine, units="BQML"), tmp / f"{name}.nii.gz", description=description)
+            volume = Volume(data=data, affine=affine, units="BQML")
+            write_volume(volume, tmp / f"{name}.nii.gz", description=description)
         _figure(tmp / "demo.png", {"60 s input": noisy, "denoised": denoised, "600 s reference": reference}, lesion,
                 affine)
     return DemoResult(
