@@ -15,6 +15,9 @@ multiplied back), so for count images the denoised mean is exactly half the
 denoised sum; pass ``--full`` to denoise the real full image in its own
 units. The output is written like ``--full`` (or half 1): same grid, header
 and, for DICOM, the same patient and study.
+
+Before any training, :func:`check_halves` refuses halves that cannot be two
+halves of one scan (docs/n2n-halves.md has the measured thresholds).
 """
 
 from __future__ import annotations
@@ -111,7 +114,8 @@ def check_halves(h1: Volume, h2: Volume, *, similarity: bool = True) -> None:
     if agreement.mean_ratio > MAX_HALVES_MEAN_RATIO:
         raise TgdpetError(
             f"the halves differ in mean uptake by a factor {agreement.mean_ratio:.2f} (equal-count halves of one "
-            f"scan differ by less than {MAX_HALVES_MEAN_RATIO}); pass two equal-count halves in the same units."
+            f"scan differ by less than a factor {MAX_HALVES_MEAN_RATIO}); pass two equal-count halves in the same "
+            "units."
         )
 
 
