@@ -282,6 +282,20 @@ def model_pickle(root: Path) -> list[str]:
     return ["denoise", "--model", "evil.pt", "--device", "cpu", "scan.nii.gz"]
 
 
+@case("a pickle as model, and the output exists too: the model is named first", "PyTorch pickle checkpoint")
+def model_pickle_and_output_exists(root: Path) -> list[str]:
+    torch.save({"convs.0.weight": _Payload()}, root / "evil.pt")
+    (root / "scan_denoised.nii.gz").write_bytes(b"an earlier result")
+    return ["denoise", "--model", "evil.pt", "--device", "cpu", "scan.nii.gz"]
+
+
+@case("`demo` with a pickle as model into an existing folder: the model is named first", "PyTorch pickle checkpoint")
+def model_pickle_demo_output_exists(root: Path) -> list[str]:
+    torch.save({"convs.0.weight": _Payload()}, root / "evil.pt")
+    (root / "tgdpet-demo").mkdir()
+    return ["demo", "--model", "evil.pt", "--device", "cpu", "--no-progress"]
+
+
 @case("a safetensors file from another project", "not a tgdpet model")
 def model_foreign(root: Path) -> list[str]:
     save_file({"encoder.weight": torch.zeros(4, 4)}, root / "other.safetensors", metadata={"framework": "other"})
@@ -475,6 +489,37 @@ def n2n_halves_on_two_grids(root: Path) -> list[str]:
     return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
 
 
+@case("Noise2Noise halves of one size but at different positions", "affines differ")
+def n2n_halves_at_two_positions(root: Path) -> list[str]:
+    write_test_nifti(root / "half1.nii.gz", make_volume(shape=(8, 16, 16)))
+    write_test_nifti(root / "half2.nii.gz", make_volume(shape=(8, 16, 16), origin=(0.0, 0.0, 40.0)))
+    return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
+
+
+@case("Noise2Noise halves that are two different images", "do not look like one scan")
+def n2n_halves_of_two_images(root: Path) -> list[str]:
+    one = make_volume(shape=(8, 16, 16))
+    write_test_nifti(root / "half1.nii.gz", one)
+    write_test_nifti(root / "half2.nii.gz", one.with_data(np.ascontiguousarray(one.data[::-1, ::-1, ::-1])))
+    return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
+
+
+@case("Noise2Noise halves with different counts (one in other units)", "differ in mean uptake")
+def n2n_halves_with_other_counts(root: Path) -> list[str]:
+    one = make_volume(shape=(8, 16, 16))
+    write_test_nifti(root / "half1.nii.gz", one)
+    write_test_nifti(root / "half2.nii.gz", one.with_data(one.data * np.float32(2.0)))
+    return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
+
+
+@case("`evaluate --json` over an existing file, with a pickle as model: the model is named first",
+      "PyTorch pickle checkpoint")
+def evaluate_pickle_and_json_exists(root: Path) -> list[str]:
+    torch.save({"convs.0.weight": _Payload()}, root / "evil.pt")
+    (root / "results.json").write_text("{}")
+    return ["evaluate", "data", "--model", "evil=evil.pt", "--json", "results.json"]
+
+
 @case("`evaluate` on a manifest without test studies", "no study with split 'test'")
 def evaluate_no_test_study(root: Path) -> list[str]:
     return ["evaluate", "data", "--device", "cpu", "--no-progress"]
@@ -539,9 +584,14 @@ def config_bad_phi(root: Path) -> list[str]:
     return [*FINETUNE, "--config", _yaml(root, "phi: 2\n")]
 
 
-@case("a `--config` that does not exist", "'gone.yaml' does not exist")
+@case("a `--config` that does not exist", "'gone.yaml' is neither a file nor a shipped config name")
 def config_missing(root: Path) -> list[str]:
     return [*TRAIN, "--config", "gone.yaml"]
+
+
+@case("a `--config` name that tgdpet does not ship", "'large' is neither a file nor a shipped config name \\(.*small")
+def config_unknown_name(root: Path) -> list[str]:
+    return [*TRAIN, "--config", "large"]
 
 
 def command_text(args: list[str]) -> str:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tgdpet.checkpoint import load_model
 from tgdpet.cli import main
+from tgdpet.demo import _body_box, _edge_labels
 from tgdpet.infer import pretrained_model_path
 from tgdpet.io import read_volume
+from tgdpet.simulate.grid import Grid
 
 
 def test_builtin_model_is_a_trained_tgdpet_model():
@@ -17,6 +20,20 @@ def test_builtin_model_is_a_trained_tgdpet_model():
     assert record.preset == "small"
     assert record.provenance["workflow"] == "train"
     assert record.provenance["patches_seen"] > 100_000
+
+
+def test_the_figure_labels_patient_directions_from_the_affine():
+    # The simulator's grid: columns run to the patient's left, rows to the back, slices up (RAS+ affine
+    # with -x, -y, +z steps), so an axial panel has R on its left edge and A at its top, like a radiology viewer.
+    assert _edge_labels(Grid().affine()) == (("R", "L"), ("A", "P"), ("I", "S"))
+    assert _edge_labels(np.diag([2.0, 2.0, -3.0, 1.0])) == (("L", "R"), ("P", "A"), ("S", "I"))
+
+
+def test_the_figure_is_cropped_to_the_body_with_a_margin():
+    image = np.zeros((4, 40, 50), np.float32)
+    image[1:3, 10:20, 5:45] = 100.0
+    assert _body_box(image, margin=3) == (slice(7, 23), slice(2, 48))
+    assert _body_box(np.zeros((2, 8, 8), np.float32)) == (slice(None), slice(None))
 
 
 @pytest.mark.slow
@@ -32,6 +49,11 @@ def test_demo_writes_its_images_and_denoises_the_liver(tmp_path):
     err_in = np.sqrt(np.mean((noisy - reference)[body] ** 2))
     err_out = np.sqrt(np.mean((denoised - reference)[body] ** 2))
     assert err_out < 0.7 * err_in  # the built-in model removes most of the 60 s noise
+    descriptions = {f: nib.load(out / f).header["descrip"].tobytes().decode().split(";")[0] for f in
+                    ("input_060s.nii.gz", "denoised_060s.nii.gz", "reference_600s.nii.gz")}
+    assert descriptions == {"input_060s.nii.gz": "tgdpet demo: simulated 60 s input",
+                            "denoised_060s.nii.gz": "tgdpet denoised",
+                            "reference_600s.nii.gz": "tgdpet demo: simulated 600 s reference"}
 
     # `tgdpet denoise study.nii` with no --model uses the same built-in model.
     again = tmp_path / "again.nii.gz"

@@ -286,6 +286,9 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
     args = ["n2n-online", base_model, str(study.halves[0]), str(study.halves[1]), "-o", str(denoised)]
     args += ["--save-model", str(adapted), "--epochs", "2", "--patches-per-epoch", "32"]
     res = runner.invoke(main, args + common)
+    assert res.exit_code == 2 and "do not look like one scan" in res.output  # toy halves: Poisson at 2 counts/unit
+    args += ["--skip-halves-check"]
+    res = runner.invoke(main, args + common)
     assert res.exit_code == 0, res.output
     h1, h2, result = read_volume(study.halves[0]), read_volume(study.halves[1]), read_volume(denoised)
     assert result.shape == h1.shape and np.array_equal(result.affine, h1.affine)
@@ -304,7 +307,8 @@ def test_finetune_and_n2n_refuse_a_model_with_another_normalisation(tmp_path, da
     study = load_manifest(dataset).studies[0]
     common = ["--device", "cpu", "--no-progress"]
     for args in (["tgd-finetune", str(model), str(dataset), "--out", str(tmp_path / "run")],
-                 ["n2n-online", str(model), str(study.halves[0]), str(study.halves[1]), "-o", str(tmp_path / "o.nii")]):
+                 ["n2n-online", str(model), str(study.halves[0]), str(study.halves[1]), "-o", str(tmp_path / "o.nii"),
+                  "--skip-halves-check"]):
         res = CliRunner().invoke(main, args + common)
         assert res.exit_code == 2 and "normalisation" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

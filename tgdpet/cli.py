@@ -152,19 +152,40 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
         _print_drop_table(summary["drop"])
 
 
-def _loop_options(f):
-    """Options shared by train, tgd-finetune and n2n-online (defaults come from the config dataclasses)."""
+def _stacked(options: list):
+    """One decorator applying ``options`` in order (the first appears first in --help)."""
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _loop_options(command: str, epochs: int, patches_per_epoch: int):
+    """Options shared by train, tgd-finetune and n2n-online.
+
+    The defaults are the command's config dataclass's (tests/test_cli_help.py
+    checks that the help says the same); ``None`` reaches the config, which
+    then applies them.
+    """
+    from .configs import names_for
+
+    names = ", ".join(names_for(command))
     options = [
-        click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
-                     help="YAML settings (e.g. configs/train_small.yaml); command-line options override it."),
+        click.option("--config", "config",
+                     help=f"YAML settings: a shipped config by name ({names}) or a file; command-line options "
+                     "override it  [default: none, the defaults shown here]"),
         click.option("--device", help="auto, cpu, cuda or cuda:N  [default: auto]"),
         click.option("--amp/--no-amp", default=None,
                      help="Mixed precision (bf16/fp16)  [default: on for CUDA, and on CPUs with bf16 units "
                      "for wide networks such as the paper preset]"),
         click.option("--seed", type=int, help="Seed of weights and patch sampling  [default: 0]"),
-        click.option("--epochs", type=int, help="Epochs of --patches-per-epoch patches."),
-        click.option("--iterations", type=int, help="Optimiser steps in total (overrides --epochs)."),
-        click.option("--patches-per-epoch", type=int, help="Random patches per epoch."),
+        click.option("--epochs", type=int, help=f"Epochs of --patches-per-epoch patches  [default: {epochs}]"),
+        click.option("--iterations", type=int,
+                     help="Optimiser steps in total (overrides --epochs)  [default: none, --epochs decides]"),
+        click.option("--patches-per-epoch", type=int, help=f"Random patches per epoch  [default: {patches_per_epoch}]"),
         click.option("--batch-size", type=int, help="Patches per step (all processes together)  [default: 64]"),
         click.option("--patch-size", type=int, help="Patch height and width in pixels  [default: 32]"),
         click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
@@ -173,26 +194,26 @@ def _loop_options(f):
         click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
         click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    return _stacked(options)
 
 
-def _finetune_options(f):
-    """How to fine-tune: TGD (default) or a baseline."""
+def _finetune_options(phi: float):
+    """How to fine-tune: TGD (default) or a baseline; ``phi`` is the command's default threshold."""
     options = [
-        click.option("--phi", type=float, help="KSE threshold: kernels whose maps score below it are retrained."),
+        click.option("--phi", type=float,
+                     help=f"KSE threshold: kernels whose maps score below it are retrained  [default: {phi}]"),
         click.option("--method", type=click.Choice(["tgd", "all", "last3", "ewc"]),
                      help="tgd, or a baseline: all layers, the last three conv blocks, EWC  [default: tgd]"),
         click.option("--conv1", type=click.Choice(["retrain", "freeze"]),
                      help="Retrain conv1's meaningless kernels, or freeze conv1  [default: retrain]"),
         click.option("--tgd-mode", type=click.Choice(["activation", "parameter"]),
-                     help="Mask activation gradients (the paper's TGD layer) or only parameter gradients."),
+                     help="Mask activation gradients (the paper's TGD layer) or only parameter gradients  "
+                     "[default: activation]"),
         click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    return _stacked(options)
 
 
 _LOOP_KEYS = (
@@ -236,7 +257,7 @@ def _report_run(result, out) -> None:
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
 )
 @click.option("--preset", help="Network preset: paper, uniform64, small or tiny  [default: small]")
-@_loop_options
+@_loop_options("train", epochs=20, patches_per_epoch=4096)
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
@@ -265,8 +286,8 @@ def train_command(data, out, preset, config, no_progress, resume, overwrite, **o
 @click.option(
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
 )
-@_finetune_options
-@_loop_options
+@_finetune_options(phi=0.3)
+@_loop_options("tgd-finetune", epochs=10, patches_per_epoch=4096)
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
@@ -303,22 +324,30 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
 @click.option("--full", type=click.Path(exists=True),
               help="The full-count study to denoise  [default: the mean of the halves]")
 @click.option("--save-model", type=click.Path(dir_okay=False), help="Also keep the adapted model here (.safetensors).")
-@_finetune_options
-@_loop_options
+@click.option("--skip-halves-check", is_flag=True,
+              help="Use halves that fail the one-scan check (correlation and mean uptake); very low-count halves "
+              "of one scan can.")
+@_finetune_options(phi=0.4)
+@_loop_options("n2n-online", epochs=10, patches_per_epoch=1024)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-def n2n_online_command(model, half1, half2, out, full, save_model, config, no_progress, overwrite, **options) -> None:
+def n2n_online_command(
+    model, half1, half2, out, full, save_model, skip_halves_check, config, no_progress, overwrite, **options
+) -> None:
     """Adapt MODEL to one study with Noise2Noise (HALF1 <-> HALF2), then denoise the study.
 
     HALF1 and HALF2 are two reconstructions of disjoint, equal-count halves
     of the study's data (activity images, Bq/mL or SUV). Without --full the
     full study is their mean: each half already estimates the full activity.
+    Halves that cannot be one scan (other grid, weakly correlated, other mean
+    uptake) are refused. The adapted weights are those after the last step:
+    with one study there is no held-out data to pick an epoch by.
     """
     from .train import N2NConfig, n2n_online, resolve_config
 
     cfg = resolve_config(N2NConfig, config, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
     result = n2n_online(
-        model, half1, half2, out, cfg, full=full, save_model_path=save_model, overwrite=overwrite,
-        progress_bar=not no_progress, echo=click.echo, command=_command_line(),
+        model, half1, half2, out, cfg, full=full, skip_halves_check=skip_halves_check, save_model_path=save_model,
+        overwrite=overwrite, progress_bar=not no_progress, echo=click.echo, command=_command_line(),
     )  # fmt: skip
     click.echo(f"Wrote {result.output}" + (f" and {result.model_path}" if result.model_path else "") + ".")
 
@@ -368,6 +397,9 @@ def denoise_command(
         raise TgdpetError(
             "two inputs would be written to the same output name; denoise them into separate --out-dir folders."
         )
+    denoiser = load_denoiser(  # a bad model is named before any clash with earlier outputs
+        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_, tta=tta
+    )
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
@@ -375,9 +407,6 @@ def denoise_command(
         check_output_name(o)
         if not new_out_dir:
             check_can_write(o, overwrite)
-    denoiser = load_denoiser(
-        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_, tta=tta
-    )
     if new_out_dir:
         Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
     for src, dest in zip(inputs, outputs):
@@ -477,12 +506,17 @@ def evaluate_command(data, model_specs, study_id, json_out, device, precision, d
     around catheter and bladder. The row "input" scores the images before
     denoising.
     """
+    from .checkpoint import load_model
+    from .data import load_manifest
     from .evaluate import evaluate_manifest, format_table, save_results
     from .files import check_can_write
 
     models = _parse_named_models(model_specs)
-    if json_out:
-        check_can_write(json_out, overwrite)  # refuse before the long part, not after it
+    if json_out:  # refuse before the long part, not after it; a bad manifest or model is named first
+        load_manifest(data)
+        for path in models.values():
+            load_model(path).check_normalization(path)
+        check_can_write(json_out, overwrite)
     results = evaluate_manifest(
         data, models, study_id=study_id, device=device, precision=precision, dilation=dilation,
         progress=not no_progress,
@@ -553,6 +587,26 @@ def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesio
     manifests = write_dataset(out, config, overwrite=overwrite)
     n = len(config.studies)
     click.echo(f"Wrote {n} {'study' if n == 1 else 'studies'} to {out}: " + ", ".join(str(m) for m in manifests.values()))
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+def models_command(as_json) -> None:
+    """List the built-in models and how each was made (read from the model file's own metadata).
+
+    The first is used by denoise, demo and evaluate when no --model is given.
+    """
+    import json
+
+    from .builtin import builtin_model_paths, model_card
+
+    cards = {path.stem: model_card(path) for path in builtin_model_paths()}
+    if as_json:
+        click.echo(json.dumps(cards, indent=2))
+        return
+    for name, card in cards.items():
+        click.echo(name)
+        click.echo("\n".join(f"  {field:<14}{text}" for field, text in card.items()))
 
 
 @main.command("demo")

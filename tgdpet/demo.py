@@ -37,28 +37,69 @@ def _region_cov(image: np.ndarray, mask: np.ndarray) -> float:
     return float(values.std() / values.mean() * 100)
 
 
-def _figure(path: Path, images: dict[str, np.ndarray], lesion: np.ndarray) -> None:
+def _edge_labels(affine: np.ndarray) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str]]:
+    """Patient directions at the low and high end of each array axis ``(x, y, z)``, from the NIfTI affine.
+
+    Derived from the affine rather than assumed, so the labels stay right
+    whatever orientation the volume is stored in.
+    """
+    import nibabel as nib
+
+    opposite = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+    return tuple((opposite[code], code) for code in nib.aff2axcodes(affine))  # type: ignore[return-value]
+
+
+def _body_box(reference: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
+    """The ``(y, x)`` rows and columns holding the body (above 5 % of the 99.5th percentile), plus a margin.
+
+    The simulated field of view is mostly air; cropping to the body makes the
+    anatomy fill the panels.
+    """
+    body = reference > 0.05 * np.percentile(reference, 99.5)
+    ys, xs = np.nonzero(body.any(axis=0))
+    if ys.size == 0:
+        return slice(None), slice(None)
+    ny, nx = reference.shape[1:]
+    return (slice(max(0, ys.min() - margin), min(ny, ys.max() + margin + 1)),
+            slice(max(0, xs.min() - margin), min(nx, xs.max() + margin + 1)))
+
+
+def _figure(path: Path, images: dict[str, np.ndarray], lesion: np.ndarray, affine: np.ndarray) -> None:
+    """Axial and coronal views through the tumour, one grey scale for all, with a colour bar and directions."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     z, y, _ = (int(round(c)) for c in np.argwhere(lesion).mean(axis=0))
-    vmax = float(np.percentile(images["600 s reference"], 99.5))
-    fig, axes = plt.subplots(2, len(images), figsize=(4 * len(images), 7.5),
-                             gridspec_kw={"height_ratios": [1, 1.6]})
+    reference = images["600 s reference"]
+    vmax = float(np.percentile(reference, 99.5))
+    rows, cols = _body_box(reference)
+    (x_lo, x_hi), (y_lo, y_hi), (z_lo, z_hi) = _edge_labels(affine)
+    pixel_mm, row_mm, slice_mm = np.linalg.norm(affine[:3, :3], axis=0)
+    z_mm = float((affine @ np.array([0.0, 0.0, z, 1.0]))[2])
+    y_mm = float((affine @ np.array([0.0, y, 0.0, 1.0]))[1])
+    fig, axes = plt.subplots(2, len(images), figsize=(3.4 * len(images) + 0.8, 8.2),
+                             gridspec_kw={"height_ratios": [1, 1.9]}, layout="constrained")
     for col, (title, img) in enumerate(images.items()):
-        axes[0, col].imshow(img[z], cmap="gray_r", vmin=0, vmax=vmax)
-        axes[1, col].imshow(img[:, y, :], cmap="gray_r", vmin=0, vmax=vmax, origin="lower", aspect="auto")
-        axes[0, col].set_title(title)
-        for ax in axes[:, col]:
+        axial, coronal = axes[0, col], axes[1, col]
+        shown = axial.imshow(img[z, rows, cols], cmap="gray_r", vmin=0, vmax=vmax, aspect=row_mm / pixel_mm)
+        coronal.imshow(img[:, y, cols], cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
+                       aspect=slice_mm / pixel_mm)
+        axial.set_title(title)
+        for ax, (bottom, top) in ((axial, (y_hi, y_lo)), (coronal, (z_lo, z_hi))):
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_ylabel("axial, through the tumour")
-    axes[1, 0].set_ylabel("coronal")
-    fig.suptitle("tgdpet demo: simulated v1 study, built-in DnCNN (same grey scale, Bq/mL)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+            style = {"transform": ax.transAxes, "color": "tab:blue", "fontsize": 9, "fontweight": "bold"}
+            ax.text(0.02, 0.5, x_lo, ha="left", va="center", **style)
+            ax.text(0.98, 0.5, x_hi, ha="right", va="center", **style)
+            ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+            ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    axes[0, 0].set_ylabel(f"axial slice {z} (z = {z_mm:.0f} mm)\nthrough the tumour")
+    axes[1, 0].set_ylabel(f"coronal slice {y} (y = {y_mm:.0f} mm)")
+    fig.colorbar(shown, ax=axes, shrink=0.6, label="activity concentration (Bq/mL)")
+    fig.suptitle("tgdpet demo: simulated v1 study, 60 s input denoised by the built-in DnCNN")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -71,9 +112,13 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = True,
 ) -> DemoResult:
-    """Simulate, denoise and write the demo folder ``out`` (atomically)."""
-    out = check_can_write(out, overwrite)
+    """Simulate, denoise and write the demo folder ``out`` (atomically).
+
+    The model is checked before the output folder, so a bad ``model`` is
+    reported as such even when ``out`` already exists.
+    """
     denoiser = load_denoiser(model, device=device)
+    out = check_can_write(out, overwrite)
     t0 = time.perf_counter()
     config = SimulationConfig(
         studies=(StudySpec("test", "normal", tumour=True),),
@@ -96,9 +141,15 @@ def run_demo(
     liver = study.phantom.mask("liver").cpu().numpy()
     lesion = study.phantom.mask("lesion").cpu().numpy()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for name, data in (("input_060s", noisy), ("denoised_060s", denoised), ("reference_600s", reference)):
-            write_volume(Volume(data=data, affine=affine, units="BQML"), tmp / f"{name}.nii.gz")
-        _figure(tmp / "demo.png", {"60 s input": noisy, "denoised": denoised, "600 s reference": reference}, lesion)
+        for name, data, description in (
+            ("input_060s", noisy, "tgdpet demo: simulated 60 s input"),
+            ("denoised_060s", denoised, "tgdpet denoised"),
+            ("reference_600s", reference, "tgdpet demo: simulated 600 s reference"),
+        ):
+            volume = Volume(data=data, affine=affine, units="BQML")
+            write_volume(volume, tmp / f"{name}.nii.gz", description=description)
+        _figure(tmp / "demo.png", {"60 s input": noisy, "denoised": denoised, "600 s reference": reference}, lesion,
+                affine)
     return DemoResult(
         out=out,
         liver_cov_input=_region_cov(noisy, liver),

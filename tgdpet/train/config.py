@@ -2,8 +2,8 @@
 
 A run folder's ``config.yaml`` is the resolved config of that run; passing it
 back with ``--config`` repeats the run. The shipped setups live in
-``configs/*.yaml`` (``train_small``, ``train_paper``, ``tgd_finetune``,
-``n2n_online``).
+``tgdpet/configs/*.yaml`` and are named without a path: ``small`` and
+``paper`` (train), ``tgd-finetune``, ``n2n-online`` (see :mod:`tgdpet.configs`).
 
 An *epoch* is ``patches_per_epoch`` random patches (patches are drawn at
 random, so there is no natural pass over the data); a *step* is one optimiser
@@ -21,11 +21,11 @@ import os
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from ..configs import find_config
 from ..errors import TgdpetError
 from ..kse import check_phi
 from ..models import PRESETS
@@ -174,17 +174,18 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
-    """A config file's mapping, or a clear error for a missing or malformed file."""
-    p = Path(path)
-    if not p.is_file():
-        raise TgdpetError(f"config file {p} does not exist; pass a YAML file such as configs/train_small.yaml.")
+    """A config file's (or shipped config name's) mapping, or a clear error for a missing or malformed file."""
+    p = find_config(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(e, "problem", None) or "unreadable"
-        raise TgdpetError(f"config file {p} is not valid YAML ({problem}{at}); fix it or start from configs/.") from None
+        raise TgdpetError(
+            f"config file {p} is not valid YAML ({problem}{at}); fix it or start from a shipped one "
+            "(tgdpet/configs/small.yaml)."
+        ) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

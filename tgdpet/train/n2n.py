@@ -15,6 +15,9 @@ multiplied back), so for count images the denoised mean is exactly half the
 denoised sum; pass ``--full`` to denoise the real full image in its own
 units. The output is written like ``--full`` (or half 1): same grid, header
 and, for DICOM, the same patient and study.
+
+Before any training, :func:`check_halves` refuses halves that cannot be two
+halves of one scan (docs/n2n-halves.md has the measured thresholds).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +39,84 @@ from .config import N2NConfig
 from .ddp import DistEnv
 from .loop import Echo, FitResult, Outputs, fit
 from .workflows import build_method, patch_dataset, prepare_model
+
+if TYPE_CHECKING:
+    from ..io import Volume
+
+
+#: The halves are compared on means of BLOCK^3-voxel blocks: averaging removes
+#: most of each half's own noise and keeps what two halves of one scan share,
+#: the activity distribution, so low-count halves still correlate strongly.
+BLOCK = 4
+#: Pearson correlation of the block means inside the body below which the halves
+#: are taken for two different scans. Measured on the simulator
+#: (docs/n2n-halves.md, scripts/measure_halves.py): 60 s halves of one study
+#: correlate at 0.967 or more (15 s halves of low- and normal-BMI studies at
+#: 0.955 or more), 60 s images of two patients at 0.913 at most; 0.94 is midway.
+MIN_HALVES_CORRELATION = 0.94
+#: Largest ratio of the halves' mean uptake inside the body: equal-count halves
+#: of one scan measured 1.007 at most; a half against a full image in counts,
+#: or Bq/mL against SUV, is a factor 2 or more.
+MAX_HALVES_MEAN_RATIO = 1.1
+
+
+@dataclass(frozen=True)
+class HalvesAgreement:
+    """How alike two Noise2Noise halves are: what :func:`check_halves` decides on."""
+
+    correlation: float  # Pearson, of BLOCK^3 block means inside the body of the halves' mean
+    mean_ratio: float  # larger mean uptake over smaller, inside the same body, >= 1
+
+
+def _block_means(x: np.ndarray) -> np.ndarray:
+    """Means of BLOCK^3-voxel blocks (a remainder at the far edges is dropped; tiny volumes are kept whole)."""
+    b = BLOCK if min(x.shape) >= 2 * BLOCK else 1
+    z, y, w = (n // b * b for n in x.shape)
+    return x[:z, :y, :w].reshape(z // b, b, y // b, b, w // b, b).mean(axis=(1, 3, 5))
+
+
+def halves_agreement(h1: np.ndarray, h2: np.ndarray) -> HalvesAgreement:
+    """Block-mean correlation and mean-uptake ratio of two same-shape halves inside the body of their mean."""
+    body = body_mask((h1 + h2) / 2)
+    inside = _block_means(body.astype(np.float32)) > 0.5
+    a, b = _block_means(h1.astype(np.float64))[inside], _block_means(h2.astype(np.float64))[inside]
+    correlation = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0 else 0.0
+    lo, hi = sorted((float(h1[body].mean()), float(h2[body].mean())))
+    return HalvesAgreement(correlation=correlation, mean_ratio=hi / lo if lo > 0 else float("inf"))
+
+
+def check_halves(h1: Volume, h2: Volume, *, similarity: bool = True) -> None:
+    """Refuse halves that cannot be two halves of one scan: another grid, another image, other counts.
+
+    Noise2Noise needs two noisy copies of the same activity; two patients'
+    images would make the network learn one anatomy from the other and
+    hallucinate, without any sign in the output beyond a high loss. The
+    grids always have to match; ``similarity=False`` skips the image checks.
+    """
+    if h1.shape != h2.shape:
+        raise TgdpetError(
+            f"the halves are on different grids ({h1.shape} and {h2.shape}, z y x); pass two halves of one study."
+        )
+    if not np.allclose(h1.affine, h2.affine, atol=1e-3):
+        raise TgdpetError(
+            "the halves have the same size but different positions or voxel sizes (their affines differ); "
+            "pass two halves reconstructed on one grid."
+        )
+    if not similarity:
+        return
+    agreement = halves_agreement(h1.data, h2.data)
+    if agreement.correlation < MIN_HALVES_CORRELATION:
+        raise TgdpetError(
+            f"the halves do not look like one scan (correlation {agreement.correlation:.3f} inside the body, halves "
+            f"of one scan give at least {MIN_HALVES_CORRELATION}); pass two halves of the same study, or "
+            "--skip-halves-check if they are (very low-count halves can fall below)."
+        )
+    if agreement.mean_ratio > MAX_HALVES_MEAN_RATIO:
+        raise TgdpetError(
+            f"the halves differ in mean uptake by a factor {agreement.mean_ratio:.2f} (equal-count halves of one "
+            f"scan differ by less than a factor {MAX_HALVES_MEAN_RATIO}); pass two equal-count halves in the same "
+            "units."
+        )
 
 
 @dataclass
@@ -54,6 +136,7 @@ def n2n_online(
     cfg: N2NConfig,
     *,
     full: str | os.PathLike | None = None,
+    skip_halves_check: bool = False,
     save_model_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress_bar: bool = True,
@@ -63,21 +146,17 @@ def n2n_online(
     """Fine-tune ``model_path`` on the halves of one study (half1 <-> half2), denoise the full study into ``output``.
 
     ``save_model_path`` also keeps the adapted model (with its TGD masks
-    appended to the model's ``masks_history``).
+    appended to the model's ``masks_history``). The halves must pass
+    :func:`check_halves` unless ``skip_halves_check`` (their grids must match
+    regardless).
     """
     from ..infer import Denoiser
     from ..io import read_volume, write_volume
     from ..io.orientation import to_canonical
 
-    output = check_can_write(output, overwrite)
-    if save_model_path is not None:
-        save_model_path = check_can_write(save_model_path, overwrite)
     device = resolve_device(cfg.device)
     h1, h2 = read_volume(half1), read_volume(half2)
-    if h1.shape != h2.shape:
-        raise TgdpetError(
-            f"the halves are on different grids ({h1.shape} and {h2.shape}, z y x); pass two halves of one study."
-        )
+    check_halves(h1, h2, similarity=not skip_halves_check)
     target = read_volume(full) if full is not None else h1.with_data((h1.data + h2.data) / np.float32(2))
     c1, c2 = to_canonical(h1).data, to_canonical(h2).data  # the frame the network works in
     body = body_mask((c1 + c2) / 2)  # less noisy than either half
@@ -87,6 +166,9 @@ def n2n_online(
     ]
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
+    output = check_can_write(output, overwrite)  # after the inputs and the model: say what is wrong with them first
+    if save_model_path is not None:
+        save_model_path = check_can_write(save_model_path, overwrite)
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(studies, model, cfg, DistEnv())
     method = build_method(model, cfg, patches=patches, device=device)
