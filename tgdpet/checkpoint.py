@@ -85,8 +85,9 @@ class ModelRecord:
         """
         if self.normalization != NORMALIZATION:
             raise TgdpetError(
-                f"{name} was trained with intensity normalisation {self.normalization}, but this tgdpet applies "
-                f"{NORMALIZATION}; use a tgdpet release matching the model."
+                f"{name} was trained with intensity normalisation {self.normalization} (tgdpet {self.version}), but "
+                f"this tgdpet applies {NORMALIZATION}; retrain the model with this tgdpet, or run it with tgdpet "
+                f"{self.version}."
             )
 
 

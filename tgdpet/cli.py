@@ -360,7 +360,8 @@ def n2n_online_command(
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Folder for the outputs  [default: next to each input]")
 @click.option("--frame", type=click.IntRange(min=0),
-              help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first.")
+              help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first  "
+              "[default: none; a dynamic input is refused]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
@@ -423,7 +424,8 @@ def denoise_command(
 
 @main.command("inspect")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--frame", type=click.IntRange(min=0), help="Time frame of dynamic inputs to describe.")
+@click.option("--frame", type=click.IntRange(min=0),
+              help="Time frame of dynamic inputs to describe  [default: none; dynamic inputs are listed as such]")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 def inspect_command(inputs, frame, as_json) -> None:
     """Describe every PET series, NIfTI or ECAT file in INPUTS (files or folder trees), from headers.
