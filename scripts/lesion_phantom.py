@@ -1,10 +1,13 @@
 """Do lesions keep their uptake? A sphere phantom that is not tgdpet's anatomical phantom.
 
-    python scripts/lesion_phantom.py [--model M.safetensors] [--protocol v1] [--realisations 10] [--tta] [--json out.json]
+    python scripts/lesion_phantom.py [--model M.safetensors] [--protocol v1] [--realisations 10] [--tta]
+                                     [--background 2500] [--json out.json]
 
 A NEMA-IEC-like body (a D-shaped water cylinder, 180 mm long, with a cold
 lung insert) holds hot spheres of 10, 13, 17, 20, 28 and 37 mm at 4:1 and
-8:1 to the background, in two rings of one slab each. It goes through the
+8:1 to the background (``--background`` Bq/mL: 2500 by default, about an
+FDG body's soft tissue; 5300 is NEMA NU 2's, twice the counts), in two rings
+of one slab each. It goes through the
 simulator's scanner (attenuation, PSF, scatter, randoms, Poisson counts) and
 reconstruction protocol, like a phantom scan on a real scanner: a 600 s
 reference and ``R`` disjoint 60 s realisations cut from it. Nothing about it
@@ -42,7 +45,6 @@ from tgdpet.simulate.scanner import acquire, count_rates, split  # noqa: E402
 
 DIAMETERS_MM = (10.0, 13.0, 17.0, 20.0, 28.0, 37.0)
 CONTRASTS = (4.0, 8.0)
-BACKGROUND_BQML = 2500.0  # about an FDG body's soft-tissue concentration 60 min after 370 MBq
 MU_WATER, MU_LUNG = 0.0096, 0.0028
 RING_RADIUS_MM = 57.2  # NEMA IEC sphere centres
 SLAB_DEPTH_MM = (-40.0, 40.0)  # z of the 4:1 and 8:1 sphere rings
@@ -52,14 +54,14 @@ def _ellipse(X, Y, cx, cy, ax, ay) -> torch.Tensor:
     return ((X - cx) / ax) ** 2 + ((Y - cy) / ay) ** 2 <= 1.0
 
 
-def sphere_phantom(grid: Grid) -> tuple[Phantom, dict[str, torch.Tensor], torch.Tensor]:
+def sphere_phantom(grid: Grid, background_bqml: float) -> tuple[Phantom, dict[str, torch.Tensor], torch.Tensor]:
     """The phantom, one mask per sphere (named ``<d>mm_<c>to1``) and the background VOI."""
     X, Y, Z = grid.ras_axes()
     in_slab = (Z.abs() <= 90.0).expand(grid.shape)
     # D shape: a 300 x 230 mm outline, flat on the posterior side.
     body = (_ellipse(X, Y, 0.0, 0.0, 150.0, 115.0) & (Y <= 77.0)).expand(grid.shape) & in_slab
     lung = _ellipse(X, Y, 0.0, 0.0, 25.5, 25.5).expand(grid.shape) & in_slab
-    activity = torch.where(body & ~lung, torch.tensor(BACKGROUND_BQML), torch.tensor(0.0))
+    activity = torch.where(body & ~lung, torch.tensor(background_bqml), torch.tensor(0.0))
     mu = torch.where(body, torch.tensor(MU_WATER), torch.tensor(0.0))
     mu = torch.where(lung, torch.tensor(MU_LUNG), mu)
     spheres: dict[str, torch.Tensor] = {}
@@ -68,7 +70,7 @@ def sphere_phantom(grid: Grid) -> tuple[Phantom, dict[str, torch.Tensor], torch.
             angle = np.radians(30.0 + 60.0 * k)
             cx, cy = RING_RADIUS_MM * np.cos(angle), RING_RADIUS_MM * np.sin(angle)
             inside = ((X - cx) ** 2 + (Y - cy) ** 2 + (Z - depth) ** 2) <= (d / 2) ** 2
-            activity = torch.where(inside, torch.tensor(contrast * BACKGROUND_BQML), activity)
+            activity = torch.where(inside, torch.tensor(contrast * background_bqml), activity)
             spheres[f"{d:.0f}mm_{contrast:.0f}to1"] = inside
     hot = torch.zeros(grid.shape, dtype=torch.bool)
     for m in spheres.values():
@@ -89,9 +91,11 @@ def _scores(denoised: np.ndarray, reference: np.ndarray, spheres: dict, backgrou
     }
 
 
-def measure(model: str | None, protocol: str, realisations: int, seed: int, device: str, tta: bool) -> dict:
+def measure(
+    model: str | None, protocol: str, realisations: int, seed: int, device: str, tta: bool, background_bqml: float
+) -> dict:
     grid = Grid(128, 144)
-    phantom, spheres, background = sphere_phantom(grid)
+    phantom, spheres, background = sphere_phantom(grid, background_bqml)
     projector = projector_for(grid.size, grid.pixel_mm, "cpu")
     rates = count_rates(phantom, projector, ScannerModel())
     gen = torch.Generator().manual_seed(seed)
@@ -106,6 +110,7 @@ def measure(model: str | None, protocol: str, realisations: int, seed: int, devi
         "protocol": protocol,
         "realisations": realisations,
         "seed": seed,
+        "background_bqml": background_bqml,
         "input": _scores(inputs, reference, spheres, bg),
     }
     for name, augment in (("denoised", False), ("denoised_tta", True))[: 2 if tta else 1]:
@@ -123,7 +128,10 @@ def measure(model: str | None, protocol: str, realisations: int, seed: int, devi
 
 def print_table(result: dict) -> None:
     runs = [k for k in ("input", "denoised", "denoised_tta") if k in result]
-    print(f"Sphere phantom, {result['protocol']}, {result['realisations']} x 60 s vs 600 s, model {result['model']}")
+    print(
+        f"Sphere phantom, background {result['background_bqml']:.0f} Bq/mL, {result['protocol']}, "
+        f"{result['realisations']} x 60 s vs 600 s, model {result['model']}"
+    )
     print(f"  {'sphere bias %':<16}" + "".join(f"{k:>15}" for k in runs))
     for name in result["input"]["bias_pct"]:
         print(f"  {name:<16}" + "".join(f"{result[k]['bias_pct'][name]:>15.2f}" for k in runs))
@@ -140,9 +148,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", action="store_true", help="also measure 8-fold flip/transpose averaging")
+    parser.add_argument("--background", type=float, default=2500.0, help="background activity, Bq/mL")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    result = measure(args.model, args.protocol, args.realisations, args.seed, args.device, args.tta)
+    result = measure(
+        args.model, args.protocol, args.realisations, args.seed, args.device, args.tta, args.background
+    )
     print_table(result)
     if args.json:
         with atomic_file(args.json) as tmp:

@@ -223,16 +223,17 @@ def _channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.
 def _zero_masked(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A gradient hook that zeroes the entries where ``keep`` (broadcastable) is False.
 
-    Filling (rather than multiplying) keeps the gradient's dtype (bf16/fp16
-    under autocast) and turns a NaN gradient of a frozen channel into an exact
-    0. The copy keeps the gradient's memory format: out-of-place
-    ``masked_fill`` returns a contiguous (NCHW) tensor, which would make every
-    later backward op of a channels-last network convert layouts.
+    Selecting (``torch.where``, rather than multiplying) keeps the
+    gradient's dtype (bf16/fp16 under autocast), turns a NaN gradient of a
+    frozen channel into an exact 0, and keeps the gradient's memory format:
+    ``masked_fill`` returns a contiguous (NCHW) tensor, which made every later
+    backward op of a channels-last network convert layouts, and was 2x slower
+    on a channels-last gradient.
     """
     drop = ~keep
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
-        return grad.clone(memory_format=torch.preserve_format).masked_fill_(drop.to(grad.device), 0)
+        return torch.where(drop.to(grad.device), 0, grad)
 
     return hook
 

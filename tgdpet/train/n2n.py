@@ -51,8 +51,8 @@ BLOCK = 4
 #: Pearson correlation of the block means inside the body below which the halves
 #: are taken for two different scans. Measured on the simulator
 #: (docs/n2n-halves.md, scripts/measure_halves.py): 60 s halves of one study
-#: correlate at 0.967 or more (15 s halves of low- and normal-BMI studies at
-#: 0.955 or more), 60 s images of two patients at 0.913 at most; 0.94 is midway.
+#: correlate at 0.970 or more (15 s halves of low- and normal-BMI studies at
+#: 0.959 or more), 60 s images of two patients at 0.911 at most; 0.94 is midway.
 MIN_HALVES_CORRELATION = 0.94
 #: Largest ratio of the halves' mean uptake inside the body: equal-count halves
 #: of one scan measured 1.007 at most; a half against a full image in counts,
