@@ -178,3 +178,25 @@ def test_tta_is_the_mean_over_the_eight_in_plane_symmetries(canonical):
     np.testing.assert_allclose(tta(canonical), expected / 8, rtol=1e-5, atol=1e-3)
     flipped = np.ascontiguousarray(canonical[:, ::-1])
     np.testing.assert_allclose(tta(flipped)[:, ::-1], tta(canonical), rtol=1e-5, atol=1e-3)
+
+
+def test_cli_tta_writes_the_augmented_result_in_the_stored_order(tmp_path, canonical):
+    from click.testing import CliRunner
+
+    from tgdpet.checkpoint import save_model
+    from tgdpet.cli import main
+
+    model = save_model(tmp_path / "tiny.safetensors", trained_like_model(), preset="tiny")
+    variant = stored_variant(canonical, VARIANTS["rotated 90"])
+    path = write_volume(variant, tmp_path / "scan.nii.gz")
+    args = ["denoise", str(path), "--model", str(model), "--device", "cpu", "--precision", "fp32", "--tta",
+            "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    written = read_volume(tmp_path / "scan_denoised.nii.gz")
+    tta = Denoiser(trained_like_model(), device="cpu", precision="fp32", tta=True)
+    expected = VARIANTS["rotated 90"](tta(canonical))
+    body = VARIANTS["rotated 90"](canonical) > 0
+    assert _rel_rms(written.data, expected, body) < 1e-6
+    plain = VARIANTS["rotated 90"](Denoiser(trained_like_model(), device="cpu", precision="fp32")(canonical))
+    assert _rel_rms(written.data, plain, body) > 1e-4  # the augmentation really ran
