@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import __version__
 from ..checkpoint import load_model, save_model
-from ..data import NORMALIZATION, Study, body_mask
+from ..data import NORMALIZATION, Study, body_mask, detail_map
 from ..errors import TgdpetError
 from ..files import check_can_write
 from ..runtime import resolve_device
@@ -159,10 +159,12 @@ def n2n_online(
     check_halves(h1, h2, similarity=not skip_halves_check)
     target = read_volume(full) if full is not None else h1.with_data((h1.data + h2.data) / np.float32(2))
     c1, c2 = to_canonical(h1).data, to_canonical(h2).data  # the frame the network works in
-    body = body_mask((c1 + c2) / 2)  # less noisy than either half
+    mean = (c1 + c2) / 2  # less noisy than either half: where the body and its detail are
+    body = body_mask(mean)
+    detail = detail_map(mean, body)
     studies = [
-        Study.from_arrays("half1->half2", c2, [c1], body=body),
-        Study.from_arrays("half2->half1", c1, [c2], body=body),
+        Study.from_arrays("half1->half2", c2, [c1], body=body, detail=detail),
+        Study.from_arrays("half2->half1", c1, [c2], body=body, detail=detail),
     ]
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
