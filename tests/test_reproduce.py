@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import trained_like_model
 
 from tgdpet import reproduce as rp
 
@@ -284,22 +285,10 @@ def test_table1_cells_are_mean_sd_and_n_with_dashes_for_missing_figures():
     assert "| v1-net | -3.00 ± 1.41 (2) | -6.30 | 7.00 ± 1.41 (2) | 6.02 |" in text
 
 
-def _bn_net() -> torch.nn.Module:
-    from tgdpet.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    with torch.no_grad():
-        for bn in model.bns:
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
-    return model.eval()
-
-
 def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_frozen_channels_only():
     from tgdpet.models import bn_after
 
-    model = _bn_net()
+    model = trained_like_model()
     batches = [torch.randn(4, model.config.in_slices, 12, 12) for _ in range(3)]
     seen: dict[int, list[torch.Tensor]] = {}
     hooks = [bn_after(model, i).register_forward_hook(lambda m, x, y, i=i: seen.setdefault(i, []).append(x[0]))
@@ -338,7 +327,7 @@ def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_froze
 def test_flagged_fractions_match_the_kernel_drop_study_and_grow_with_phi():
     from tgdpet.tgd import drop_kernels
 
-    model = _bn_net()
+    model = trained_like_model()
     fractions = rp.flagged_fractions(model, (0.3, 0.4, 0.5, 0.6))
     assert list(fractions) == ["0.3", "0.4", "0.5", "0.6"]
     assert list(fractions.values()) == sorted(fractions.values())
