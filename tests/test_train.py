@@ -20,7 +20,7 @@ from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
-from tgdpet.train.loop import amp_dtype
+from tgdpet.train.loop import amp_dtype, training_loss
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
 
@@ -300,6 +300,39 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
     assert record.provenance["method"]["phi"] == 0.4
     res = runner.invoke(main, args + common)
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+@pytest.mark.parametrize("command", ["train", "tgd-finetune"])
+def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model, command):
+    # 0.2.0's CLI accepted --structure-fraction and dropped it: the run used the default.
+    given = {"seed": 3, "iterations": 2, "patches_per_epoch": 32, "batch_size": 16, "patch_size": 16,
+             "lr": 5e-4, "workers": 0, "structure_fraction": 0.8, "detail_weight": 2.5}  # fmt: skip
+    out = tmp_path / "run"
+    args = [command, *([base_model] if command == "tgd-finetune" else []), str(dataset), "--out", str(out)]
+    args += ["--device", "cpu", "--no-amp", "--no-progress"]
+    args += [a for key, value in given.items() for a in (f"--{key.replace('_', '-')}", str(value))]
+    res = CliRunner().invoke(main, args + (["--preset", "tiny"] if command == "train" else []))
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert {key: config[key] for key in given} == given
+    assert config["device"] == "cpu" and config["amp"] is False
+
+
+def test_detail_weighted_loss_worked_by_hand():
+    # A 5x5 target, 0 but for 25 at the centre. Each pixel's replicated 5x5 box holds the centre exactly once,
+    # so the box mean is 1 everywhere: detail 24 at the centre, 1 elsewhere; with weight 1 the pixel weights
+    # are 25 and 2 (mean 73/25).
+    target = torch.zeros(1, 1, 5, 5)
+    target[0, 0, 2, 2] = 25.0
+    everywhere = target + 1.0
+    centre = target.clone()
+    centre[0, 0, 2, 2] += 1.0
+    assert training_loss(everywhere, target, 1.0).item() == pytest.approx(1.0)
+    assert training_loss(centre, target, 1.0).item() == pytest.approx(25 / 73)
+    assert training_loss(centre, target, 0.0).item() == pytest.approx(1 / 25)  # plain MSE
+    flat = torch.full((2, 3, 8, 8), 4.0)  # no detail: weights all 1, the MSE
+    noisy = flat + torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert training_loss(noisy, flat, 7.0).item() == pytest.approx(torch.mean((noisy - flat) ** 2).item(), rel=1e-6)
 
 
 def test_finetune_and_n2n_refuse_a_model_with_another_normalisation(tmp_path, dataset):

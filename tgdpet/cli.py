@@ -191,6 +191,9 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
         click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
         click.option("--structure-fraction", type=float,
                      help="Share of patches centred where the target has detail (lesions, edges)  [default: 0.5]"),
+        click.option("--detail-weight", type=float,
+                     help="Extra loss weight per unit of the target's local detail, which keeps lesions' uptake  "
+                     "[default: 0, plain MSE]"),
         click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
         click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
     ]
@@ -218,6 +221,7 @@ def _finetune_options(phi: float):
 
 _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "workers",
+    "structure_fraction", "detail_weight",
 )  # fmt: skip
 _FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
 

@@ -58,6 +58,7 @@ class LoopConfig:
     seed: int = 0
     flips: bool = True
     structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
+    detail_weight: float = 0.0  # extra loss weight where the target has detail; see loop.training_loss
     device: str = "auto"
     amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
     channels_last: bool = True
@@ -77,6 +78,8 @@ class LoopConfig:
             raise TgdpetError(f"workers must be 0 or positive, got {self.workers}.")
         if not 0.0 <= self.structure_fraction <= 1.0:
             raise TgdpetError(f"structure-fraction must lie in [0, 1], got {self.structure_fraction}.")
+        if self.detail_weight < 0:
+            raise TgdpetError(f"detail-weight must be 0 or positive, got {self.detail_weight}.")
         if self.val_max_slices < 0:
             raise TgdpetError(f"val_max_slices must be 0 (every slice) or positive, got {self.val_max_slices}.")
 
