@@ -7,6 +7,8 @@
   ``paper`` and ``small`` presets; FLOP/s count the network's direct-convolution
   multiply-adds (``DnCNNConfig.macs_per_voxel() * 2`` per output voxel);
 - one training step with and without TGD attached (``bench_tgd_step.py``);
+- one training step of each preset in fp32 and in the device's reduced
+  precision (what ``amp`` chooses by default, ``tgdpet.train.loop.amp_dtype``);
 - the training data pipeline (drawing one batch of patches) against one
   training step of the small preset, the share the loop spends on data;
 - KSE scoring of a whole paper-preset network;
@@ -233,6 +235,34 @@ def bench_tgd(device: torch.device, quick: bool) -> dict:
     return bench_tgd_step(preset="paper", batch=16, patch=32, steps=20, device=str(device))
 
 
+def bench_train_precision(device: torch.device, quick: bool, repeats: int) -> list[dict]:
+    """Median Adam step (batch 64 of 32x32x3 patches, channels-last, MSE) per preset, fp32 vs reduced precision."""
+    import torch.nn.functional as F
+
+    dtypes = precisions(device)
+    rows = []
+    for preset in ("tiny", "small") if quick else ("tiny", "small", "uniform64", "paper"):
+        x = torch.rand(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+        y = x + 0.1 * torch.randn_like(x)
+        variants = {}
+        for dtype in dtypes:
+            torch.manual_seed(0)
+            model = build_model(preset).to(device, memory_format=torch.channels_last).train()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            def step(model=model, opt=opt, dtype=dtype) -> None:
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    out = model(x)
+                F.mse_loss(out.float(), y).backward()
+                opt.step()
+
+            variants[DTYPE_NAMES[dtype]] = step
+        ms = {name: 1e3 * t for name, t in interleaved_medians(variants, repeats, device).items()}
+        rows.append({"preset": preset, "ms": ms, "fp32_over": {n: ms["fp32"] / v for n, v in ms.items()}})
+    return rows
+
+
 def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict:
     """Drawing one batch of patches (:class:`tgdpet.data.PatchDataset`) against one training step.
 
@@ -385,6 +415,9 @@ def print_report(result: dict) -> None:
         f"\nTraining step, {t['preset']} preset, batch {t['batch']} of {t['patch']}x{t['patch']}: plain "
         f"{t['plain_ms']:.0f} ms, with TGD {t['tgd_ms']:.0f} ms, ratio {t['ratio']:.3f}"
     )
+    for r in result["train_precision"]:
+        others = ", ".join(f"{n} {v:.0f} ms ({r['fp32_over'][n]:.2f}x faster)" for n, v in r["ms"].items() if n != "fp32")
+        print(f"Training step, {r['preset']} preset, batch 64 of 32x32x3: fp32 {r['ms']['fp32']:.0f} ms, {others}")
     d = result["data"]
     print(
         f"Training data, {d['preset']} preset, batch {d['batch']} of {d['patch']}x{d['patch']}x3: drawing a batch "
@@ -485,6 +518,8 @@ def main() -> None:
 
     print("TGD training step...", flush=True)
     result["tgd_step"] = bench_tgd(device, args.quick)
+    print("Training step per precision...", flush=True)
+    result["train_precision"] = bench_train_precision(device, args.quick, 2 * repeats)
     print("Training data pipeline...", flush=True)
     result["data"] = bench_data_pipeline(device, args.quick, repeats)
     print("KSE scoring...", flush=True)

@@ -12,7 +12,7 @@ set -euo pipefail
 export OMP_WAIT_POLICY=PASSIVE
 work=${1:-pretrained-work}
 tgdpet simulate "$work/data" --studies 10 --protocols v1 --no-test-study --ood none --seed 1000 --no-progress
-OMP_NUM_THREADS=1 tgdpet train "$work/data/v1" --out "$work/run" --config small --epochs 100 --seed 0 --no-progress
+OMP_NUM_THREADS=1 tgdpet train "$work/data/v1" --out "$work/run" --config small --no-amp --epochs 100 --seed 0 --no-progress
 # Ship the best epoch with what the training run cannot know about its data (shown by `tgdpet models`).
 python - "$work/run/best.safetensors" tgdpet/pretrained/dncnn-v1-small.safetensors <<'PY'
 import sys
