@@ -120,11 +120,10 @@ class Scale:
     test_studies: int  # low-BMI and high-BMI test studies each
 
 
-#: Epochs of the medium scale. Cost model, in wall seconds on 2 quiet CPU cores, from the small scale's per-step
-#: times at the same sizes (128 x 128 x 144, preset small, batch 64, patch 32): per epoch, v1-net + v2-net 68 s
-#: and the four fine-tunes 33 s per seed; fixed: simulation ~300 s, N2N 65 s per seed, evaluation ~9 s per network
-#: row and test study (24 rows x 7 studies ~1530 s), BatchNorm study, kernel drop and figures ~50 s. With 3 seeds
-#: that is ~2070 s + 167 s per epoch: 24 epochs ~6090 s, about 100 minutes.
+#: Epochs of the medium scale. Its cost model (per epoch, v1-net + v2-net 68 s and the four fine-tunes 33 s per
+#: seed, on 2 quiet cores; ~100 minutes in all) was optimistic: measured in fp32 on 2 cores shared at a lower
+#: priority with other work (2026-12-01), simulation 11 min, v1-net 25 min (62 s per epoch), v2-net 30 min,
+#: one seed's four fine-tunes about 30 min: with three seeds, online learning and evaluation over 3 hours.
 MEDIUM_EPOCHS = 24
 
 SCALES = {
@@ -140,7 +139,7 @@ SCALES = {
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60, seeds=1, test_studies=1,
     ),
     "medium": Scale(
-        "medium", f"2 CPU cores in about 2 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
+        "medium", f"2 CPU cores in over 3 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
         "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
@@ -784,7 +783,7 @@ def report_only(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, ~2 h, 3 seeds x 3 test "
+                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, over 3 h, 3 seeds x 3 test "
                              "studies for error bars; paper: a GPU; tiny: a few-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
