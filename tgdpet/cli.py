@@ -179,7 +179,8 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
                      "override it  [default: none, the defaults shown here]"),
         click.option("--device", help="auto, cpu, cuda or cuda:N  [default: auto]"),
         click.option("--amp/--no-amp", default=None,
-                     help="Mixed precision (bf16/fp16)  [default: on for CUDA and for CPUs with bf16 units]"),
+                     help="Mixed precision (bf16/fp16)  [default: on for CUDA, and on CPUs with bf16 units "
+                     "for wide networks such as the paper preset]"),
         click.option("--seed", type=int, help="Seed of weights and patch sampling  [default: 0]"),
         click.option("--epochs", type=int, help=f"Epochs of --patches-per-epoch patches  [default: {epochs}]"),
         click.option("--iterations", type=int,

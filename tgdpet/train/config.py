@@ -60,7 +60,7 @@ class LoopConfig:
     structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
     detail_weight: float = 0.0  # extra loss weight where the target has detail; see loop.training_loss
     device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA and for CPUs with bf16 units, see loop.amp_dtype
+    amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
     channels_last: bool = True
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
     val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice

@@ -28,7 +28,7 @@ from .. import __version__
 from ..checkpoint import capture_rng_state, restore_rng_state, save_model
 from ..data import DETAIL_RADIUS, NORMALIZATION, PatchDataset, Study, stack_indices
 from ..errors import TgdpetError
-from ..models import DnCNN
+from ..models import DnCNN, DnCNNConfig
 from ..runtime import autocast_dtype
 from . import ddp
 from .config import LoopConfig
@@ -38,23 +38,28 @@ from .outputs import BEST, LAST, RunFolder
 Echo = Callable[[str], None]
 
 
-def amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+#: On CPUs, bf16 is the default only for wide networks. tgdpet 0.2.0 measured the small preset slower in
+#: bf16 (~310 vs ~180 patches/s on 2 cores); measured again with interleaved steps (docs/benchmarks.md) a
+#: small-preset bf16 step took 2.8x (2 threads) to 4x (1 thread) less time than fp32, the tiny preset's 1.6x.
+#: The default stays fp32 below this width until the two precisions are compared on image quality: the small
+#: model of tests/test_end_to_end.py, trained in bf16 in one run, took the liver noise to 0.93x, not below 0.90x.
+CPU_BF16_MIN_MACS_PER_VOXEL = 500_000
+
+
+def amp_dtype(amp: bool | None, device: torch.device, config: DnCNNConfig) -> torch.dtype | None:
     """The autocast dtype to train in, or None for fp32.
 
-    ``amp=None`` (the default) turns it on where the hardware has units for
-    it: on CUDA (bf16, or fp16 with loss scaling on GPUs without bf16), and on
-    CPUs with bf16 matrix units (AMX, AVX512-BF16), where it pays for every
-    preset: a training step (batch 64 of 32x32x3 patches, channels-last, Adam)
-    took 4.0x less time than fp32 for the small preset on one thread, 2.8x on
-    two, 1.6x for the tiny preset and 3.6x for uniform64 (interleaved steps,
-    medians; ``docs/benchmarks.md``). ``amp=True`` forces it (bf16 on any CPU:
-    correct, if slower where the CPU lacks the units); ``amp=False`` is fp32.
+    ``amp=None`` (the default) turns it on where it pays: on CUDA (bf16, or
+    fp16 with loss scaling on GPUs without bf16), and on CPUs with bf16 units
+    for networks of at least :data:`CPU_BF16_MIN_MACS_PER_VOXEL`. ``amp=True``
+    forces it (bf16 on any CPU: correct, if slower); ``amp=False`` is fp32.
     """
     if amp is False:
         return None
     best = autocast_dtype(device)
     if amp is None:
-        return best
+        wide = config.macs_per_voxel() >= CPU_BF16_MIN_MACS_PER_VOXEL
+        return best if device.type == "cuda" or wide else None
     return best or torch.bfloat16
 
 
@@ -263,7 +268,7 @@ def fit(
     """
     outputs = outputs or Outputs()
     say = echo if (echo is not None and env.is_main) else (lambda _msg: None)
-    dtype = amp_dtype(cfg.amp, device)
+    dtype = amp_dtype(cfg.amp, device, model.config)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     progress = Progress()
     if state is not None:
