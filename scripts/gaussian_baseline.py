@@ -32,7 +32,7 @@ FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 
 
 def gaussian(volume: np.ndarray, sigma_vox: tuple[float, float, float]) -> np.ndarray:
-    """``volume`` (z, y, x) filtered by a separable Gaussian, edges replicated."""
+    """``volume`` (z, y, x) filtered by a separable Gaussian cut at 3 sigma (whole voxels), edges replicated."""
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
     for axis, sigma in enumerate(sigma_vox):
         r = max(1, int(math.ceil(3 * sigma)))

@@ -1,0 +1,42 @@
+"""scripts/gaussian_baseline.py: its filter is the Gaussian it says, so the baseline it prints is one."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gaussian_baseline.py"
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    spec = importlib.util.spec_from_file_location("gaussian_baseline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_impulse_response_is_the_sampled_gaussian(baseline):
+    sigma = (1.0, 1.5, 2.5)  # voxels along z, y, x
+    volume = np.zeros((21, 25, 31), np.float32)
+    volume[10, 12, 15] = 1.0
+    out = baseline.gaussian(volume, sigma)
+    # Worked independently: the outer product of three sampled Gaussians centred on the impulse, cut at
+    # 3 sigma (rounded up to whole voxels) and normalised.
+    axes = []
+    for n, centre, s in zip(volume.shape, (10, 12, 15), sigma):
+        d = np.arange(n) - centre
+        g = np.exp(-(d**2) / (2 * s**2)) * (np.abs(d) <= math.ceil(3 * s))
+        axes.append(g / g.sum())
+    expected = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fwhm_conversion(baseline):
+    assert baseline.FWHM_PER_SIGMA == pytest.approx(2.3548, abs=1e-4)
+    assert 9.4 / baseline.FWHM_PER_SIGMA / 4.0 == pytest.approx(1.0, abs=3e-3)  # 9.4 mm at 4 mm voxels: sigma 1 voxel
