@@ -700,6 +700,7 @@ def reproduce(args: argparse.Namespace) -> dict:
     docs = check_can_write(args.docs, args.overwrite) if args.docs else None  # before the long run, not after
     out = Path(args.out)
     prepare_out(out, args.overwrite)
+    git = git_state()  # the code the run starts from; a long run's checkout may move on before it ends
     run = Run(SCALES[args.scale], out, args.seed, args.device, resolve_device(args.device), args.overwrite)
     run.log(f"reproducing the TGD paper at scale {run.scale.name} ({run.scale.summary}) on {run.device}, "
             f"seed {run.seed}, into {out}")  # fmt: skip
@@ -730,7 +731,7 @@ def reproduce(args: argparse.Namespace) -> dict:
     results = {
         "format": "tgdpet-reproduction",
         "format_version": FORMAT_VERSION,
-        "git": git_state(),
+        "git": git,
         "scale": asdict(run.scale),
         "seed": run.seed,
         "finetune_seeds": run.seeds,
