@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from tgdpet.data import intensity_scale, stack_indices  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
@@ -237,8 +238,6 @@ def bench_tgd(device: torch.device, quick: bool) -> dict:
 
 def bench_train_precision(device: torch.device, quick: bool, repeats: int) -> list[dict]:
     """Median Adam step (batch 64 of 32x32x3 patches, channels-last, MSE) per preset, fp32 vs reduced precision."""
-    import torch.nn.functional as F
-
     dtypes = precisions(device)
     rows = []
     for preset in ("tiny", "small") if quick else ("tiny", "small", "uniform64", "paper"):

@@ -20,7 +20,7 @@ from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
-from tgdpet.train.loop import amp_dtype, training_loss
+from tgdpet.train.loop import amp_dtype, training_loss, validate
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
 
@@ -333,6 +333,29 @@ def test_detail_weighted_loss_worked_by_hand():
     flat = torch.full((2, 3, 8, 8), 4.0)  # no detail: weights all 1, the MSE
     noisy = flat + torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert training_loss(noisy, flat, 7.0).item() == pytest.approx(torch.mean((noisy - flat) ** 2).item(), rel=1e-6)
+
+
+def test_validation_loss_follows_the_detail_weight_and_psnr_stays_the_mse(dataset):
+    studies = load_studies(load_manifest(dataset), "val")
+    model = build_model("tiny")
+    cpu = torch.device("cpu")
+    plain_loss, plain_psnr = validate(model, studies, device=cpu, dtype=None)
+    weighted_loss, weighted_psnr = validate(model, studies, device=cpu, dtype=None, detail_weight=5.0)
+    # Worked without validate: the centre-slice output of every slice, the plain MSE and its PSNR per input.
+    half = model.config.in_slices // 2
+    mses, psnrs = [], []
+    with torch.no_grad():
+        for study in studies:
+            z = np.arange(study.shape[0])
+            for inp, scale in zip(study.inputs, study.scales):
+                x = torch.from_numpy(inp[np.clip(z[:, None] + np.arange(-half, half + 1), 0, len(z) - 1)] / scale)
+                out = model(x.float())[:, half].numpy()
+                mse = float(np.mean((out - study.target / scale) ** 2))
+                mses.append(mse)
+                psnrs.append(10 * np.log10((study.target.max() / scale) ** 2 / mse))
+    assert plain_loss == pytest.approx(np.mean(mses), rel=1e-5)
+    assert plain_psnr == pytest.approx(np.mean(psnrs), rel=1e-5) and weighted_psnr == pytest.approx(plain_psnr)
+    assert weighted_loss != pytest.approx(plain_loss, rel=1e-3)
 
 
 def test_finetune_and_n2n_refuse_a_model_with_another_normalisation(tmp_path, dataset):

@@ -2,8 +2,8 @@
 
 Adam on the MSE between the network's output stack and the target stack,
 constant learning rate (paper: Adam, lr 1e-3, MSE); ``detail_weight`` > 0
-weights the MSE towards where the target has detail (:func:`training_loss`). Per step: forward under
-autocast where it pays, backward, optimiser step, then the method's
+weights the MSE towards where the target has detail (:func:`training_loss`).
+Per step: forward under autocast where it pays, backward, optimiser step, then the method's
 ``after_step`` (TGD restores its frozen entries there). Per epoch: validate
 on the held-out studies, then (rank 0) write the models, metrics, plot and
 the training state. A non-finite loss stops the run before anything of that
@@ -117,35 +117,38 @@ def validate(
 
     The loss is the training loss (:func:`training_loss` with ``detail_weight``,
     the MSE when it is 0), so the best epoch is chosen by what training
-    optimises. Whole slices, in normalised intensities (divided by the
-    input's scale, like in training). ``max_slices`` > 0 takes that many
-    evenly spaced slices per volume. PSNR's peak is the normalised target's
-    maximum. The model is left in eval mode.
+    optimises; PSNR is always from the plain MSE. Whole slices, in normalised
+    intensities (divided by the input's scale, like in training).
+    ``max_slices`` > 0 takes that many evenly spaced slices per volume.
+    PSNR's peak is the normalised target's maximum. The model is left in
+    eval mode.
     """
     model.eval()
     half = model.config.in_slices // 2
-    mses, psnrs = [], []
+    losses, psnrs = [], []
     for study in studies:
         depth = study.shape[0]
         zs = np.arange(depth)
         if 0 < max_slices < depth:
             zs = np.unique(np.linspace(0, depth - 1, max_slices).round().astype(np.int64))
         for inp, scale in zip(study.inputs, study.scales):
-            err = total_weight = 0.0
+            err = weighted_err = total_weight = 0.0
             for start in range(0, len(zs), batch):
                 chunk = zs[start : start + batch]
                 x = torch.from_numpy(inp[stack_indices(chunk, depth, model.config.in_slices)] / np.float32(scale))
                 t = torch.from_numpy(study.target[chunk] / np.float32(scale)).to(device)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     out = model(x.to(device))[:, half].float()
+                squared = (out - t) ** 2
                 weight = detail_weights(t[:, None], detail_weight)[:, 0]
-                err += float((weight * (out - t) ** 2).sum())
+                err += float(squared.sum())
+                weighted_err += float((weight * squared).sum())
                 total_weight += float(weight.sum())
-            mse = err / total_weight
+            mse = err / (len(zs) * study.shape[1] * study.shape[2])
             peak = float(study.target.max()) / scale
-            mses.append(mse)
+            losses.append(weighted_err / total_weight)
             psnrs.append(10 * math.log10(peak**2 / mse) if mse > 0 and peak > 0 else math.inf)
-    return float(np.mean(mses)), float(np.mean(psnrs))
+    return float(np.mean(losses)), float(np.mean(psnrs))
 
 
 @dataclass
