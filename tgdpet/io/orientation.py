@@ -34,8 +34,9 @@ MIN_AXIS_COSINE = float(np.cos(np.radians(40.0)))
 
 def _to_canonical_ornt(affine: np.ndarray) -> np.ndarray:
     """nibabel orientation transform from the affine's voxel axes to :data:`CANONICAL_AXES`."""
-    ornt = io_orientation(np.asarray(affine, float))
-    directions = np.asarray(affine, float)[:3, :3] / np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    affine = np.asarray(affine, float)
+    ornt = io_orientation(affine)
+    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     if np.isnan(ornt).any() or any(
         abs(directions[int(world), axis]) < MIN_AXIS_COSINE for axis, (world, _) in enumerate(ornt)
     ):
