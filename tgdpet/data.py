@@ -130,11 +130,19 @@ def detail_map(volume: np.ndarray, body: np.ndarray) -> np.ndarray:
     zero in uniform tissue; a label-free weight for drawing training patches.
     """
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
-    k = 2 * DETAIL_RADIUS + 1
-    padded = torch.nn.functional.pad(x, (DETAIL_RADIUS,) * 6, mode="replicate")
-    local = torch.nn.functional.avg_pool3d(padded, k, stride=1)
-    detail = (x - local).abs()[0, 0].numpy()
-    return np.where(body, detail, np.float32(0))
+    return np.where(body, box_detail(x)[0, 0].numpy(), np.float32(0))
+
+
+def box_detail(x: torch.Tensor) -> torch.Tensor:
+    """``|x - mean of its box|`` with boxes ``2 * DETAIL_RADIUS + 1`` wide over the spatial axes, edges replicated.
+
+    ``x`` is ``(N, C, H, W)`` (in-plane boxes, as the training loss uses) or
+    ``(N, C, D, H, W)`` (cubes, as :func:`detail_map` uses).
+    """
+    spatial = x.dim() - 2
+    pool = torch.nn.functional.avg_pool2d if spatial == 2 else torch.nn.functional.avg_pool3d
+    padded = torch.nn.functional.pad(x, (DETAIL_RADIUS,) * (2 * spatial), mode="replicate")
+    return (x - pool(padded, 2 * DETAIL_RADIUS + 1, stride=1)).abs()
 
 
 def stack_indices(centres: np.ndarray | int, depth: int, in_slices: int) -> np.ndarray:

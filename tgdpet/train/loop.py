@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import capture_rng_state, restore_rng_state, save_model
-from ..data import DETAIL_RADIUS, NORMALIZATION, PatchDataset, Study, stack_indices
+from ..data import NORMALIZATION, PatchDataset, Study, box_detail, stack_indices
 from ..errors import TgdpetError
 from ..models import DnCNN, DnCNNConfig
 from ..runtime import autocast_dtype
@@ -77,9 +77,7 @@ def detail_weights(target: torch.Tensor, detail_weight: float) -> torch.Tensor:
     """
     if detail_weight == 0.0:
         return torch.ones_like(target)
-    k = 2 * DETAIL_RADIUS + 1
-    local = F.avg_pool2d(F.pad(target, (DETAIL_RADIUS,) * 4, mode="replicate"), k, stride=1)
-    return 1.0 + detail_weight * (target - local).abs()
+    return 1.0 + detail_weight * box_detail(target)
 
 
 def training_loss(out: torch.Tensor, target: torch.Tensor, detail_weight: float = 0.0) -> torch.Tensor:
