@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tgdpet.data import load_manifest  # noqa: E402
+from tgdpet.errors import TgdpetError  # noqa: E402
 from tgdpet.evaluate import load_study_images, score_images  # noqa: E402
 from tgdpet.io import read_volume  # noqa: E402
 from tgdpet.io.orientation import to_canonical  # noqa: E402
@@ -46,16 +48,11 @@ def gaussian(volume: np.ndarray, sigma_vox: tuple[float, float, float]) -> np.nd
     return x[0, 0].numpy()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", help="an evaluation dataset (tgdpet simulate ... writes one per protocol)")
-    parser.add_argument("--fwhm", default="4.7,7.1,9.4,11.8,14.1,18.8", help="filter FWHMs in mm, comma-separated")
-    parser.add_argument("--study", action="append", help="only these study ids (repeatable)")
-    args = parser.parse_args()
-    manifest = load_manifest(args.data)
-    fwhms = [float(f) for f in args.fwhm.split(",")]
+def report(data: str, fwhms: list[float], only: list[str] | None) -> None:
+    """Print, for each study with realisations, the input's lesion bias and liver CoV, then each filter's."""
+    manifest = load_manifest(data)
     for entry in manifest.studies:
-        if not entry.realisations or (args.study and entry.id not in args.study):
+        if not entry.realisations or (only and entry.id not in only):
             continue
         study = load_study_images(entry, manifest.label_codes)
         affine = to_canonical(read_volume(entry.target)).affine  # the frame load_study_images reads in
@@ -69,5 +66,31 @@ def main() -> None:
             print(f"  {fwhm:5.1f}   {row['lesion_bias_pct']:7.2f} {row['liver_cov_pct']:7.2f}")
 
 
+def fwhm_list(text: str) -> list[float]:
+    """``--fwhm``'s value: positive millimetres separated by commas."""
+    try:
+        values = [float(f) for f in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of positive FWHMs in mm, e.g. 4.7,9.4")
+    return values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="an evaluation dataset (tgdpet simulate ... writes one per protocol)")
+    parser.add_argument("--fwhm", type=fwhm_list, default="4.7,7.1,9.4,11.8,14.1,18.8",
+                        help="filter FWHMs in mm, comma-separated")
+    parser.add_argument("--study", action="append", help="only these study ids (repeatable)")
+    args = parser.parse_args()
+    try:
+        report(args.data, args.fwhm, args.study)
+    except TgdpetError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return TgdpetError.exit_code
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +42,13 @@ def test_impulse_response_is_the_sampled_gaussian(baseline):
 def test_fwhm_conversion(baseline):
     assert baseline.FWHM_PER_SIGMA == pytest.approx(2.3548, abs=1e-4)
     assert 9.4 / baseline.FWHM_PER_SIGMA / 4.0 == pytest.approx(1.0, abs=3e-3)  # 9.4 mm at 4 mm voxels: sigma 1 voxel
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["nowhere"], "Error: no dataset manifest at nowhere"), ([".", "--fwhm", "4.x"], "'4.x' is not a list of positive")],
+)
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
