@@ -2,6 +2,7 @@
 
     python scripts/reproduce_paper.py --scale medium --out results/ [--device auto] [--seed 0] [--overwrite]
                                       [--docs docs/reproduction/README.md]
+    python scripts/reproduce_paper.py --resume --scale medium --out results/      # continue an interrupted run
     python scripts/reproduce_paper.py --report-only --out results/ [--docs ...]   # rebuild the markdown
 
 One path from nothing to the paper's Table 1, Fig. 4 and Figs 5-6, through the
@@ -43,6 +44,13 @@ Compute. An epoch is one random patch per input slice of the dataset
 epochs (the paper: 500 for all, 150 for N2N). Fine-tuning on 7 studies then
 costs 7/20 of training on 20: the paper's "64 % of the training time saved".
 Scales fix patches, not wall-clock time, so a run is reproducible.
+
+Interruptions. A medium run takes hours, so every finished step is recorded in
+``OUT/progress.json`` and ``--resume`` continues a killed run: it reuses the
+datasets (if their ``simulation.json`` matches), continues each training run
+from its last complete epoch (``tgdpet train --resume``), and skips the
+online-learning runs and evaluations already recorded. A resumed run gives the
+numbers of an uninterrupted one (tests/test_reproduce.py kills one to check).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import shlex
 import subprocess
 import sys
@@ -69,7 +78,7 @@ from tgdpet.checkpoint import ModelRecord, load_model, save_model
 from tgdpet.data import Manifest, StudyEntry, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import evaluate_models, truth_path
-from tgdpet.files import check_can_write
+from tgdpet.files import atomic_file, check_can_write
 from tgdpet.infer import denoise_array, load_denoiser
 from tgdpet.io import read_volume
 from tgdpet.runtime import resolve_device
@@ -78,6 +87,7 @@ from tgdpet.tgd import drop_kernels, relative_rms_change
 from tgdpet.train import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, finetune, n2n_online, train
 from tgdpet.train.ddp import DistEnv
 from tgdpet.train.loop import FitResult
+from tgdpet.train.outputs import STATE
 from tgdpet.train.workflows import patch_dataset
 
 #: The paper's thresholds: TGD fine-tuning, online learning, and the kernel-drop study (Fig. 4).
@@ -94,8 +104,10 @@ MODELS = ("v1-net", "v2-net", *FINETUNED, BN_REESTIMATED, *ONLINE)
 FORMAT_VERSION = 2
 #: Patches of the fine-tuning data the BatchNorm study measures (at most an epoch's worth).
 BN_PATCHES = 2048
-#: The epoch line of a training run's echo (tgdpet.train.loop), which the KSE curve follows.
-EPOCH_LINE = re.compile(r"epoch (\d+)/\d+\s+step (\d+)")
+#: The epoch line of a training run's echo (tgdpet.train.loop): v1-net's weights are kept after each one.
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+")
+#: The run's finished steps and their results, what ``--resume`` reads (in ``--out``).
+PROGRESS = "progress.json"
 
 
 @dataclass(frozen=True)
@@ -172,13 +184,13 @@ class Log:
         minutes, seconds = divmod(time.perf_counter() - self.start, 60)
         print(f"[{int(minutes):3d}:{seconds:04.1f}] {message}", flush=True)
 
-    def timed(self, name: str, action: Callable[[], object]) -> object:
-        """Run ``action``, record its wall and CPU time under ``name``, return its result."""
+    def timed(self, name: str, action: Callable[[], object], **facts: object) -> object:
+        """Run ``action``, record its wall and CPU time (and ``facts``) under ``name``, return its result."""
         self(f"{name} ...")
         wall, cpu = time.perf_counter(), time.process_time()
         result = action()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self.steps[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+        self.steps[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), **facts}
         self(f"{name}: done in {wall:.1f} s ({cpu:.1f} CPU s)")
         return result
 
@@ -197,15 +209,22 @@ class Run:
     device_arg: str  # as the user gave it, for the equivalent commands
     device: torch.device
     overwrite: bool
+    resume: bool = False
     log: Log = field(default_factory=Log)
     commands: dict[str, str] = field(default_factory=dict)  # step -> equivalent tgdpet command
     training: dict[str, dict] = field(default_factory=dict)  # instance -> fit_record
     instances: dict[str, dict] = field(default_factory=dict)  # instance -> {"model", "seed", "path"}
-    kse_curve: list[dict] = field(default_factory=list)  # v1-net's flagged fractions after each epoch
+    done: dict[str, object] = field(default_factory=dict)  # finished step -> its result (progress.json)
+    attempts: list[dict] = field(default_factory=list)  # each start of this run: its git state, time, duration
 
     @property
     def data(self) -> Path:
         return self.out / "data"
+
+    @property
+    def snapshots(self) -> Path:
+        """v1-net's weights after each epoch, which the KSE-against-training-length curve scores."""
+        return self.out / "runs" / "v1-net" / "epochs"
 
     @property
     def seeds(self) -> list[int]:
@@ -219,6 +238,22 @@ class Run:
         if name == BN_REESTIMATED:
             return self.out / "runs" / name / f"seed{seed}.safetensors"
         return self.out / "runs" / name / ("last.safetensors" if seed is None else f"seed{seed}/last.safetensors")
+
+    def once(self, name: str, action: Callable[[], object], **facts: object) -> object:
+        """Step ``name``'s result: recorded by an earlier attempt of a resumed run, or run (timed) and recorded."""
+        if name in self.done:
+            self.log(f"{name}: done by an earlier attempt")
+            return self.done[name]
+        self.done[name] = self.log.timed(name, action, **facts)
+        self.save_progress()
+        return self.done[name]
+
+    def save_progress(self) -> None:
+        """Write what ``--resume`` needs to ``OUT/progress.json`` (atomically: a kill leaves the previous one)."""
+        self.attempts[-1]["wall_s"] = round(time.perf_counter() - self.log.start, 1)
+        progress = {"format": "tgdpet-reproduction-progress", "scale": self.scale.name, "seed": self.seed,
+                    "attempts": self.attempts, "steps": self.log.steps, "done": self.done}  # fmt: skip
+        rp.write_text(self.out / PROGRESS, json.dumps(progress, indent=1, allow_nan=False) + "\n")
 
     def add(self, name: str, seed: int | None = None) -> str:
         """Register an instance of network ``name``; returns its key (the name of its evaluation rows)."""
@@ -260,13 +295,11 @@ def loop_options(cfg: LoopConfig) -> dict:
     return options
 
 
-def fit_record(result: FitResult, cfg: LoopConfig, step: dict, **facts: object) -> dict:
-    """What Table 1 and the report need from a training run; ``step`` is its wall and CPU time in the log."""
+def fit_record(result: FitResult, cfg: LoopConfig, **facts: object) -> dict:
+    """What Table 1 and the report need from a training run (its step in ``steps`` adds loading the data)."""
     p = result.progress
     return {
-        "wall_s": round(p.elapsed_s, 1),  # the training loop alone
-        "step_s": step["wall_s"],  # with loading the data (and EWC's Fisher)
-        "step_cpu_s": step["cpu_s"],
+        "wall_s": round(p.elapsed_s, 1),  # the training loop alone, summed over the attempts of a resumed run
         "patches_seen": p.patches_seen,
         "patches_per_epoch": cfg.patches_per_epoch,
         "steps": p.step,
@@ -326,13 +359,25 @@ def describe(config: SimulationConfig) -> str:
 
 
 def simulate(run: Run) -> dict[str, SimulationConfig]:
-    """Write the three datasets under ``OUT/data``."""
+    """Write the three datasets under ``OUT/data`` (a resumed run keeps each one simulated with the same config)."""
     configs = simulation_configs(run.scale, run.seed, run.device)
     run.data.mkdir(exist_ok=True)
     for name, config in configs.items():
-        run.log.timed(f"simulate {name} ({len(config.studies)} studies)",
-                      lambda: write_dataset(run.data / name, config, overwrite=run.overwrite))  # fmt: skip
+        step = f"simulate {name} ({len(config.studies)} studies)"
+        if run.resume and simulated_with(run.data / name, config):
+            run.log(f"{step}: reusing {run.data / name}")
+            continue
+        run.log.timed(step, lambda: write_dataset(run.data / name, config, overwrite=run.overwrite or run.resume))
     return configs
+
+
+def simulated_with(folder: Path, config: SimulationConfig) -> bool:
+    """Whether ``folder`` holds a complete dataset simulated with ``config`` (its simulation.json says so)."""
+    try:
+        recorded = json.loads((folder / "simulation.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded == json.loads(json.dumps(asdict(config)))
 
 
 def find_test_studies(manifest: Manifest, body: str, feature: str) -> list[StudyEntry]:
@@ -366,20 +411,43 @@ def cpu_amp(run: Run) -> bool | None:
     return False if run.device.type == "cpu" else None
 
 
-def kse_echo(run: Run, name: str, model_file: Path, batch_size: int) -> Callable[[str], None]:
-    """A training echo that also scores the just-saved model by KSE after every epoch (into ``run.kse_curve``)."""
+def snapshot_echo(run: Run, name: str) -> Callable[[str], None]:
+    """A training echo that also keeps a copy of the just-saved weights after every epoch (in ``run.snapshots``)."""
     say = run.log.echo(name)
 
     def echo(message: str) -> None:
         say(message)
         line = EPOCH_LINE.match(message)
         if line:
-            model = load_model(model_file).model
-            fractions = rp.flagged_fractions(model, DROP_PHIS)
-            run.kse_curve.append({"epoch": int(line[1]), "patches_seen": int(line[2]) * batch_size,
-                                  "flagged_pct": {phi: 100 * f for phi, f in fractions.items()}})  # fmt: skip
+            run.snapshots.mkdir(exist_ok=True)
+            with atomic_file(run.snapshots / f"epoch-{int(line[1]):04d}.safetensors") as tmp:
+                shutil.copyfile(run.model(name), tmp)
 
     return echo
+
+
+def kse_curve(snapshots: Path) -> list[dict]:
+    """KSE's flagged fractions of each kept epoch's weights, with the patches the network had seen by then."""
+    curve = []
+    for path in sorted(snapshots.glob("epoch-*.safetensors")):
+        record = load_model(path)
+        fractions = rp.flagged_fractions(record.model, DROP_PHIS)
+        curve.append({"epoch": record.provenance["epochs"], "patches_seen": record.provenance["patches_seen"],
+                      "flagged_pct": {phi: 100 * f for phi, f in fractions.items()}})  # fmt: skip
+    return curve
+
+
+def fit(run: Run, key: str, folder: Path, start: Callable[..., FitResult], record: Callable[[FitResult], dict]) -> dict:
+    """Train (or, resuming, continue from its last complete epoch) the run in ``folder``; its record, once.
+
+    ``start(resume=..., overwrite=...)`` runs the library's train or finetune;
+    a folder without a training state (killed before its first epoch) is started again.
+    """
+    resume = run.resume and (folder / STATE).is_file()
+    if not resume and key == "v1-net" and run.snapshots.exists():
+        shutil.rmtree(run.snapshots)  # an earlier run's epochs are not this run's
+    go = lambda: record(start(resume=resume, overwrite=run.overwrite or run.resume))  # noqa: E731
+    return run.once(key, go, **({"continued": True} if resume else {}))
 
 
 def train_networks(run: Run) -> None:
@@ -389,13 +457,11 @@ def train_networks(run: Run) -> None:
     for name, protocol in (("v1-net", "v1"), ("v2-net", "v2")):
         cfg = TrainConfig(preset=s.preset, **loop_settings(run, s.n_train, run.seed))
         data, folder = run.data / "main" / protocol, run.model(name).parent
-        echo = kse_echo(run, name, run.model(name), s.batch_size) if name == "v1-net" else run.log.echo(name)
-        run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
-        result = run.log.timed(name, lambda: train(
-            data, folder, cfg, overwrite=run.overwrite, progress_bar=False, echo=echo, command=run.commands[name],
-        ))  # fmt: skip
-        run.training[run.add(name)] = fit_record(result, cfg, run.log.steps[name], data=f"main/{protocol}",
-                                                 studies=s.n_train, command=run.commands[name])  # fmt: skip
+        echo = snapshot_echo(run, name) if name == "v1-net" else run.log.echo(name)
+        command = run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
+        run.training[run.add(name)] = fit(run, name, folder, lambda **how: train(
+            data, folder, cfg, **how, progress_bar=False, echo=echo, command=command,
+        ), lambda result: fit_record(result, cfg, data=f"main/{protocol}", studies=s.n_train, command=command))  # fmt: skip
 
     finetunes = (
         ("FT-net", "v1-net", "finetune", s.n_finetune, {"method": "last3"}),
@@ -409,15 +475,11 @@ def train_networks(run: Run) -> None:
             cfg = FinetuneConfig(**method, **loop_settings(run, n, seed))
             data, folder, key = run.data / dataset / "v2", run.model(name, seed).parent, instance_key(name, seed)
             base_file = run.model(base, base_seed)
-            run.commands[key] = cli("tgd-finetune", base_file, data, out=folder, **loop_options(cfg))
-            result = run.log.timed(key, lambda: finetune(
-                base_file, data, folder, cfg, overwrite=run.overwrite, progress_bar=False,
-                echo=run.log.echo(key), command=run.commands[key],
-            ))  # fmt: skip
-            run.training[run.add(name, seed)] = fit_record(
-                result, cfg, run.log.steps[key], data=f"{dataset}/v2", studies=n, base=instance_key(base, base_seed),
-                command=run.commands[key],
-            )  # fmt: skip
+            command = run.commands[key] = cli("tgd-finetune", base_file, data, out=folder, **loop_options(cfg))
+            run.training[run.add(name, seed)] = fit(run, key, folder, lambda **how: finetune(
+                base_file, data, folder, cfg, **how, progress_bar=False, echo=run.log.echo(key), command=command,
+            ), lambda result: fit_record(result, cfg, data=f"{dataset}/v2", studies=n,
+                                         base=instance_key(base, base_seed), command=command))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- 3. online learning
@@ -435,16 +497,13 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
             )  # fmt: skip
             key, model, base_file = instance_key(name, seed), run.model(name, seed), run.model(base, base_seed)
             denoised = model.with_name(f"{model.stem}_denoised.nii.gz")
-            run.commands[key] = cli("n2n-online", base_file, *ood.halves, out=denoised, save_model=model,
-                                    **loop_options(cfg))  # fmt: skip
-            result = run.log.timed(key, lambda: n2n_online(
+            command = run.commands[key] = cli("n2n-online", base_file, *ood.halves, out=denoised, save_model=model,
+                                              **loop_options(cfg))  # fmt: skip
+            run.training[run.add(name, seed)] = run.once(key, lambda: fit_record(n2n_online(
                 base_file, ood.halves[0], ood.halves[1], denoised, cfg, save_model_path=model,
-                overwrite=run.overwrite, progress_bar=False, command=run.commands[key],
-            ))  # fmt: skip
-            run.training[run.add(name, seed)] = fit_record(
-                result.fit, cfg, run.log.steps[key], data=f"main/v2 {ood.id} halves", studies=1,
-                base=instance_key(base, base_seed), command=run.commands[key],
-            )  # fmt: skip
+                overwrite=run.overwrite or run.resume, progress_bar=False, command=command,
+            ).fit, cfg, data=f"main/v2 {ood.id} halves", studies=1, base=instance_key(base, base_seed),
+                command=command))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- 4. BatchNorm after TGD
@@ -538,7 +597,7 @@ def evaluate_all(run: Run, manifest: Manifest, studies: dict[str, list[StudyEntr
     for key, entries in studies.items():
         results[key] = []
         for study in entries:
-            results[key].append(run.log.timed(f"evaluate {key} ({study.id})", lambda: evaluate_models(
+            results[key].append(run.once(f"evaluate {key} ({study.id})", lambda: evaluate_models(
                 models, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study),
                 device=run.device, precision="fp32",
             )))  # fmt: skip
@@ -646,13 +705,35 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse to mix this run with an earlier one unless ``overwrite``."""
+def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
+    """Create ``out``; refuse to mix this run with an earlier one unless ``overwrite`` (or ``resume`` it)."""
     if out.exists() and not out.is_dir():
         raise TgdpetError(f"{out} exists and is not a folder; choose another --out.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TgdpetError(f"{out} already holds files; pass --overwrite to replace that run or choose another --out.")
+    if resume and not (out / PROGRESS).is_file():
+        raise TgdpetError(f"there is no run to resume in {out} (no {PROGRESS}); drop --resume to start one.")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        raise TgdpetError(
+            f"{out} already holds files; pass --resume to continue that run, --overwrite to replace it, or choose "
+            "another --out."
+        )
     out.mkdir(parents=True, exist_ok=True)
+
+
+def read_progress(out: Path, scale: Scale, seed: int) -> dict:
+    """An interrupted run's progress.json, refused if it is unreadable or the run had another scale or seed."""
+    path = out / PROGRESS
+    try:
+        progress = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TgdpetError(f"{path} is not readable ({e}); start the run again with --overwrite.") from None
+    if not isinstance(progress, dict) or progress.get("format") != "tgdpet-reproduction-progress":
+        raise TgdpetError(f"{path} is not a reproduction's progress file; start the run again with --overwrite.")
+    if (progress.get("scale"), progress.get("seed")) != (scale.name, seed):
+        raise TgdpetError(
+            f"{out} holds a run started with --scale {progress.get('scale')} --seed {progress.get('seed')}; "
+            "resume it with those options."
+        )
+    return progress
 
 
 def derived(results: dict) -> dict:
@@ -697,13 +778,21 @@ def write_report(results: dict, out: Path, docs: Path | None) -> None:
 
 def reproduce(args: argparse.Namespace) -> dict:
     """The whole reproduction (module docstring); returns what results.json holds."""
-    docs = check_can_write(args.docs, args.overwrite) if args.docs else None  # before the long run, not after
+    if args.resume and args.overwrite:
+        raise TgdpetError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    docs = check_can_write(args.docs, args.overwrite or args.resume) if args.docs else None  # before the long run
     out = Path(args.out)
-    prepare_out(out, args.overwrite)
-    git = git_state()  # the code the run starts from; a long run's checkout may move on before it ends
-    run = Run(SCALES[args.scale], out, args.seed, args.device, resolve_device(args.device), args.overwrite)
-    run.log(f"reproducing the TGD paper at scale {run.scale.name} ({run.scale.summary}) on {run.device}, "
-            f"seed {run.seed}, into {out}")  # fmt: skip
+    prepare_out(out, args.overwrite, args.resume)
+    scale = SCALES[args.scale]
+    progress = read_progress(out, scale, args.seed) if args.resume else {}
+    run = Run(scale, out, args.seed, args.device, resolve_device(args.device), args.overwrite, args.resume)
+    run.done, run.log.steps = progress.get("done", {}), progress.get("steps", {})
+    # The code each attempt starts from; a long run's checkout may move on before it ends.
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run.attempts = [*progress.get("attempts", []), {"git": git_state(), "started": started}]
+    run.save_progress()
+    run.log(f"{'resuming' if run.resume else 'reproducing'} the TGD paper at scale {run.scale.name} "
+            f"({run.scale.summary}) on {run.device}, seed {run.seed}, into {out}")  # fmt: skip
 
     configs = simulate(run)
     main_v1, main_v2 = load_manifest(run.data / "main" / "v1"), load_manifest(run.data / "main" / "v2")
@@ -713,6 +802,7 @@ def reproduce(args: argparse.Namespace) -> dict:
         "ood": find_test_studies(main_v2, "normal", "catheter")[:1],
     }
     train_networks(run)
+    curve = run.log.timed("KSE of v1-net after each epoch", lambda: kse_curve(run.snapshots))
     online_learning(run, studies["ood"][0])
     bn = run.log.timed("BatchNorm statistics after TGD", lambda: bn_study(run))
 
@@ -731,7 +821,8 @@ def reproduce(args: argparse.Namespace) -> dict:
     results = {
         "format": "tgdpet-reproduction",
         "format_version": FORMAT_VERSION,
-        "git": git,
+        "git": run.attempts[0]["git"],
+        "attempts": run.attempts,
         "scale": asdict(run.scale),
         "seed": run.seed,
         "finetune_seeds": run.seeds,
@@ -743,7 +834,7 @@ def reproduce(args: argparse.Namespace) -> dict:
         "test_studies": {key: [study.id for study in entries] for key, entries in studies.items()},
         "instances": run.instances,
         "training": {name: {"model": run.instances[name]["path"], **record} for name, record in run.training.items()},
-        "kse_curve": run.kse_curve,
+        "kse_curve": curve,
         "kernel_drop": [{"phi": p.phi, "fraction_dropped": p.fraction_dropped, "output_change": p.output_change,
                          "paper_dropped_pct": rp.PAPER_DROPPED_PCT[p.phi]} for p in drop],  # fmt: skip
         "bn": bn,
@@ -752,7 +843,7 @@ def reproduce(args: argparse.Namespace) -> dict:
                   "dropped_pct": rp.PAPER_DROPPED_PCT},  # fmt: skip
         "commands": run.commands,
         "steps": run.log.steps,
-        "total_s": round(time.perf_counter() - run.log.start, 1),
+        "total_s": round(sum(a.get("wall_s", 0) for a in run.attempts[:-1]) + time.perf_counter() - run.log.start, 1),
     }
     results.update(derived(results))
     write_report(results, out, docs)
@@ -790,6 +881,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the patches")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out (same --scale and --seed): finished steps are "
+                             "kept, training continues from its last complete epoch")
     parser.add_argument("--docs", help="also write the report here, e.g. docs/reproduction/README.md")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild table1.md, fig4.md, README.md (and --docs) from --out's results.json")

@@ -293,13 +293,18 @@ def test_ctrl_c_during_the_write_says_so_in_one_line_and_leaves_nothing(tmp_path
 
 
 def test_outputs_get_the_permissions_of_an_ordinary_file(tmp_path):
-    """Temporary files are private (0600); the renamed output must not stay so (others must read results)."""
+    """Temporary files are private (0600); the renamed output must not stay so (others must read results).
+
+    Model files too: safetensors writes a new file in place of the temporary one, private again.
+    """
     old = os.umask(0o022)
     try:
         write_test_nifti(tmp_path / "a.nii.gz")
         write_test_series(tmp_path / "s")
+        save_model(tmp_path / "m.safetensors", build_model("tiny"))
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.nii.gz").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in (tmp_path / "s").iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,13 +74,20 @@ def _check_table1_against_evaluation(table: list[list[str]], results: dict) -> i
     return checked
 
 
-@pytest.mark.slow
-def test_tiny_reproduction_writes_every_result(tmp_path, device):
-    out = tmp_path / "results"
-    docs = tmp_path / "docs" / "reproduction.md"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, request) -> tuple[Path, Path]:
+    """One uninterrupted tiny reproduction (seed 3, with a --docs copy): its results folder and docs file."""
+    root = tmp_path_factory.mktemp("tiny")
+    out, docs = root / "results", root / "docs" / "reproduction.md"
     docs.parent.mkdir()
-    done = _reproduce(out, device, "--seed", "3", "--docs", str(docs))
+    done = _reproduce(out, request.config.getoption("--device"), "--seed", "3", "--docs", str(docs))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, docs
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_writes_every_result(tiny_run, device):
+    out, docs = tiny_run
 
     for name in RESULT_FILES:
         assert (out / name).is_file(), name
@@ -160,11 +168,77 @@ def test_tiny_reproduction_writes_every_result(tmp_path, device):
     assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_a_killed_reproduction_resumes_to_the_numbers_of_an_uninterrupted_one(tiny_run, tmp_path, device):
+    """Killed (SIGKILL, as a lost session does) one epoch into a fine-tune, then --resume: the same results."""
+    out = tmp_path / "results"
+    command = [sys.executable, str(SCRIPT), "--scale", "tiny", "--out", str(out), "--device", str(device), "--seed", "3"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in run.stdout:
+            if "TGD-net@3: epoch 1/2" in line:  # mid-run: FT-net@3 done, TGD-net@3 half trained
+                run.send_signal(signal.SIGKILL)
+                break
+    finally:
+        run.kill()
+        run.wait(timeout=60)
+    assert not (out / "results.json").exists() and (out / "runs" / "TGD-net" / "seed3" / "training_state.pt").is_file()
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "simulate main (7 studies): reusing" in resumed.stdout and "FT-net@3: done by an earlier attempt" in resumed.stdout
+    assert "v1-net ..." not in resumed.stdout  # nothing finished is trained again
+
+    whole = json.loads((tiny_run[0] / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    for key in ("evaluation", "kse_curve", "kernel_drop", "bn", "verdicts", "instances"):  # table1 has wall times
+        assert json.dumps(results[key]).replace(str(out), "OUT") == json.dumps(whole[key]).replace(
+            str(tiny_run[0]), "OUT"
+        ), key
+    for name, record in whole["training"].items():
+        same = ("patches_seen", "steps", "epochs", "final_train_loss", "method")
+        assert {k: results["training"][name][k] for k in same} == {k: record[k] for k in same}, name
+    assert len(results["attempts"]) == 2 and results["git"] == results["attempts"][0]["git"]
+    assert results["steps"]["TGD-net@3"]["continued"] is True and "continued" not in results["steps"]["FT-net@3"]
+    readme = (out / "README.md").read_text()
+    assert "Interrupted and resumed with `--resume` (2 attempts" in readme and "TGD-net@3 (*continued*" in readme
+
+
+def _script():
+    """reproduce_paper.py as a module, to call its main() in-process."""
     spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
     script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
+    sys.modules[spec.name] = script  # its dataclasses look their module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsys):
+    script = _script()
+    out = tmp_path / "results"
+    assert script.main(["--scale", "tiny", "--out", str(out), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err and not out.exists()
+    assert script.main(["--scale", "tiny", "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err and not out.exists()
+
+    out.mkdir()
+    progress = {"format": "tgdpet-reproduction-progress", "scale": "tiny", "seed": 3, "attempts": [], "steps": {},
+                "done": {}}  # fmt: skip
+    (out / "progress.json").write_text(json.dumps(progress))
+    before = (out / "progress.json").read_bytes()
+    assert script.main(["--scale", "tiny", "--seed", "4", "--out", str(out), "--resume"]) == 2
+    assert "--scale tiny --seed 3" in capsys.readouterr().err
+    assert script.main(["--scale", "small", "--seed", "3", "--out", str(out), "--resume"]) == 2
+    assert "resume it with those options" in capsys.readouterr().err
+    (out / "progress.json").write_text("{")
+    assert script.main(["--scale", "tiny", "--seed", "3", "--out", str(out), "--resume"]) == 2
+    assert "not readable" in capsys.readouterr().err
+    (out / "progress.json").write_bytes(before)
+    assert sorted(p.name for p in out.iterdir()) == ["progress.json"]  # refused before anything was written
+
+
+def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys):
+    script = _script()
     for content, words in ((None, "does not exist"), ("{", "not a readable"), ('{"format": "x"}', "not a results file")):
         if content is not None:
             (tmp_path / "results.json").write_text(content)

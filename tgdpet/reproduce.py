@@ -656,7 +656,18 @@ def instance_label(key: str, instances: Mapping[str, Mapping]) -> str:
 def git_line(git: Mapping | None) -> str:
     if not git or not git.get("commit"):
         return "git commit: unknown (not run from a git checkout)"
-    return f"git commit {git['commit']}" + (" (with uncommitted changes)" if git.get("dirty") else "")
+    dirty = {True: " (with uncommitted changes)", None: " (uncommitted changes not recorded)"}.get(git.get("dirty"), "")
+    return f"git commit {git['commit']}{dirty}"
+
+
+def provenance_line(results: Mapping) -> str:
+    """The code the run came from; an interrupted run resumed with ``--resume`` names every attempt's commit."""
+    attempts = results.get("attempts") or []
+    if len(attempts) < 2:
+        return git_line(results.get("git")) + "."
+    each = "; ".join(f"{a.get('started', '?')} from {git_line(a.get('git'))}" for a in attempts)
+    return (f"Interrupted and resumed with `--resume` ({len(attempts)} attempts; steps marked *continued* below "
+            f"went on from an earlier attempt's last complete epoch): {each}.")  # fmt: skip
 
 
 def report_markdown(results: dict, link: str) -> str:
@@ -672,7 +683,8 @@ def report_markdown(results: dict, link: str) -> str:
     commands = "\n".join(f"# {step}\n{command}" for step, command in results["commands"].items())
     steps = markdown_table(
         ["step", "wall time s", "CPU time s"],
-        [[k, f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for k, v in results["steps"].items()]
+        [[k + (" (*continued*: this attempt's part)" if v.get("continued") else ""), f"{v['wall_s']:.1f}",
+          f"{v['cpu_s']:.1f}"] for k, v in results["steps"].items()]
         + [["total", f"{results['total_s']:.1f}", ""]],
     )
     nets = markdown_table(
@@ -698,7 +710,7 @@ def report_markdown(results: dict, link: str) -> str:
 
 Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured
 (rebuild it from `{prefix}results.json` with `--report-only`); nothing here is written by hand.
-{git_line(results.get("git"))}.
+{provenance_line(results)}
 
 ## What ran
 
