@@ -802,7 +802,6 @@ def reproduce(args: argparse.Namespace) -> dict:
         "ood": find_test_studies(main_v2, "normal", "catheter")[:1],
     }
     train_networks(run)
-    curve = run.log.timed("KSE of v1-net after each epoch", lambda: kse_curve(run.snapshots))
     online_learning(run, studies["ood"][0])
     bn = run.log.timed("BatchNorm statistics after TGD", lambda: bn_study(run))
 
@@ -814,6 +813,7 @@ def reproduce(args: argparse.Namespace) -> dict:
                                                phis=",".join(map(str, DROP_PHIS)), volume=low_v1.realisations[0])
 
     evaluation = evaluate_all(run, main_v2, studies)
+    curve = run.log.timed("KSE of v1-net after each epoch", lambda: kse_curve(run.snapshots))
     fig4 = fig4_rows(image[z], v1_slice, drop, crop_margin(run.scale))
     first = {key: entries[0] for key, entries in studies.items()}
     run.log.timed("figures", lambda: write_figures(run, fig4, first, main_v2.label_codes))
