@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_data import make_dataset
 
 from tgdpet import tgd
-from tgdpet.checkpoint import load_model, load_training_state, save_model
+from tgdpet.checkpoint import load_model, load_training_state, save_model, save_training_state
 from tgdpet.cli import main
 from tgdpet.data import PatchDataset, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
@@ -133,6 +133,23 @@ def test_run_folder_rules(tmp_path, dataset):
     nested = tmp_path / "runs" / "v1"  # `--out runs/v1` on a fresh checkout makes runs/ too
     train(dataset, nested, train_cfg(iterations=1), progress_bar=False)
     assert (nested / "last.safetensors").is_file()
+
+
+def test_a_run_of_an_older_tgdpet_resumes_when_its_settings_mean_the_same(tmp_path, dataset):
+    """0.2.0 wrote no detail_weight (added later, default 0 = its plain MSE) and amp=None (auto: fp32 for the
+    tiny net on a CPU); resuming with detail_weight 0 and amp False trains the same, so it must be allowed."""
+    out = tmp_path / "run"
+    train(dataset, out, train_cfg(iterations=2), progress_bar=False)  # fp32 on the CPU
+    state = load_training_state(out / "training_state.pt")
+    del state["config"]["detail_weight"]
+    state["config"]["amp"] = None
+    save_training_state(out / "training_state.pt", state)
+    assert amp_dtype(None, torch.device("cpu"), get_config("tiny")) is None  # what makes None and False the same
+    for changed, words in (({"detail_weight": 1.0}, "detail_weight: 0.0 -> 1.0"), ({"amp": True}, "amp: None -> True")):
+        with pytest.raises(TgdpetError, match=f"cannot resume.*{words}"):
+            train(dataset, out, train_cfg(iterations=4, **changed), resume=True, progress_bar=False)
+    train(dataset, out, train_cfg(iterations=4), resume=True, progress_bar=False)
+    assert load_training_state(out / "training_state.pt")["progress"]["step"] == 4
 
 
 def test_diverging_training_stops_with_a_clear_error(tmp_path, dataset):

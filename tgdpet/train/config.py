@@ -21,7 +21,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -217,12 +217,25 @@ def resolve_config(cls: type[C], path: str | os.PathLike | None = None, **overri
     return cls(**values)
 
 
-def check_resumable(stored: dict, cfg: LoopConfig) -> None:
-    """Refuse to resume with settings that change what is trained (only :data:`RESUME_MUTABLE` may differ)."""
+def check_resumable(stored: dict, cfg: LoopConfig, precision: Callable[[bool | None], object] | None = None) -> None:
+    """Refuse to resume with settings that change what is trained (only :data:`RESUME_MUTABLE` may differ).
+
+    A setting the stored config lacks was added by a later tgdpet; it counts as its default, which is what the
+    version that started the run did. ``amp`` counts as unchanged when ``precision`` resolves both values to the
+    same dtype (``amp=None``, auto, trains a narrow network in fp32 on a CPU, as ``amp=False`` does).
+    """
     current = cfg.to_dict()
-    changed = sorted(k for k in current if k not in RESUME_MUTABLE and stored.get(k) != current[k])
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+
+    def same(k: str) -> bool:
+        before = stored.get(k, defaults.get(k))
+        if k == "amp" and precision is not None:
+            return precision(before) == precision(current[k])
+        return before == current[k]
+
+    changed = sorted(k for k in current if k not in RESUME_MUTABLE and not same(k))
     if changed:
-        detail = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in changed)
+        detail = ", ".join(f"{k}: {stored.get(k, defaults.get(k))!r} -> {current[k]!r}" for k in changed)
         raise TgdpetError(
             f"cannot resume: the run was started with other settings ({detail}); resume with the same options "
             f"(only {', '.join(sorted(RESUME_MUTABLE))} may change) or start a new run in another --out folder."

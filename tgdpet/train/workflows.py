@@ -17,7 +17,7 @@ from ..errors import TgdpetError
 from ..models import DnCNN, build_model
 from . import ddp
 from .config import FinetuneConfig, LoopConfig, TrainConfig, check_resumable, to_yaml
-from .loop import Echo, FitResult, Outputs, fit
+from .loop import Echo, FitResult, Outputs, amp_dtype, fit
 from .methods import EWC, TGD, AllLayers, LastBlocks, Method, empirical_fisher
 from .outputs import CONFIG, RunFolder
 
@@ -82,7 +82,7 @@ def build_method(
 
 
 def _open_run(
-    out: str | os.PathLike, cfg: LoopConfig, *, resume: bool, overwrite: bool, command: str, env, device
+    out: str | os.PathLike, cfg: LoopConfig, model: DnCNN, *, resume: bool, overwrite: bool, command: str, env, device
 ) -> tuple[RunFolder, dict | None]:
     """Prepare the run folder (rank 0), read the state to resume (every rank), then write config.yaml (rank 0).
 
@@ -92,7 +92,7 @@ def _open_run(
     ddp.on_main(env, device, lambda: run.prepare(resume=resume, overwrite=overwrite))
     state = run.load_state() if resume else None
     if state is not None:
-        check_resumable(state["config"], cfg)
+        check_resumable(state["config"], cfg, lambda amp: amp_dtype(amp, device, model.config))
     header = f"{command}\nresolved config, tgdpet {__version__}"
     ddp.on_main(env, device, lambda: run.write_text(CONFIG, to_yaml(cfg, header=header)))
     return run, state
@@ -136,7 +136,7 @@ def train(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = prepare_model(build_model(cfg.preset), cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
-    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     method = Method(model)
     outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
     result = fit(
@@ -173,7 +173,7 @@ def finetune(
     train_studies, val, info = _data(manifest)
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
-    run, state = _open_run(out, cfg, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     if state is not None:
         # The method's frozen values come from the run's own weights, not from MODEL: a
         # resume named with another model file must not overwrite the frozen kernels.
