@@ -1,12 +1,15 @@
 """Work killed at any moment (``kill -9``) leaves only complete files, and training resumes to the same weights.
 
 The killed commands run as real subprocesses (``python -m tgdpet.cli``). A
-kill is aimed either at a file being written (the poller sees its hidden
-``.tmp-*`` sibling appear, or start to hold data, and kills at once) or at a
-random moment; after each one, every output present must be complete. A
-temporary still there after the kill proves the kill landed mid-write; a
-writer that bypassed the temporaries would never be killed mid-write, and
-fails these tests.
+kill lands at a file's write, or at a random moment; after each one, every
+output present must be complete. Training runs are killed at a write from the
+inside (:data:`DIE_WRITING`: the process kills itself once its atomic write of
+the n-th file of a name has written the bytes, before the rename), so the
+kill lands there however loaded the machine is; denoise and simulate, whose
+writes take long, are killed by a poller that sees the hidden ``.tmp-*``
+sibling fill. A temporary still there after the kill proves the kill landed
+mid-write; a writer that bypassed the temporaries would never be killed
+mid-write, and fails these tests.
 """
 
 from __future__ import annotations
@@ -45,15 +48,43 @@ LOOP_ARGS = ["--device", "cpu", "--no-amp", "--patch-size", "16", "--batch-size"
              "--patches-per-epoch", "4", "--seed", "3", "--no-progress"]  # fmt: skip
 
 
-def launch(args: list[str], cwd: Path, logs: Path) -> subprocess.Popen:
+#: ``python -c DIE_WRITING NAME N ARGS...`` runs ``tgdpet ARGS`` and ``kill -9``s itself inside the atomic write
+#: of the N-th file whose name starts with NAME ("" : any file), with its bytes written and not yet renamed.
+DIE_WRITING = """
+import contextlib, os, signal, sys
+from pathlib import Path
+name, nth = sys.argv[1], int(sys.argv[2])
+sys.argv = ["tgdpet", *sys.argv[3:]]
+import tgdpet.cli, tgdpet.files
+original, writes = tgdpet.files.atomic_file, []
+
+@contextlib.contextmanager
+def dying(path, suffix=""):
+    with original(path, suffix) as tmp:
+        yield tmp
+        if Path(path).name.startswith(name):
+            writes.append(path)
+            if len(writes) == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+for module in list(sys.modules.values()):
+    if getattr(module, "atomic_file", None) is original:
+        module.atomic_file = dying
+tgdpet.cli.main()
+"""
+
+
+def launch(args: list[str], cwd: Path, logs: Path, die_writing: tuple[str, int] | None = None) -> subprocess.Popen:
     """Start ``tgdpet ARGS`` as its own process, with the thread count of this one (same arithmetic).
 
+    ``die_writing=(name, n)``: it kills itself in the n-th write of a file named ``name*`` (:data:`DIE_WRITING`).
     Its output goes to a new file in ``logs``, shown if it fails.
     """
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     logs.mkdir(exist_ok=True)
+    start = ["-m", "tgdpet.cli"] if die_writing is None else ["-c", DIE_WRITING, die_writing[0], str(die_writing[1])]
     with open(logs / f"{time.monotonic_ns()}.txt", "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "tgdpet.cli", *args], cwd=cwd, env=env, stdout=log, stderr=log)
+        return subprocess.Popen([sys.executable, *start, *args], cwd=cwd, env=env, stdout=log, stderr=log)
 
 
 def temp_entries(folder: Path, name: str = "", *, written: bool = False) -> set[str]:
@@ -133,7 +164,13 @@ def interrupt_and_resume(command: list[str], run: Path, kills: list[dict], logs:
 
     interrupted = []
     for kill in kills:
-        interrupted.append(kill_when(launch(again(), logs.parent, logs), run, **kill))
+        if "die_writing" in kill:
+            earlier = temp_entries(run)
+            dying = launch(again(), logs.parent, logs, kill["die_writing"])
+            assert dying.wait(timeout=120) == -signal.SIGKILL, f"{kill}: the run ended before that write"
+            interrupted.append(sorted(temp_entries(run) - earlier))
+        else:
+            interrupted.append(kill_when(launch(again(), logs.parent, logs), run, **kill))
         assert_complete_run_folder(run)
     finish(launch(again(), logs.parent, logs), logs)
     assert_complete_run_folder(run)
@@ -155,15 +192,16 @@ def test_train_killed_anywhere_resumes_to_the_weights_of_an_uninterrupted_run(tm
     command = ["train", str(dataset), "-o", str(run), "--preset", "tiny", "--epochs", str(epochs), *LOOP_ARGS]
     rng = random.Random(7)
     kills = [
-        {"writing": "training_state.pt", "written": True},  # in save_training_state, with bytes already written
-        {"writing": "last.safetensors"},  # inside save_model's atomic write
-        {"writing": "", "delay": rng.uniform(0, 0.02)},  # during, or just after, whichever file is written next
+        {"die_writing": ("training_state.pt", 2)},  # in save_training_state, its bytes written, before the rename
+        {"die_writing": ("last.safetensors", 1)},  # inside save_model's atomic write
+        {"die_writing": ("", rng.randint(1, 12))},  # in whichever write comes then (config, models, metrics, state)
         {"after": rng.uniform(0.5, 4.0)},  # anywhere: start-up, a step, validation, a write
     ]
     interrupted = interrupt_and_resume(command, run, kills, tmp_path / "logs")
 
-    assert any(".tmp-training_state.pt-" in n for seen in interrupted for n in seen), interrupted
-    assert any(".tmp-last.safetensors-" in n for seen in interrupted for n in seen), interrupted
+    assert [n.split("-")[1] for n in interrupted[0]] == ["training_state.pt"], interrupted
+    assert [n.split("-")[1] for n in interrupted[1]] == ["last.safetensors"], interrupted
+    assert len(interrupted[2]) == 1, interrupted
     for name in ("last.safetensors", "best.safetensors"):
         assert state_dicts_equal(reference / name, run / name), name
     assert len(metrics(run)) == epochs and metrics(run) == metrics(reference)
@@ -181,13 +219,13 @@ def test_tgd_finetune_killed_while_writing_resumes_to_the_same_weights(tmp_path,
     finetune(base, dataset, reference, cfg, progress_bar=False)
 
     run = tmp_path / "run"
-    kills = [{"writing": "training_state.pt", "written": True}, {"writing": "best"}, {"writing": "last"}]
+    kills = [{"die_writing": ("training_state.pt", 1)}, {"die_writing": ("best", 1)}, {"die_writing": ("last", 2)}]
     command = ["tgd-finetune", str(base), str(dataset), "-o", str(run), "--phi", "0.3", "--epochs", str(epochs),
                *LOOP_ARGS]  # fmt: skip
     interrupted = interrupt_and_resume(command, run, kills, tmp_path / "logs")
 
-    # A kill is aimed at a write; on a loaded machine one may land just after the rename.
-    assert any(seen for seen in interrupted), interrupted
+    names = [[n.split("-")[1] for n in seen] for seen in interrupted]
+    assert names == [["training_state.pt"], ["best.safetensors"], ["last.safetensors"]], interrupted
     assert state_dicts_equal(reference / "last.safetensors", run / "last.safetensors")
     masks = [masks_to_lists(load_model(r / "last.safetensors").masks) for r in (run, reference)]
     assert masks[0] == masks[1] and any(masks[0].values())
