@@ -437,17 +437,19 @@ def kse_curve(snapshots: Path) -> list[dict]:
     return curve
 
 
-def fit(run: Run, key: str, folder: Path, start: Callable[..., FitResult], record: Callable[[FitResult], dict]) -> dict:
-    """Train (or, resuming, continue from its last complete epoch) the run in ``folder``; its record, once.
+def fit(run: Run, key: str, folder: Path, start: Callable[[bool, bool], dict]) -> dict:
+    """The record of training run ``key`` in ``folder``: trained, continued from its last complete epoch
+    (resuming), or recorded by an earlier attempt.
 
-    ``start(resume=..., overwrite=...)`` runs the library's train or finetune;
-    a folder without a training state (killed before its first epoch) is started again.
+    ``start(resume, overwrite)`` runs the library's train or finetune and
+    returns the record; a folder without a training state (a run killed
+    before its first epoch) is started again.
     """
     resume = run.resume and (folder / STATE).is_file()
     if not resume and key == "v1-net" and run.snapshots.exists():
         shutil.rmtree(run.snapshots)  # an earlier run's epochs are not this run's
-    go = lambda: record(start(resume=resume, overwrite=run.overwrite or run.resume))  # noqa: E731
-    return run.once(key, go, **({"continued": True} if resume else {}))
+    overwrite = run.overwrite or run.resume
+    return run.once(key, lambda: start(resume, overwrite), **({"continued": True} if resume else {}))
 
 
 def train_networks(run: Run) -> None:
@@ -459,9 +461,13 @@ def train_networks(run: Run) -> None:
         data, folder = run.data / "main" / protocol, run.model(name).parent
         echo = snapshot_echo(run, name) if name == "v1-net" else run.log.echo(name)
         command = run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
-        run.training[run.add(name)] = fit(run, name, folder, lambda **how: train(
-            data, folder, cfg, **how, progress_bar=False, echo=echo, command=command,
-        ), lambda result: fit_record(result, cfg, data=f"main/{protocol}", studies=s.n_train, command=command))  # fmt: skip
+
+        def start(resume: bool, overwrite: bool) -> dict:
+            result = train(data, folder, cfg, resume=resume, overwrite=overwrite, progress_bar=False, echo=echo,
+                           command=command)  # fmt: skip
+            return fit_record(result, cfg, data=f"main/{protocol}", studies=s.n_train, command=command)
+
+        run.training[run.add(name)] = fit(run, name, folder, start)
 
     finetunes = (
         ("FT-net", "v1-net", "finetune", s.n_finetune, {"method": "last3"}),
@@ -476,10 +482,14 @@ def train_networks(run: Run) -> None:
             data, folder, key = run.data / dataset / "v2", run.model(name, seed).parent, instance_key(name, seed)
             base_file = run.model(base, base_seed)
             command = run.commands[key] = cli("tgd-finetune", base_file, data, out=folder, **loop_options(cfg))
-            run.training[run.add(name, seed)] = fit(run, key, folder, lambda **how: finetune(
-                base_file, data, folder, cfg, **how, progress_bar=False, echo=run.log.echo(key), command=command,
-            ), lambda result: fit_record(result, cfg, data=f"{dataset}/v2", studies=n,
-                                         base=instance_key(base, base_seed), command=command))  # fmt: skip
+
+            def start(resume: bool, overwrite: bool) -> dict:
+                result = finetune(base_file, data, folder, cfg, resume=resume, overwrite=overwrite,
+                                  progress_bar=False, echo=run.log.echo(key), command=command)  # fmt: skip
+                return fit_record(result, cfg, data=f"{dataset}/v2", studies=n, base=instance_key(base, base_seed),
+                                  command=command)  # fmt: skip
+
+            run.training[run.add(name, seed)] = fit(run, key, folder, start)
 
 
 # --------------------------------------------------------------------------- 3. online learning
