@@ -135,7 +135,7 @@ class Scale:
 #: Epochs of the medium scale. Its cost model (per epoch, v1-net + v2-net 68 s and the four fine-tunes 33 s per
 #: seed, on 2 quiet cores; ~100 minutes in all) was optimistic: measured in fp32 on 2 cores shared at a lower
 #: priority with other work (2026-12-01), simulation 11 min, v1-net 25 min (62 s per epoch), v2-net 30 min,
-#: one seed's four fine-tunes about 30 min: with three seeds, online learning and evaluation over 3 hours.
+#: one seed's four fine-tunes about 30 min, online learning 8 min, evaluation 65 min: 4 h 10 min in all.
 MEDIUM_EPOCHS = 24
 
 SCALES = {
@@ -151,7 +151,7 @@ SCALES = {
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60, seeds=1, test_studies=1,
     ),
     "medium": Scale(
-        "medium", f"2 CPU cores in over 3 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
+        "medium", f"2 CPU cores in about 4 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
         "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
@@ -800,7 +800,8 @@ def reproduce(args: argparse.Namespace) -> dict:
     # The code each attempt starts from; a long run's checkout may move on before it ends.
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run.attempts = [*progress.get("attempts", []), {"git": git_state(), "started": started}]
-    run.save_progress()
+    if not run.resume:
+        run.save_progress()  # so that a run killed in its first step can be resumed; a resume is saved by its steps
     run.log(f"{'resuming' if run.resume else 'reproducing'} the TGD paper at scale {run.scale.name} "
             f"({run.scale.summary}) on {run.device}, seed {run.seed}, into {out}")  # fmt: skip
 
@@ -885,7 +886,7 @@ def report_only(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, over 3 h, 3 seeds x 3 test "
+                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, ~4 h, 3 seeds x 3 test "
                              "studies for error bars; paper: a GPU; tiny: a few-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
