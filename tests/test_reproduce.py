@@ -204,17 +204,17 @@ def test_a_killed_reproduction_resumes_to_the_numbers_of_an_uninterrupted_one(ti
     assert "Interrupted and resumed with `--resume` (2 attempts" in readme and "TGD-net@3 (*continued*" in readme
 
 
-def _script():
-    """reproduce_paper.py as a module, to call its main() in-process."""
+def _script(monkeypatch):
+    """reproduce_paper.py as a module, to call its main() in-process (registered for the test only)."""
     spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
     script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script  # its dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
     spec.loader.exec_module(script)
     return script
 
 
-def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsys):
-    script = _script()
+def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsys, monkeypatch):
+    script = _script(monkeypatch)
     out = tmp_path / "results"
     assert script.main(["--scale", "tiny", "--out", str(out), "--resume"]) == 2
     assert "no run to resume" in capsys.readouterr().err and not out.exists()
@@ -237,8 +237,8 @@ def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == ["progress.json"]  # refused before anything was written
 
 
-def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys):
-    script = _script()
+def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys, monkeypatch):
+    script = _script(monkeypatch)
     for content, words in ((None, "does not exist"), ("{", "not a readable"), ('{"format": "x"}', "not a results file")):
         if content is not None:
             (tmp_path / "results.json").write_text(content)
