@@ -20,7 +20,7 @@ from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
-from tgdpet.train.loop import amp_dtype, training_loss, validate
+from tgdpet.train.loop import amp_dtype, learning_rate, training_loss, validate
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
 
@@ -168,6 +168,18 @@ def test_amp_choice_and_bf16_training(tmp_path, dataset):
     assert np.isfinite(result.progress.history[-1]["train_loss"])
     saved = weights(tmp_path / "bf16" / "last.safetensors").values()
     assert all(t.dtype == torch.float32 for t in saved if t.is_floating_point())
+
+
+def test_cosine_schedule_worked_by_hand(tmp_path, dataset):
+    cfg = train_cfg(epochs=2, lr_schedule="cosine")  # 64 patches of 16 per epoch: 4 steps each, 8 in all
+    assert [learning_rate(cfg, k) for k in (0, 2, 4, 6)] == pytest.approx([1e-3, 8.535534e-4, 5e-4, 1.464466e-4])
+    assert learning_rate(train_cfg(), 6) == 1e-3  # the paper's constant rate stays the default
+    train(dataset, tmp_path / "run", cfg, progress_bar=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # The rate each epoch's last step (steps 3 and 7) took: 1e-3 (1 + cos(3 pi / 8)) / 2 and (1 + cos(7 pi / 8)) / 2.
+    assert [r["lr"] for r in rows] == pytest.approx([6.913417e-4, 3.806023e-5])
+    with pytest.raises(TgdpetError, match="unknown lr-schedule 'step'"):
+        resolve_config(TrainConfig, lr_schedule="step")
 
 
 def test_config_errors(tmp_path):
@@ -323,7 +335,8 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
 def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model, command):
     # 0.2.0's CLI accepted --structure-fraction and dropped it: the run used the default.
     given = {"seed": 3, "iterations": 2, "patches_per_epoch": 32, "batch_size": 16, "patch_size": 16,
-             "lr": 5e-4, "workers": 0, "structure_fraction": 0.8, "detail_weight": 2.5}  # fmt: skip
+             "lr": 5e-4, "workers": 0, "structure_fraction": 0.8, "detail_weight": 2.5,
+             "lr_schedule": "cosine"}  # fmt: skip
     out = tmp_path / "run"
     args = [command, *([base_model] if command == "tgd-finetune" else []), str(dataset), "--out", str(out)]
     args += ["--device", "cpu", "--no-amp", "--no-progress"]
@@ -333,6 +346,19 @@ def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert {key: config[key] for key in given} == given
     assert config["device"] == "cpu" and config["amp"] is False
+
+
+def test_train_in_slices_gives_a_network_that_sees_that_many_slices(tmp_path, dataset):
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--out", str(out), "--preset", "tiny", "--in-slices", "5", "--device", "cpu"]
+    args += ["--no-amp", "--no-progress", "--iterations", "2", "--patches-per-epoch", "32", "--batch-size", "16"]
+    res = CliRunner().invoke(main, args + ["--patch-size", "16"])
+    assert res.exit_code == 0, res.output
+    record = load_model(out / "last.safetensors")
+    assert record.model.config.in_slices == 5 and record.model.convs[0].in_channels == 5
+    assert record.model.convs[-1].out_channels == 5 and yaml.safe_load((out / "config.yaml").read_text())["in_slices"] == 5
+    res = CliRunner().invoke(main, args + ["--overwrite", "--in-slices", "4"])
+    assert res.exit_code == 2 and "in-slices must be a positive odd number" in res.output
 
 
 def test_detail_weighted_loss_worked_by_hand():

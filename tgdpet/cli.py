@@ -189,6 +189,8 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
         click.option("--batch-size", type=int, help="Patches per step (all processes together)  [default: 64]"),
         click.option("--patch-size", type=int, help="Patch height and width in pixels  [default: 32]"),
         click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
+        click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]),
+                     help="Constant learning rate (the paper), or cosine decay to 0 over the run  [default: constant]"),
         click.option("--structure-fraction", type=float,
                      help="Share of patches centred where the target has detail (lesions, edges)  [default: 0.5]"),
         click.option("--detail-weight", type=float,
@@ -220,7 +222,7 @@ def _finetune_options(phi: float):
 
 
 _LOOP_KEYS = (
-    "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "workers",
+    "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
     "structure_fraction", "detail_weight",
 )  # fmt: skip
 _FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
@@ -261,13 +263,17 @@ def _report_run(result, out) -> None:
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
 )
 @click.option("--preset", help="Network preset: paper, uniform64, small or tiny  [default: small]")
+@click.option(
+    "--in-slices", type=int,
+    help="Adjacent axial slices the network sees, an odd number; more give it more 3D context  [default: 3]",
+)  # fmt: skip
 @_loop_options("train", epochs=20, patches_per_epoch=4096)
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
-def train_command(data, out, preset, config, no_progress, resume, overwrite, **options) -> None:
+def train_command(data, out, preset, in_slices, config, no_progress, resume, overwrite, **options) -> None:
     """Train a DnCNN from scratch on the train studies of DATA (a manifest or its folder).
 
     \b
@@ -276,7 +282,9 @@ def train_command(data, out, preset, config, no_progress, resume, overwrite, **o
     """
     from .train import TrainConfig, train
 
-    cfg = _run_config(TrainConfig, config, out, resume, preset=preset, **{k: options[k] for k in _LOOP_KEYS})
+    cfg = _run_config(
+        TrainConfig, config, out, resume, preset=preset, in_slices=in_slices, **{k: options[k] for k in _LOOP_KEYS}
+    )
     result = train(
         data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,
         echo=click.echo, command=_command_line(),

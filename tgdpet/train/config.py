@@ -33,6 +33,7 @@ from ..models import PRESETS
 METHODS = ("tgd", "all", "last3", "ewc")
 CONV1_OPTIONS = ("retrain", "freeze")
 TGD_MODES = ("activation", "parameter")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Settings a resumed run may change: how long to train and where, not what is trained.
 RESUME_MUTABLE = frozenset({"epochs", "iterations", "device", "workers"})
@@ -55,6 +56,7 @@ class LoopConfig:
     batch_size: int = 64
     patch_size: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant (the paper) or cosine; see loop.learning_rate
     seed: int = 0
     flips: bool = True
     structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
@@ -72,6 +74,8 @@ class LoopConfig:
                 f"patches-per-epoch ({self.patches_per_epoch}) is smaller than one batch ({self.batch_size}); "
                 "raise it or lower --batch-size."
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TgdpetError(f"unknown lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
         if self.seed < 0:
             raise TgdpetError(f"seed must be 0 or positive, got {self.seed}.")
         if self.workers is not None and self.workers < 0:
@@ -104,11 +108,14 @@ class TrainConfig(LoopConfig):
     """``tgdpet train``: a DnCNN from scratch."""
 
     preset: str = "small"
+    in_slices: int = 3  # adjacent axial slices the network sees (2.5D); more slices, more 3D context
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.preset not in PRESETS:
             raise TgdpetError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+        if self.in_slices < 1 or self.in_slices % 2 == 0:
+            raise TgdpetError(f"in-slices must be a positive odd number (3, 5, 7), got {self.in_slices}.")
 
 
 @dataclass

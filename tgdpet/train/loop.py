@@ -92,6 +92,19 @@ def training_loss(out: torch.Tensor, target: torch.Tensor, detail_weight: float 
     return (weight * (out - target) ** 2).sum() / weight.sum()
 
 
+def learning_rate(cfg: LoopConfig, step: int) -> float:
+    """Adam's learning rate at optimiser step ``step`` (0-based): constant (the paper), or cosine.
+
+    ``cosine`` falls from ``lr`` to 0 over the run's steps as ``lr (1 + cos(pi step / total)) / 2``: the
+    last epochs take small steps, so the final weights settle instead of wandering around the minimum
+    at a constant rate (a constant-rate run's last epoch can be much worse than its best one).
+    A function of the step alone, so a resumed run continues the same schedule.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.total_steps))
+
+
 def worker_count(workers: int | None, device: torch.device) -> int:
     """DataLoader workers: the user's number, else none on CPU (cutting patches is cheap next to a
     CPU training step, and workers would take cores from it) and 4 on CUDA."""
@@ -325,6 +338,8 @@ def fit(
                 loss = training_loss(out.float(), y, cfg.detail_weight)
                 penalty = method.penalty()
                 total = loss if penalty is None else loss + penalty
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, progress.step)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(total).backward()

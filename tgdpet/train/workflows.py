@@ -134,7 +134,7 @@ def train(
     # Everything that can refuse the input comes before the run folder is touched.
     train_studies, val, info = _data(manifest)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = prepare_model(build_model(cfg.preset), cfg, device)
+    model = prepare_model(build_model(cfg.preset, in_slices=cfg.in_slices), cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
     run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     method = Method(model)
