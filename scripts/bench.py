@@ -10,7 +10,8 @@
 - one training step of each preset in fp32 and in the device's reduced
   precision (what ``amp`` chooses by default, ``tgdpet.train.loop.amp_dtype``);
 - the training data pipeline (drawing one batch of patches) against one
-  training step of the small preset, the share the loop spends on data;
+  training step of the small preset, the share the loop spends on data, and
+  the share of an epoch that re-estimating BatchNorm's statistics costs;
 - KSE scoring of a whole paper-preset network;
 - peak memory of separate processes denoising a 256x256x600 volume with the
   small preset, and 48 slices of it with the paper preset, from which the
@@ -51,6 +52,7 @@ from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.infer import Denoiser, denoise_array  # noqa: E402
 from tgdpet.models import DnCNN, build_model  # noqa: E402
 from tgdpet.runtime import autocast_dtype, resolve_device  # noqa: E402
+from tgdpet.train.config import LoopConfig  # noqa: E402
 
 GIB = 2**30
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -293,7 +295,12 @@ def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict
         torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
 
-    seconds = interleaved_medians({"data": draw, "step": step}, 3 * repeats, device)
+    def calibrate() -> None:  # one of calibrate_batchnorm's batches: a new batch through the train-mode net
+        with torch.no_grad():
+            model(patches.__getitems__(list(range(64)))[0].to(device).contiguous(memory_format=torch.channels_last))
+
+    seconds = interleaved_medians({"data": draw, "step": step, "calibrate": calibrate}, 3 * repeats, device)
+    steps, calibration = 64, LoopConfig().bn_batches  # a 4096-patch epoch of batch 64, and its BN batches
     return {
         "preset": "small",
         "batch": 64,
@@ -301,6 +308,9 @@ def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict
         "data_ms": 1e3 * seconds["data"],
         "step_ms": 1e3 * seconds["step"],
         "data_share_of_step": seconds["data"] / seconds["step"],
+        "bn_batch_ms": 1e3 * seconds["calibrate"],
+        "bn_batches": calibration,
+        "bn_share_of_epoch": calibration * seconds["calibrate"] / (steps * (seconds["step"] + seconds["data"])),
     }
 
 
@@ -421,7 +431,8 @@ def print_report(result: dict) -> None:
     print(
         f"Training data, {d['preset']} preset, batch {d['batch']} of {d['patch']}x{d['patch']}x3: drawing a batch "
         f"{d['data_ms']:.1f} ms, a training step {d['step_ms']:.1f} ms, data {100 * d['data_share_of_step']:.1f} % "
-        "of the step"
+        f"of the step; re-estimating BatchNorm ({d['bn_batches']} batches of {d['bn_batch_ms']:.1f} ms) "
+        f"{100 * d['bn_share_of_epoch']:.1f} % of a 64-step epoch"
     )
     k = result["kse"]
     print(f"KSE scores of a whole {k['preset']} network ({k['layers_scored']} layers): {1e3 * k['seconds']:.1f} ms")

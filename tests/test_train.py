@@ -19,8 +19,10 @@ from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
+from tgdpet.train import ddp
 from tgdpet.train.config import to_yaml
-from tgdpet.train.loop import amp_dtype, learning_rate, training_loss, validate
+from tgdpet.train.loop import amp_dtype, calibrate_batchnorm, learning_rate, training_loss, validate
+from tgdpet.train.workflows import patch_dataset
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)
 
@@ -115,6 +117,51 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, dataset,
     assert [(r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in rows_a] == [
         (r["epoch"], r["step"], r["train_loss"], r["val_loss"]) for r in rows_b
     ]
+
+
+def first_bn_statistics(model, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """By hand: the mean over ``batches`` of the batch mean and unbiased variance of conv2's output."""
+    c1, c2 = model.convs[0], model.convs[1]
+    means, variances = [], []
+    for x in batches:
+        y = torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(x, c1.weight, c1.bias, padding=1)),
+                                       c2.weight, c2.bias, padding=1).double()  # fmt: skip
+        means.append(y.mean(dim=(0, 2, 3)))
+        variances.append(y.var(dim=(0, 2, 3), unbiased=True))
+    return torch.stack(means).mean(0), torch.stack(variances).mean(0)
+
+
+def test_calibrate_batchnorm_worked_by_hand(base_model):
+    model = load_model(base_model).model.train()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 3, 12, 12, generator=gen) * scale for scale in (0.5, 1.0, 3.0)]
+    weights_before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+    calibrate_batchnorm(model, Method(model), [(x, None) for x in batches], device=torch.device("cpu"),
+                        dtype=None, channels_last=False)  # fmt: skip
+    mean, var = first_bn_statistics(model, batches)
+    torch.testing.assert_close(model.bns[0].running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.bns[0].running_var.double(), var, rtol=1e-5, atol=1e-6)
+    assert model.bns[0].momentum == 0.01  # the model's running averages again for further training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights_before.items() if "num_batches" not in k)
+
+
+def test_a_saved_model_carries_the_batchnorm_statistics_of_its_own_weights(tmp_path, dataset):
+    """Saved statistics: the mean over the epoch's first bn_batches batches at the saved weights.
+
+    PyTorch's running averages (bn_batches 0) blend earlier weights' statistics instead.
+    """
+    cfg = train_cfg(epochs=1, bn_batches=2, lr=1e-2)  # 4 steps of 16 patches
+    train(dataset, tmp_path / "precise", cfg, progress_bar=False)
+    train(dataset, tmp_path / "running", train_cfg(epochs=1, bn_batches=0, lr=1e-2), progress_bar=False)
+    precise, running = load_model(tmp_path / "precise" / "last.safetensors"), load_model(tmp_path / "running" / "last.safetensors")
+    assert all(torch.equal(precise.model.convs[i].weight, running.model.convs[i].weight) for i in range(2))
+    patches = patch_dataset(load_studies(load_manifest(dataset), "train"), precise.model, cfg, ddp.DistEnv())
+    patches.set_epoch(0)
+    batches = [patches.__getitems__(list(range(b * 16, (b + 1) * 16)))[0] for b in range(2)]
+    mean, var = first_bn_statistics(precise.model, batches)
+    torch.testing.assert_close(precise.model.bns[0].running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(precise.model.bns[0].running_var.double(), var, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(running.model.bns[0].running_mean.double(), mean, rtol=1e-2, atol=1e-3)
 
 
 def test_run_folder_rules(tmp_path, dataset):
@@ -336,7 +383,7 @@ def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model
     # 0.2.0's CLI accepted --structure-fraction and dropped it: the run used the default.
     given = {"seed": 3, "iterations": 2, "patches_per_epoch": 32, "batch_size": 16, "patch_size": 16,
              "lr": 5e-4, "workers": 0, "structure_fraction": 0.8, "detail_weight": 2.5,
-             "lr_schedule": "cosine"}  # fmt: skip
+             "lr_schedule": "cosine", "bn_batches": 4}  # fmt: skip
     out = tmp_path / "run"
     args = [command, *([base_model] if command == "tgd-finetune" else []), str(dataset), "--out", str(out)]
     args += ["--device", "cpu", "--no-amp", "--no-progress"]

@@ -196,6 +196,9 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
         click.option("--detail-weight", type=float,
                      help="Extra loss weight per unit of the target's local detail, which keeps lesions' uptake  "
                      "[default: 0, plain MSE]"),
+        click.option("--bn-batches", type=int,
+                     help="Batches of training patches over which BatchNorm statistics are re-estimated at the end "
+                     "of every epoch, at that epoch's final weights (0: PyTorch's running averages)  [default: 16]"),
         click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
         click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
     ]
@@ -223,7 +226,7 @@ def _finetune_options(phi: float):
 
 _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
-    "structure_fraction", "detail_weight",
+    "structure_fraction", "detail_weight", "bn_batches",
 )  # fmt: skip
 _FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
 

@@ -61,6 +61,7 @@ class LoopConfig:
     flips: bool = True
     structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
     detail_weight: float = 0.0  # extra loss weight where the target has detail; see loop.training_loss
+    bn_batches: int = 16  # batches that re-estimate BatchNorm statistics each epoch; 0 = running averages; see loop
     device: str = "auto"
     amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
     channels_last: bool = True
@@ -84,6 +85,8 @@ class LoopConfig:
             raise TgdpetError(f"structure-fraction must lie in [0, 1], got {self.structure_fraction}.")
         if self.detail_weight < 0:
             raise TgdpetError(f"detail-weight must be 0 or positive, got {self.detail_weight}.")
+        if self.bn_batches < 0:
+            raise TgdpetError(f"bn-batches must be 0 (keep the running averages) or positive, got {self.bn_batches}.")
         if self.val_max_slices < 0:
             raise TgdpetError(f"val_max_slices must be 0 (every slice) or positive, got {self.val_max_slices}.")
 
