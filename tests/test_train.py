@@ -18,8 +18,7 @@ from tgdpet.data import PatchDataset, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
-from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, finetune, resolve_config, train
-from tgdpet.train import ddp
+from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, ddp, finetune, resolve_config, train
 from tgdpet.train.config import to_yaml
 from tgdpet.train.loop import amp_dtype, calibrate_batchnorm, learning_rate, training_loss, validate
 from tgdpet.train.workflows import patch_dataset
@@ -153,7 +152,8 @@ def test_a_saved_model_carries_the_batchnorm_statistics_of_its_own_weights(tmp_p
     cfg = train_cfg(epochs=1, bn_batches=2, lr=1e-2)  # 4 steps of 16 patches
     train(dataset, tmp_path / "precise", cfg, progress_bar=False)
     train(dataset, tmp_path / "running", train_cfg(epochs=1, bn_batches=0, lr=1e-2), progress_bar=False)
-    precise, running = load_model(tmp_path / "precise" / "last.safetensors"), load_model(tmp_path / "running" / "last.safetensors")
+    precise = load_model(tmp_path / "precise" / "last.safetensors")
+    running = load_model(tmp_path / "running" / "last.safetensors")
     assert all(torch.equal(precise.model.convs[i].weight, running.model.convs[i].weight) for i in range(2))
     patches = patch_dataset(load_studies(load_manifest(dataset), "train"), precise.model, cfg, ddp.DistEnv())
     patches.set_epoch(0)
@@ -403,7 +403,8 @@ def test_train_in_slices_gives_a_network_that_sees_that_many_slices(tmp_path, da
     assert res.exit_code == 0, res.output
     record = load_model(out / "last.safetensors")
     assert record.model.config.in_slices == 5 and record.model.convs[0].in_channels == 5
-    assert record.model.convs[-1].out_channels == 5 and yaml.safe_load((out / "config.yaml").read_text())["in_slices"] == 5
+    assert record.model.convs[-1].out_channels == 5
+    assert yaml.safe_load((out / "config.yaml").read_text())["in_slices"] == 5
     res = CliRunner().invoke(main, args + ["--overwrite", "--in-slices", "4"])
     assert res.exit_code == 2 and "in-slices must be a positive odd number" in res.output
 

@@ -261,6 +261,21 @@ class FitResult:
     method: dict  # Method.summary(): what was retrained
 
 
+def _batches(
+    patches: PatchDataset, indices: range, batch_size: int, workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """The epoch's patches ``indices`` in batches of ``batch_size`` (the dataset draws a whole batch at once)."""
+    return torch.utils.data.DataLoader(
+        patches,
+        batch_size=batch_size,
+        sampler=indices,
+        drop_last=True,
+        collate_fn=PatchDataset.collate,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
 def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     t = t.to(device, non_blocking=True)
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
@@ -360,15 +375,8 @@ def fit(
         epoch, skip = divmod(progress.step, cfg.steps_per_epoch)
         steps = min(cfg.steps_per_epoch, cfg.total_steps - epoch * cfg.steps_per_epoch) - skip
         patches.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            patches,
-            batch_size=rank_batch,
-            sampler=range(skip * rank_batch, len(patches)),  # a resumed run picks up mid-epoch
-            drop_last=True,
-            collate_fn=PatchDataset.collate,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-        )
+        # A resumed run picks up mid-epoch.
+        loader = _batches(patches, range(skip * rank_batch, len(patches)), rank_batch, workers, device)
         if skip == 0:
             progress.start_epoch()
         method.set_train_mode()
@@ -407,13 +415,9 @@ def fit(
                 progress.patches_seen += cfg.batch_size
                 bar.update()
                 bar.set_postfix(loss=f"{value:.3e}", refresh=False)
-        if cfg.bn_batches:
-            calibration = torch.utils.data.DataLoader(  # the epoch's first patches again, at its final weights
-                torch.utils.data.Subset(patches, range(min(cfg.bn_batches * rank_batch, len(patches)))),
-                batch_size=rank_batch,
-                collate_fn=PatchDataset.collate,
-                num_workers=workers,
-            )
+        if cfg.bn_batches:  # the epoch's first patches again, at its final weights
+            first = range(min(cfg.bn_batches * rank_batch, len(patches)))
+            calibration = _batches(patches, first, rank_batch, workers, device)
             calibrate_batchnorm(
                 model, method, calibration, device=device, dtype=dtype, channels_last=cfg.channels_last, env=env
             )
