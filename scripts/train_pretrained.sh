@@ -7,8 +7,11 @@
 # the squared error weighted by 1 + 48 x the target's local detail (--detail-weight: keeps lesion
 # uptake), Adam 1e-3, bf16 autocast (--amp), one CPU thread (16 minutes on a shared 2-core machine
 # with bf16 units; without them expect several times that). The best validation epoch is shipped.
-# --bn-batches 0: the shipped file was made before training re-estimated BatchNorm's statistics at
-# each epoch's end, with the running averages; the README measures the recipe with the re-estimation.
+# The shipped file was made by tgdpet 0.2's training loop, which kept BatchNorm's running averages
+# (--bn-batches 0) and drew the structure-seeking patch centres by detail in the files' units
+# (Bq/mL: light patients' studies drew more). This script trains the recipe as tgdpet trains now
+# (statistics re-estimated at each epoch's end, detail in each study's mean uptake); the README
+# measures what it gives ("The recipe retrained..."): it does not re-make the shipped file bit for bit.
 # Check it: tgdpet simulate EVAL --studies 1 --protocols v1 --ood none --seed 2000, then
 # tgdpet evaluate EVAL/v1 --model builtin=tgdpet/pretrained/dncnn-v1-small.safetensors, and
 # python scripts/lesion_phantom.py (a sphere phantom that is not the training phantom).
@@ -17,7 +20,7 @@ export OMP_WAIT_POLICY=PASSIVE
 work=${1:-pretrained-work}
 tgdpet simulate "$work/data" --studies 10 --protocols v1 --no-test-study --ood none --seed 1000 --no-progress
 OMP_NUM_THREADS=1 tgdpet train "$work/data/v1" --out "$work/run" --config small --in-slices 5 --amp \
-    --detail-weight 48 --structure-fraction 0.8 --epochs 100 --seed 0 --bn-batches 0 --no-progress
+    --detail-weight 48 --structure-fraction 0.8 --epochs 100 --seed 0 --no-progress
 # Ship the best epoch with what the training run cannot know about its data (shown by `tgdpet models`).
 python - "$work/run/best.safetensors" tgdpet/pretrained/dncnn-v1-small.safetensors <<'PY'
 import sys

@@ -306,6 +306,24 @@ def test_structure_fraction_draws_centres_where_the_target_has_detail(fraction, 
         assert bool((y.amax(dim=(1, 2, 3)) > 1).all())
 
 
+def test_structure_seeking_centres_count_detail_in_units_of_each_study_s_mean_uptake():
+    """Two equal regions with detail 1 and 2 draw 1/3 and 2/3 of the centres.
+
+    The same study stored in SUV and in Bq/mL (x 5000) draws half the centres each (tgdpet 0.2 counted
+    raw detail, so the Bq/mL copy took 5000 of every 5001, and a heavier patient's lower
+    concentrations gave fewer).
+    """
+    target = np.ones((4, 18, 18), np.float32)
+    detail = np.zeros_like(target)
+    detail[1:3, 2:6, 2:6], detail[1:3, 10:14, 10:14] = 1.0, 2.0
+    suv = Study.from_arrays("suv", target, [target], detail=detail)
+    bqml = Study.from_arrays("bqml", target * 5000, [target * 5000], detail=detail * 5000)
+    ds = PatchDataset([suv, bqml], patch_size=8, in_slices=3, length=64, seed=1, structure_fraction=1.0)
+    study, zyx = ds.centres(np.random.default_rng(2), 8000)
+    assert float(np.mean(study == 0)) == pytest.approx(0.5, abs=0.02)
+    assert float(np.mean(detail[tuple(zyx.T)] == 2.0)) == pytest.approx(2 / 3, abs=0.02)
+
+
 def test_a_batch_is_the_same_whatever_the_loader_split():
     """Batches are drawn whole: the DataLoader with workers gives the batches drawn in this process."""
     rng = np.random.default_rng(0)

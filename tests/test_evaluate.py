@@ -78,12 +78,20 @@ def _shift_model(path: Path) -> Path:
     return save_model(path, model.eval(), preset="tiny")
 
 
+def _liver_bias_by_hand(images, target, lab) -> float:
+    """Mean over the images of (liver mean - target's liver mean) / target's liver mean, in %."""
+    liver = lab == CODES["liver"]
+    reference = float(target[liver].astype(np.float64).mean())
+    return float(np.mean([(float(x[liver].astype(np.float64).mean()) - reference) / reference for x in images]) * 100)
+
+
 def _expected_row(images, target, lab, truth=None) -> dict:
     """Every figure computed straight from tgdpet.metrics on the arrays."""
     stack = np.stack(images)
     row = {
         "lesion_bias_pct": metrics.lesion_ensemble_bias(stack, target, lab == CODES["lesion"]),
         "liver_cov_pct": metrics.liver_cov(stack, lab == CODES["liver"]) if len(images) > 1 else None,
+        "liver_bias_pct": _liver_bias_by_hand(images, target, lab),
         "lesion_bias_truth_pct": None if truth is None else metrics.bias_vs_truth(stack, truth, lab == CODES["lesion"]),
         "psnr_db": float(np.mean([metrics.psnr(x, target) for x in images])),
         "ssim": float(np.mean([metrics.ssim(x, target) for x in images])),
@@ -137,6 +145,7 @@ def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp
         row = study["rows"][name]
         assert row["lesion_bias_pct"] == pytest.approx(0.0, abs=1e-4)
         assert row["liver_cov_pct"] == pytest.approx(0.0, abs=1e-4)
+        assert row["liver_bias_pct"] == pytest.approx(0.0, abs=1e-4)
         assert row["ssim"] == pytest.approx(1.0, abs=1e-6)
         assert row["hallucination_catheter_pct"] == pytest.approx(0.0, abs=1e-4)
     assert study["rows"]["input"]["psnr_db"] is None  # identical images: infinite PSNR

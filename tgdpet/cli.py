@@ -518,7 +518,8 @@ def evaluate_command(data, model_specs, study_id, json_out, device, precision, d
 
     \b
     Figures (paper supplement, eq. 6-7): lesion ensemble bias and liver CoV
-    over a study's realisations, lesion bias against the phantom truth,
+    over a study's realisations, the liver's ensemble bias (the reference
+    region of PERCIST reads), lesion bias against the phantom truth,
     PSNR and SSIM against the study's target, and a hallucination score
     around catheter and bladder. The row "input" scores the images before
     denoising.

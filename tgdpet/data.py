@@ -383,11 +383,14 @@ class PatchDataset(torch.utils.data.Dataset):
     A batch is ``(inputs, targets)``, two float32 tensors of shape
     ``(n, in_slices, patch_size, patch_size)``, each patch divided by its
     input's intensity scale. With probability ``structure_fraction`` a centre
-    voxel is drawn with probability proportional to the studies' ``detail``
-    weights, otherwise uniformly over all studies' body voxels (bigger
-    studies give more patches); the count level is uniform among the study's
-    inputs. With ``flips`` each patch is flipped along x and y and its stack
-    reversed along z, each with probability 1/2.
+    voxel is drawn with probability proportional to its study's ``detail``
+    divided by the study's mean input scale (detail in units of the study's
+    mean uptake: a study in Bq/mL, or a lighter patient's with higher
+    concentrations, does not take the structure-seeking patches of one in
+    SUV), otherwise uniformly over all studies' body voxels (bigger studies
+    give more patches); the count level is uniform among the study's inputs.
+    With ``flips`` each patch is flipped along x and y and its stack reversed
+    along z, each with probability 1/2.
     """
 
     def __init__(
@@ -427,7 +430,9 @@ class PatchDataset(torch.utils.data.Dataset):
         flats = [np.flatnonzero(s.body) for s in studies]
         self._study_of = np.concatenate([np.full(len(f), k, np.int32) for k, f in enumerate(flats)])
         self._flat = np.concatenate(flats)
-        detail = np.concatenate([s.detail.ravel()[f].astype(np.float64) for s, f in zip(studies, flats)])
+        detail = np.concatenate(
+            [(s.detail.ravel()[f] / np.mean(s.scales)).astype(np.float64) for s, f in zip(studies, flats)]
+        )
         self._detail_cum = np.cumsum(detail) if detail.sum() > 0 else None
         self._levels = np.array([len(s.inputs) for s in studies])
 

@@ -21,6 +21,9 @@ needs: a label, a truth image, two images for a CoV):
 
 - ``lesion_bias_pct``: lesion ensemble bias against the target (eq. 6);
 - ``liver_cov_pct``: liver CoV across the images (eq. 7, ddof = 1);
+- ``liver_bias_pct``: liver ensemble bias against the target (eq. 6 in the
+  liver). The liver is the reference region of PERCIST and Deauville reads:
+  a denoiser that moves its mean moves every reading normalised by it;
 - ``lesion_bias_truth_pct``: lesion ensemble bias against the phantom's true
   activity, when the study's ``meta`` names a ``truth`` image (a path
   relative to the manifest, on the study's grid, in the image units);
@@ -72,6 +75,7 @@ OOD_LABELS = ("bladder", "catheter")
 COLUMNS: dict[str, str] = {
     "lesion_bias_pct": "lesion bias %",
     "liver_cov_pct": "liver CoV %",
+    "liver_bias_pct": "liver bias %",
     "lesion_bias_truth_pct": "bias vs truth %",
     "psnr_db": "PSNR dB",
     "ssim": "SSIM",
@@ -204,13 +208,17 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
         if box is not None:
             crops.append(img[box])
     row: dict[str, float | None] = dict.fromkeys(COLUMNS)
+    stack = np.stack(crops) if ensemble else None
     if "lesion" in ensemble:
-        stack, lesion = np.stack(crops), ensemble["lesion"][box]
+        lesion = ensemble["lesion"][box]
         row["lesion_bias_pct"] = metrics.lesion_ensemble_bias(stack, study.target[box], lesion)
         if study.truth is not None:
             row["lesion_bias_truth_pct"] = metrics.bias_vs_truth(stack, study.truth[box], lesion)
-    if "liver" in ensemble and len(crops) >= 2:
-        row["liver_cov_pct"] = metrics.liver_cov(np.stack(crops), ensemble["liver"][box])
+    if "liver" in ensemble:
+        liver = ensemble["liver"][box]
+        row["liver_bias_pct"] = metrics.ensemble_region_bias(stack, study.target[box], liver)
+        if len(crops) >= 2:
+            row["liver_cov_pct"] = metrics.liver_cov(stack, liver)
     row["psnr_db"] = _mean(psnrs)
     row["ssim"] = _mean(ssims)
     if total is not None:
