@@ -300,7 +300,7 @@ def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict
             model(patches.__getitems__(list(range(64)))[0].to(device).contiguous(memory_format=torch.channels_last))
 
     seconds = interleaved_medians({"data": draw, "step": step, "calibrate": calibrate}, 3 * repeats, device)
-    steps, calibration = 64, LoopConfig().bn_batches  # a 4096-patch epoch of batch 64, and its BN batches
+    loop = LoopConfig()  # the default epoch (4096 patches in batches of 64) and its BatchNorm batches
     return {
         "preset": "small",
         "batch": 64,
@@ -309,8 +309,10 @@ def bench_data_pipeline(device: torch.device, quick: bool, repeats: int) -> dict
         "step_ms": 1e3 * seconds["step"],
         "data_share_of_step": seconds["data"] / seconds["step"],
         "bn_batch_ms": 1e3 * seconds["calibrate"],
-        "bn_batches": calibration,
-        "bn_share_of_epoch": calibration * seconds["calibrate"] / (steps * (seconds["step"] + seconds["data"])),
+        "bn_batches": loop.bn_batches,
+        "epoch_steps": loop.steps_per_epoch,
+        "bn_share_of_epoch": loop.bn_batches * seconds["calibrate"]
+        / (loop.steps_per_epoch * (seconds["step"] + seconds["data"])),
     }
 
 
@@ -432,7 +434,7 @@ def print_report(result: dict) -> None:
         f"Training data, {d['preset']} preset, batch {d['batch']} of {d['patch']}x{d['patch']}x3: drawing a batch "
         f"{d['data_ms']:.1f} ms, a training step {d['step_ms']:.1f} ms, data {100 * d['data_share_of_step']:.1f} % "
         f"of the step; re-estimating BatchNorm ({d['bn_batches']} batches of {d['bn_batch_ms']:.1f} ms) "
-        f"{100 * d['bn_share_of_epoch']:.1f} % of a 64-step epoch"
+        f"{100 * d['bn_share_of_epoch']:.1f} % of a {d['epoch_steps']}-step epoch"
     )
     k = result["kse"]
     print(f"KSE scores of a whole {k['preset']} network ({k['layers_scored']} layers): {1e3 * k['seconds']:.1f} ms")
