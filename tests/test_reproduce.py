@@ -16,6 +16,7 @@ import torch
 from helpers import trained_like_model
 
 from tgdpet import reproduce as rp
+from tgdpet.checkpoint import load_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
 MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-net-BN", "TGD-N2N", "TGD2-N2N")
@@ -74,6 +75,14 @@ def _check_table1_against_evaluation(table: list[list[str]], results: dict) -> i
     return checked
 
 
+def _reduced_precision(device: torch.device) -> str:
+    """The precision the hardware has units for, read from the hardware itself (the CPU's flags)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, request) -> tuple[Path, Path]:
     """One uninterrupted tiny reproduction (seed 3, with a --docs copy): its results folder and docs file."""
@@ -105,9 +114,16 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert instances["v1-net"]["seed"] is None
     training = results["training"]
     assert set(training) == {k for k, v in instances.items() if v["model"] != "TGD-net-BN"}
+    # Trained and evaluated in the reduced precision the hardware has; the model files and commands say so.
+    precision = _reduced_precision(device)
+    assert results["precision"] == {"training": precision, "evaluation": precision}
     for name, record in training.items():
         assert record["patches_seen"] == record["epochs"] * record["patches_per_epoch"] > 0, name
         assert Path(record["model"]).is_file(), name
+        assert record["precision"] == load_model(record["model"]).provenance["precision"] == precision, name
+        assert ("--amp" if precision != "fp32" else "--no-amp") in record["command"].split(), name
+    assert all(f"--precision {precision}" in results["commands"][f"evaluate {study} {ids[0]}"]
+               for study, ids in results["test_studies"].items())
     # Compute scales with the data: the fine-tunes see fewer patches than training from scratch.
     assert training["TGD-net@3"]["patches_seen"] < training["v2-net"]["patches_seen"]
     assert training["TGD-net@3"]["method"]["method"] == "tgd" and training["TGD-net@3"]["method"]["phi"] == 0.3
@@ -150,6 +166,7 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert len(results["answers"]) == 4
     assert "## Answers, from the measured numbers" in readme
     assert "tgdpet tgd-finetune" in readme and "--seed 3" in readme
+    assert f"; evaluation in {precision} (" in readme
     assert results["git"]["commit"] in readme
     # The docs copy links to the figures in the results folder.
     assert "(../results/fig5.png)" in docs.read_text()

@@ -82,6 +82,7 @@ def test_train_writes_a_run_and_learns(tmp_path, dataset):
     assert last.provenance["epochs"] == 4 and last.provenance["patches_seen"] == 1024
     assert last.provenance["train_studies"] == ["s000", "s001"] and last.provenance["val_studies"] == ["s002"]
     assert last.provenance["tgdpet_version"] and last.provenance["wall_time_s"] > 0
+    assert last.provenance["precision"] == "fp32"  # FAST pins amp=False
     for k, v in result.model.state_dict().items():
         assert torch.equal(v.contiguous(), last.model.state_dict()[k])
 
@@ -215,6 +216,8 @@ def test_amp_choice_and_bf16_training(tmp_path, dataset):
     assert np.isfinite(result.progress.history[-1]["train_loss"])
     saved = weights(tmp_path / "bf16" / "last.safetensors").values()
     assert all(t.dtype == torch.float32 for t in saved if t.is_floating_point())
+    # The model file says what the steps ran in.
+    assert result.precision == load_model(tmp_path / "bf16" / "last.safetensors").provenance["precision"] == "bf16"
 
 
 def test_cosine_schedule_worked_by_hand(tmp_path, dataset):

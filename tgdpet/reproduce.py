@@ -670,6 +670,16 @@ def provenance_line(results: Mapping) -> str:
             f"went on from an earlier attempt's last complete epoch): {each}.")  # fmt: skip
 
 
+def precision_line(results: dict) -> str:
+    """The sentence that says in which precision the run trained and evaluated (empty for a run from before
+    2026-12-02, which did not record it)."""
+    p = results.get("precision")
+    if not p:
+        return ""
+    training = "fp32" if p["training"] == "fp32" else f"{p['training']} autocast (fp32 weights and optimiser)"
+    return f" Training in {training}; evaluation in {p['evaluation']} (the kernel-drop study and figures in fp32)."
+
+
 def report_markdown(results: dict, link: str) -> str:
     """The report: what ran, how to repeat it, Table 1 with error bars, the verdicts, KSE against training
     length, the BN statistics after TGD, the figures and the answers, all from ``results`` (results.json).
@@ -730,7 +740,7 @@ notation allows; TGD²-N2N is the paper's TGD-net + online learning.
 
 An epoch is one random {s['patch_size']}x{s['patch_size']}x3 patch per input slice of the dataset (studies x count
 levels x slices; for N2N the two halves), so compute scales with the data as in the paper, where every network
-trained 500 epochs (N2N 150). Adam, lr 1e-3, MSE, batch {s['batch_size']}, network preset `{s['preset']}`.
+trained 500 epochs (N2N 150). Adam, lr 1e-3, MSE, batch {s['batch_size']}, network preset `{s['preset']}`.{precision_line(results)}
 Training times are the training loop alone (the step times below add data loading).
 
 ## Table 1

@@ -64,6 +64,11 @@ def amp_dtype(amp: bool | None, device: torch.device, config: DnCNNConfig) -> to
     return best or torch.bfloat16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what a model file records it was trained in."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def detail_weights(target: torch.Tensor, detail_weight: float) -> torch.Tensor:
     """Per-pixel loss weights ``1 + detail_weight * d`` of a target batch (N, C, H, W).
 
@@ -259,6 +264,7 @@ class FitResult:
     progress: Progress
     selected_by: str  # the metric that chose best.safetensors: val_loss, or train_loss without val studies
     method: dict  # Method.summary(): what was retrained
+    precision: str  # precision_name of the autocast dtype the steps ran in
 
 
 def _batches(
@@ -282,7 +288,8 @@ def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 
 def _provenance(
-    outputs: Outputs, cfg: LoopConfig, progress: Progress, summary: dict, device: torch.device, env: ddp.DistEnv
+    outputs: Outputs, cfg: LoopConfig, progress: Progress, summary: dict, device: torch.device, env: ddp.DistEnv,
+    dtype: torch.dtype | None,
 ) -> dict:
     """What a saved model records about how it was made, over the workflow's own ``outputs.provenance``."""
     return {
@@ -294,6 +301,7 @@ def _provenance(
         "patches_seen": progress.patches_seen,
         "wall_time_s": round(progress.elapsed_s, 3),
         "device": str(device),
+        "precision": precision_name(dtype),
         "world_size": env.world_size,
         "tgdpet_version": __version__,
         "torch_version": torch.__version__,
@@ -445,11 +453,13 @@ def fit(
         # Only rank 0 validates; the other ranks never save, so their notion of "best" does not matter.
         improved = progress.add_epoch(row, row[selected_by] if env.is_main else row["train_loss"])
         if env.is_main and outputs.run is not None:
-            prov = _provenance(outputs, cfg, progress, summary, device, env)
+            prov = _provenance(outputs, cfg, progress, summary, device, env, dtype)
             _write_epoch(outputs, model, method, progress, prov, selected_by if improved else None, training_state)
         ddp.barrier(env)
         say(_epoch_line(row, cfg.total_epochs, improved))
-    return FitResult(model=model, progress=progress, selected_by=selected_by, method=summary)
+    return FitResult(
+        model=model, progress=progress, selected_by=selected_by, method=summary, precision=precision_name(dtype)
+    )
 
 
 def _write_epoch(

@@ -197,6 +197,7 @@ def n2n_online(
                 "patches_seen": result.progress.patches_seen,
                 "wall_time_s": round(result.progress.elapsed_s, 3),
                 "device": str(device),
+                "precision": result.precision,
                 "tgdpet_version": __version__,
             },
             **method.record(record.masks_history),
