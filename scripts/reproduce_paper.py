@@ -145,13 +145,13 @@ SCALES = {
         preset="tiny", batch_size=16, patch_size=16, epochs=2, n2n_epochs=1, seeds=2, test_studies=2,
     ),
     "small": Scale(
-        "small", "2 CPU cores in about 50 minutes: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net "
-        "(7 x 32 channels), 12 epochs (60 for N2N)",
+        "small", "2 CPU cores: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net (7 x 32 channels), "
+        "12 epochs (60 for N2N), one seed",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60, seeds=1, test_studies=1,
     ),
     "medium": Scale(
-        "medium", f"2 CPU cores in about 4 hours: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
+        "medium", f"2 CPU cores: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
         "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,

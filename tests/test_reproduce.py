@@ -167,6 +167,7 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert "## Answers, from the measured numbers" in readme
     assert "tgdpet tgd-finetune" in readme and "--seed 3" in readme
     assert f"; evaluation in {precision} (" in readme
+    assert f"this run took {rp.duration(results['total_s'])} in all on cpu" in readme or device.type != "cpu"
     assert results["git"]["commit"] in readme
     # The docs copy links to the figures in the results folder.
     assert "(../results/fig5.png)" in docs.read_text()
@@ -358,6 +359,12 @@ def test_online_learning_answer_states_each_verdict_from_the_numbers():
     assert "bladder 18.00 -> 19.00 % (not lower, +6 %)" in text
     assert "liver CoV 8.00 -> 10.00 % (raised, +25 %)" in text
     assert text.count("catheter") == 1  # named once, in the study's description: no figure, no claim
+
+
+def test_run_durations_read_as_hours_and_minutes():
+    assert [rp.duration(s) for s in (14984.1, 3600, 3629, 725, 29)] == [
+        "4 h 10 min", "1 h 00 min", "1 h 00 min", "12 min", "under a minute"
+    ]
 
 
 def test_table1_cells_are_mean_sd_and_n_with_dashes_for_missing_figures():

@@ -670,6 +670,14 @@ def provenance_line(results: Mapping) -> str:
             f"went on from an earlier attempt's last complete epoch): {each}.")  # fmt: skip
 
 
+def duration(seconds: float) -> str:
+    """``1 h 05 min`` or ``12 min``: a run's wall time for the report's first line."""
+    hours, minutes = divmod(round(seconds / 60), 60)
+    if not hours:
+        return f"{minutes} min" if minutes else "under a minute"
+    return f"{hours} h {minutes:02d} min"
+
+
 def precision_line(results: dict) -> str:
     """The sentence that says in which precision the run trained and evaluated (empty for a run from before
     2026-12-02, which did not record it)."""
@@ -718,7 +726,8 @@ def report_markdown(results: dict, link: str) -> str:
     )  # fmt: skip
     return f"""# Reproduction of Targeted Gradient Descent (Chen, Asma, Chan, MICCAI 2021) on simulated PET
 
-Scale **{s['name']}**: {s['summary']}. Written by `scripts/reproduce_paper.py` from the numbers it measured
+Scale **{s['name']}**: {s['summary']}; this run took {duration(results['total_s'])} in all on {v['device']}.
+Written by `scripts/reproduce_paper.py` from the numbers it measured
 (rebuild it from `{prefix}results.json` with `--report-only`); nothing here is written by hand.
 {provenance_line(results)}
 
