@@ -132,10 +132,9 @@ class Scale:
     test_studies: int  # low-BMI and high-BMI test studies each
 
 
-#: Epochs of the medium scale. Its cost model (per epoch, v1-net + v2-net 68 s and the four fine-tunes 33 s per
-#: seed, on 2 quiet cores; ~100 minutes in all) was optimistic: measured in fp32 on 2 cores shared at a lower
-#: priority with other work (2026-12-01), simulation 11 min, v1-net 25 min (62 s per epoch), v2-net 30 min,
-#: one seed's four fine-tunes about 30 min, online learning 8 min, evaluation 65 min: 4 h 10 min in all.
+#: Epochs of the medium scale. Measured on 2 cores with bf16 units (2026-12-02, bf16 training and evaluation):
+#: simulation 10 min, v1-net and v2-net 10 min each, one seed's four fine-tunes 13 min, online learning 3 min,
+#: evaluation (25 networks x 7 studies) 31 min: 1 h 45 min in all (in fp32, 2026-12-01: 4 h 10 min).
 MEDIUM_EPOCHS = 24
 
 SCALES = {
@@ -907,8 +906,9 @@ def report_only(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: 2 CPU cores, ~50 min, one seed; medium: 2 CPU cores, ~4 h, 3 seeds x 3 test "
-                             "studies for error bars; paper: a GPU; tiny: a few-minute pipeline check")
+                        help="small: 2 CPU cores, under an hour, one seed; medium: 2 CPU cores, about 2 h with bf16 "
+                             "units (4 h in fp32), 3 seeds x 3 test studies for error bars; paper: a GPU; tiny: a "
+                             "few-minute pipeline check")
     parser.add_argument("--out", default="results", help="folder for data, models, tables, figures [default: results]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the patches")
