@@ -520,7 +520,8 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
         for name, base, base_seed in (("TGD-N2N", "v2-net", None), ("TGD2-N2N", "TGD-net", seed)):
             cfg = N2NConfig(
                 phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
-                batch_size=s.batch_size, patch_size=s.patch_size, seed=seed, device=run.device_arg, amp=training_amp(run.device),
+                batch_size=s.batch_size, patch_size=s.patch_size, seed=seed, device=run.device_arg,
+                amp=training_amp(run.device),
             )  # fmt: skip
             key, model, base_file = instance_key(name, seed), run.model(name, seed), run.model(base, base_seed)
             denoised = model.with_name(f"{model.stem}_denoised.nii.gz")
