@@ -678,7 +678,7 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def precision_line(results: dict) -> str:
+def precision_line(results: Mapping) -> str:
     """The sentence that says in which precision the run trained and evaluated (empty for a run from before
     2026-12-02, which did not record it)."""
     p = results.get("precision")

@@ -313,7 +313,7 @@ def _describe(summary: dict, cfg: LoopConfig, device: torch.device, env: ddp.Dis
         f"{summary['method']}: training {summary['retrained_parameters']:,} of {summary['total_parameters']:,} "
         f"parameters ({100 * summary['retrained_fraction']:.1f} %) on {device}"
         + (f" x {env.world_size} processes" if env.is_distributed else "")
-        + f", {'fp32' if dtype is None else str(dtype).replace('torch.', '')}"
+        + f", {precision_name(dtype)}"
         + f", {cfg.total_steps} steps of {cfg.batch_size} patches"
     )
 
