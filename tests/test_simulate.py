@@ -117,6 +117,43 @@ def test_labels_come_from_one_map_with_priority():
     assert float(ph.mu[air].max()) <= 0.5 * 0.0090 + 1e-6 and float(ph.activity[air].max()) < 0.5 * ph.bqml_per_suv
 
 
+def test_dense_lesions_are_more_and_a_third_of_them_in_the_liver(monkeypatch):
+    """Lesions counted as they are painted; the liver site is the only one 275-345 mm below the neck."""
+    from tgdpet.simulate import phantom
+
+    painted: list[list[float]] = []
+    last_centre = {}
+    ellipsoid, paint = phantom._Canvas.ellipsoid, phantom._Canvas.paint
+
+    def spy_ellipsoid(self, centre, semi, angle_deg=0.0):
+        last_centre["depth"] = centre[2]
+        return ellipsoid(self, centre, semi, angle_deg)
+
+    def spy_paint(self, occupancy, suv, mu, label):
+        if label == "other_lesion":
+            painted[-1].append(last_centre["depth"])
+        return paint(self, occupancy, suv, mu, label)
+
+    monkeypatch.setattr(phantom._Canvas, "ellipsoid", spy_ellipsoid)
+    monkeypatch.setattr(phantom._Canvas, "paint", spy_paint)
+    grid = Grid(24, 18)
+    counts, liver_share = {}, {}
+    for dense in (False, True):
+        runs = []
+        for seed in range(20):
+            painted.append([])
+            build_phantom(PhantomSpec(seed=seed, texture=False, lesions=True, dense_lesions=dense), grid)
+            runs.append(painted[-1])
+        counts[dense] = [len(r) for r in runs]
+        depths = np.concatenate([np.asarray(r) for r in runs])
+        liver_share[dense] = float(((depths >= 275) & (depths <= 345)).mean())
+    assert 4 <= min(counts[False]) and max(counts[False]) <= 10
+    assert 8 <= min(counts[True]) and max(counts[True]) <= 20
+    assert np.mean(counts[True]) > 1.5 * np.mean(counts[False])
+    assert 0.05 < liver_share[False] < 0.25  # 1 site in 7
+    assert 0.25 < liver_share[True] < 0.42  # weight 3 in 9
+
+
 def test_body_sizes_give_the_bmi_classes_and_fewer_counts_when_bigger():
     grid = Grid(48, 24)
     proj = projector_for(grid.size, grid.pixel_mm, "cpu")

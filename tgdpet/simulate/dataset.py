@@ -71,6 +71,7 @@ class StudySpec:
     kind: str = "train"
     body: str = "normal"
     lesions: bool = True
+    dense_lesions: bool = False
     tumour: bool = False
     ood: tuple[str, ...] = ()
     halves: bool = False
@@ -98,6 +99,7 @@ class StudySpec:
             seed=seed,
             texture=texture,
             lesions=self.lesions and self.kind in ("train", "val"),
+            dense_lesions=self.dense_lesions,
             tumour=self.tumour,
             catheter="catheter" in self.ood,
             hot_bladder="bladder" in self.ood,
@@ -168,20 +170,25 @@ def cohort(
     test_studies: bool = True,
     ood: Sequence[str] = OOD_FEATURES,
     halves: bool = False,
+    dense_lesions: bool = False,
 ) -> tuple[StudySpec, ...]:
     """The studies of a typical dataset (what ``tgdpet simulate`` writes).
 
     ``n_studies`` training studies cycle through ``bodies``; every fifth is a validation
     study. With ``test_studies``, one test study with the inserted liver tumour per body
     size; with ``ood`` features, one normal-size OOD study. ``halves`` adds Noise2Noise
-    halves to the training studies too.
+    halves to the training studies too; ``dense_lesions`` gives them more random lesions,
+    a third in the liver (:data:`~tgdpet.simulate.phantom.DENSE_LESION_COUNT`).
     """
     if n_studies < 1:
         raise TgdpetError(f"the number of training studies must be at least 1, got {n_studies}.")
     if not bodies:
         raise TgdpetError("give at least one BMI class (low, normal, high).")
     kinds = ["val" if (i + 1) % 5 == 0 else "train" for i in range(n_studies)]
-    studies = [StudySpec(k, bodies[i % len(bodies)], lesions=lesions, halves=halves) for i, k in enumerate(kinds)]
+    studies = [
+        StudySpec(k, bodies[i % len(bodies)], lesions=lesions, dense_lesions=dense_lesions, halves=halves)
+        for i, k in enumerate(kinds)
+    ]
     if test_studies:
         studies += [StudySpec("test", b, tumour=True) for b in dict.fromkeys(bodies)]
     if ood:

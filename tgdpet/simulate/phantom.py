@@ -108,6 +108,7 @@ class PhantomSpec:
     seed: int = 0
     texture: bool = True
     lesions: bool = False
+    dense_lesions: bool = False  # with lesions: DENSE_LESION_COUNT of them, a third in the liver
     tumour: bool = False
     catheter: bool = False
     hot_bladder: bool = False
@@ -308,7 +309,7 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
         canvas.suv.mul_(1.0 + _texture(grid, rng, device))
 
     if spec.lesions:
-        _paint_random_lesions(canvas, rng, so, liver_centre, liver_suv)
+        _paint_random_lesions(canvas, rng, so, liver_centre, liver_suv, dense=spec.dense_lesions)
     if spec.tumour:
         r = TUMOUR_DIAMETER_MM / 2
         centre = (liver_centre[0] * so + 20.0 * so, liver_centre[1] * so - 10.0 * so, liver_centre[2] + 10.0)
@@ -340,17 +341,26 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
 LESION_COUNT = (4, 10)
 LESION_DIAMETER_MM = (6.0, 30.0)
 LESION_CONTRAST = (2.0, 10.0)
+#: Dense lesions (``tgdpet simulate --dense-lesions``): more of them, and the liver site drawn three
+#: times as often as each other site (a third of the lesions). Why: with 4-10 lesions anywhere a
+#: network meets about one liver lesion per study, and at high BMI it flattened a 20 mm liver tumour
+#: by 12-14 %; trained on dense lesions, by 5-6 %, leaving more liver noise at low BMI (README).
+DENSE_LESION_COUNT = (8, 20)
+DENSE_LIVER_WEIGHT = 3.0
 
 
 def _paint_random_lesions(
-    canvas: _Canvas, rng: np.random.Generator, so: float, liver_centre, liver_suv: float
+    canvas: _Canvas, rng: np.random.Generator, so: float, liver_centre, liver_suv: float, dense: bool = False
 ) -> None:
     """Hot spheres in the liver, the lungs, the mediastinum, the abdomen and the pelvic bones.
 
     Count, diameter and contrast are drawn from :data:`LESION_COUNT`,
     :data:`LESION_DIAMETER_MM` and :data:`LESION_CONTRAST` (contrast
     log-uniform, so faint lesions are as common as very hot ones), each
-    lesion's SUV being the contrast times its site's background uptake.
+    lesion's SUV being the contrast times its site's background uptake; sites
+    are equally likely. ``dense`` draws the count from :data:`DENSE_LESION_COUNT`
+    and the liver site :data:`DENSE_LIVER_WEIGHT` times as often (the equal
+    sites keep their own draw, so datasets without ``dense`` stay as they were).
     """
     sites = [  # (x, y, depth, spread in mm, background SUV)
         (liver_centre[0], liver_centre[1], liver_centre[2], 35.0, liver_suv),
@@ -361,9 +371,11 @@ def _paint_random_lesions(
         (95.0, -25.0, 470.0, 15.0, SUV["bone"]),
         (-95.0, -25.0, 470.0, 15.0, SUV["bone"]),
     ]
-    lo, hi = LESION_COUNT
+    lo, hi = DENSE_LESION_COUNT if dense else LESION_COUNT
+    weights = np.array([DENSE_LIVER_WEIGHT] + [1.0] * (len(sites) - 1))
     for _ in range(int(rng.integers(lo, hi + 1))):
-        x, y, d, spread, background = sites[int(rng.integers(len(sites)))]
+        site = int(rng.choice(len(sites), p=weights / weights.sum())) if dense else int(rng.integers(len(sites)))
+        x, y, d, spread, background = sites[site]
         r = rng.uniform(*LESION_DIAMETER_MM) / 2
         contrast = float(np.exp(rng.uniform(*np.log(LESION_CONTRAST))))
         centre = (
