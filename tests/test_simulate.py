@@ -281,7 +281,8 @@ def test_cli_writes_a_complete_dataset_whose_manifests_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "bad",
     [["--studies", "0"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],
-     ["--realisations", "20"], ["--ood", "teapot"], ["--levels", "thirty"], ["--device", "tpu"]],
+     ["--realisations", "20"], ["--ood", "teapot"], ["--levels", "thirty"], ["--device", "tpu"],
+     ["--no-lesions", "--dense-lesions"]],
 )  # fmt: skip
 def test_cli_refuses_bad_options_and_writes_nothing(tmp_path, bad):
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *SMALL, *bad])

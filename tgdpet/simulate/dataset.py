@@ -85,6 +85,10 @@ class StudySpec:
         bad = [f for f in self.ood if f not in OOD_FEATURES]
         if bad:
             raise TgdpetError(f"unknown out-of-distribution feature {bad[0]!r}; use {' or '.join(OOD_FEATURES)}.")
+        if self.dense_lesions and not self.lesions:
+            raise TgdpetError(
+                "dense lesions were asked for in studies without lesions; drop --dense-lesions or --no-lesions."
+            )
         if self.kind == "ood" and not self.ood:
             raise TgdpetError("an 'ood' study needs at least one feature (catheter, bladder).")
 

@@ -359,8 +359,8 @@ def _paint_random_lesions(
     log-uniform, so faint lesions are as common as very hot ones), each
     lesion's SUV being the contrast times its site's background uptake; sites
     are equally likely. ``dense`` draws the count from :data:`DENSE_LESION_COUNT`
-    and the liver site :data:`DENSE_LIVER_WEIGHT` times as often (the equal
-    sites keep their own draw, so datasets without ``dense`` stay as they were).
+    and the liver site :data:`DENSE_LIVER_WEIGHT` times as often. Without it the
+    draws are those of tgdpet 0.2, so its datasets do not change.
     """
     sites = [  # (x, y, depth, spread in mm, background SUV)
         (liver_centre[0], liver_centre[1], liver_centre[2], 35.0, liver_suv),
@@ -372,9 +372,12 @@ def _paint_random_lesions(
         (-95.0, -25.0, 470.0, 15.0, SUV["bone"]),
     ]
     lo, hi = DENSE_LESION_COUNT if dense else LESION_COUNT
-    weights = np.array([DENSE_LIVER_WEIGHT] + [1.0] * (len(sites) - 1))
+    liver_first = np.array([DENSE_LIVER_WEIGHT] + [1.0] * (len(sites) - 1))
     for _ in range(int(rng.integers(lo, hi + 1))):
-        site = int(rng.choice(len(sites), p=weights / weights.sum())) if dense else int(rng.integers(len(sites)))
+        if dense:
+            site = int(rng.choice(len(sites), p=liver_first / liver_first.sum()))
+        else:
+            site = int(rng.integers(len(sites)))
         x, y, d, spread, background = sites[site]
         r = rng.uniform(*LESION_DIAMETER_MM) / 2
         contrast = float(np.exp(rng.uniform(*np.log(LESION_CONTRAST))))
