@@ -391,11 +391,12 @@ def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model
     args = [command, *([base_model] if command == "tgd-finetune" else []), str(dataset), "--out", str(out)]
     args += ["--device", "cpu", "--no-amp", "--no-progress"]
     args += [a for key, value in given.items() for a in (f"--{key.replace('_', '-')}", str(value))]
+    args += ["--noise-relative-loss"]
     res = CliRunner().invoke(main, args + (["--preset", "tiny"] if command == "train" else []))
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert {key: config[key] for key in given} == given
-    assert config["device"] == "cpu" and config["amp"] is False
+    assert config["device"] == "cpu" and config["amp"] is False and config["noise_relative_loss"] is True
 
 
 def test_train_in_slices_gives_a_network_that_sees_that_many_slices(tmp_path, dataset):
@@ -427,6 +428,47 @@ def test_detail_weighted_loss_worked_by_hand():
     flat = torch.full((2, 3, 8, 8), 4.0)  # no detail: weights all 1, the MSE
     noisy = flat + torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert training_loss(noisy, flat, 7.0).item() == pytest.approx(torch.mean((noisy - flat) ** 2).item(), rel=1e-6)
+
+
+def test_noise_relative_loss_worked_by_hand():
+    # Two flat patches (no detail: weights 1) of 0 with inputs 0.1 and 1.0, noise powers 0.01 and 1; both outputs
+    # keep a quarter of their input's noise power (errors 0.05 and 0.5). Dividing by the power (+ 1e-4), the clean
+    # patch counts as much as the noisy one; the absolute loss is all the noisy patch's.
+    target = torch.zeros(2, 3, 4, 4)
+    noisy = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 1.0)])
+    out = noisy / 2
+    w1, w2 = 1 / 0.0101, 1 / 1.0001
+    by_hand = (w1 * 0.0025 + w2 * 0.25) / (w1 + w2) * (0.01 + 1) / 2
+    assert training_loss(out, target, 0.0, noisy).item() == pytest.approx(by_hand, rel=1e-6)
+    assert training_loss(out, target, 5.0, noisy).item() == pytest.approx(by_hand, rel=1e-6)
+    assert training_loss(out, target, 0.0).item() == pytest.approx((0.0025 + 0.25) / 2, rel=1e-6)
+    cleaner = out.clone()
+    cleaner[0] = 0.0  # the clean patch denoised perfectly: the relative loss falls by half, the absolute by 1 %
+    relative = training_loss(cleaner, target, 0.0, noisy) / training_loss(out, target, 0.0, noisy)
+    assert relative.item() == pytest.approx(w2 * 0.25 / (w1 * 0.0025 + w2 * 0.25), rel=1e-6)
+    assert 0.49 < relative.item() < 0.51
+    assert training_loss(cleaner, target, 0.0).item() / training_loss(out, target, 0.0).item() > 0.99
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_loop_hands_the_noisy_input_to_the_loss_only_when_asked(tmp_path, dataset, monkeypatch, flag):
+    import tgdpet.train.loop as loop
+
+    seen = []
+
+    def spy(out, target, detail_weight=0.0, noisy=None):
+        seen.append(noisy)
+        return training_loss(out, target, detail_weight, noisy)
+
+    monkeypatch.setattr(loop, "training_loss", spy)
+    cfg = TrainConfig(preset="tiny", iterations=2, patches_per_epoch=32, batch_size=16, patch_size=16, device="cpu",
+                      amp=False, noise_relative_loss=flag)  # fmt: skip
+    train(dataset, tmp_path / "run", cfg, progress_bar=False)
+    assert len(seen) == 2
+    for noisy in seen:
+        assert (noisy is not None) == flag
+        if flag:  # the network's input, not its output or the target: (batch, slices, patch, patch)
+            assert noisy.shape == (16, 3, 16, 16) and float(noisy.std()) > 0
 
 
 def test_validation_loss_follows_the_detail_weight_and_psnr_stays_the_mse(dataset):

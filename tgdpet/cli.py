@@ -196,6 +196,9 @@ def _loop_options(command: str, epochs: int, patches_per_epoch: int):
         click.option("--detail-weight", type=float,
                      help="Extra loss weight per unit of the target's local detail, which keeps lesions' uptake  "
                      "[default: 0, plain MSE]"),
+        click.option("--noise-relative-loss/--absolute-loss", default=None,
+                     help="Divide each patch's squared error by its input's own noise power, so clean and noisy "
+                     "inputs count by the share of their noise left  [default: absolute]"),
         click.option("--bn-batches", type=int,
                      help="Batches of training patches over which BatchNorm statistics are re-estimated at the end "
                      "of every epoch, at that epoch's final weights (0: PyTorch's running averages)  [default: 16]"),
@@ -226,7 +229,7 @@ def _finetune_options(phi: float):
 
 _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
-    "structure_fraction", "detail_weight", "bn_batches",
+    "structure_fraction", "detail_weight", "noise_relative_loss", "bn_batches",
 )  # fmt: skip
 _FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
 
@@ -571,8 +574,8 @@ def _seconds(text: str) -> tuple[float, ...]:
 @click.option("--lesions/--no-lesions", default=True, show_default=True,
               help="Random hot lesions in the training studies.")
 @click.option("--dense-lesions", is_flag=True,
-              help="8-20 random lesions a training study, a third of them in the liver, instead of 4-10 "
-                   "anywhere: networks keep more lesion uptake at high noise (README).")
+              help="40-60 random lesions a training study instead of 4-10: networks keep more lesion "
+                   "uptake at high noise (README).")
 @click.option("--ood", default="catheter,bladder", show_default=True,
               help="Features of the out-of-distribution study (catheter, bladder), or 'none'.")
 @click.option("--test-study/--no-test-study", default=True, show_default=True,

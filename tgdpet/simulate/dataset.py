@@ -181,8 +181,8 @@ def cohort(
     ``n_studies`` training studies cycle through ``bodies``; every fifth is a validation
     study. With ``test_studies``, one test study with the inserted liver tumour per body
     size; with ``ood`` features, one normal-size OOD study. ``halves`` adds Noise2Noise
-    halves to the training studies too; ``dense_lesions`` gives them more random lesions,
-    a third in the liver (:data:`~tgdpet.simulate.phantom.DENSE_LESION_COUNT`).
+    halves to the training studies too; ``dense_lesions`` gives them more random lesions
+    (:data:`~tgdpet.simulate.phantom.DENSE_LESION_COUNT`).
     """
     if n_studies < 1:
         raise TgdpetError(f"the number of training studies must be at least 1, got {n_studies}.")

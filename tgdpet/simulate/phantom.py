@@ -108,7 +108,7 @@ class PhantomSpec:
     seed: int = 0
     texture: bool = True
     lesions: bool = False
-    dense_lesions: bool = False  # with lesions: DENSE_LESION_COUNT of them, a third in the liver
+    dense_lesions: bool = False  # with lesions: DENSE_LESION_COUNT of them
     tumour: bool = False
     catheter: bool = False
     hot_bladder: bool = False
@@ -341,12 +341,11 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
 LESION_COUNT = (4, 10)
 LESION_DIAMETER_MM = (6.0, 30.0)
 LESION_CONTRAST = (2.0, 10.0)
-#: Dense lesions (``tgdpet simulate --dense-lesions``): more of them, and the liver site drawn three
-#: times as often as each other site (a third of the lesions). Why: with 4-10 lesions anywhere a
-#: network meets about one liver lesion per study, and at high BMI it flattened a 20 mm liver tumour
-#: by 12-14 %; trained on dense lesions, by 5-6 %, leaving more liver noise at low BMI (README).
-DENSE_LESION_COUNT = (8, 20)
-DENSE_LIVER_WEIGHT = 3.0
+#: Dense lesions (``tgdpet simulate --dense-lesions``): 40-60 a study at the same sites. Why: with 4-10
+#: a network meets about one liver lesion per study, and at high BMI it flattened a 20 mm liver tumour by
+#: 12-14 %; trained on dense lesions (about seven in the liver), by 1.5-2 % (README). Overlapping
+#: spheres merge into irregular hot regions, which a denoiser should keep too.
+DENSE_LESION_COUNT = (40, 60)
 
 
 def _paint_random_lesions(
@@ -358,9 +357,7 @@ def _paint_random_lesions(
     :data:`LESION_DIAMETER_MM` and :data:`LESION_CONTRAST` (contrast
     log-uniform, so faint lesions are as common as very hot ones), each
     lesion's SUV being the contrast times its site's background uptake; sites
-    are equally likely. ``dense`` draws the count from :data:`DENSE_LESION_COUNT`
-    and the liver site :data:`DENSE_LIVER_WEIGHT` times as often. Without it the
-    draws are those of tgdpet 0.2, so its datasets do not change.
+    are equally likely. ``dense`` draws the count from :data:`DENSE_LESION_COUNT`.
     """
     sites = [  # (x, y, depth, spread in mm, background SUV)
         (liver_centre[0], liver_centre[1], liver_centre[2], 35.0, liver_suv),
@@ -372,13 +369,12 @@ def _paint_random_lesions(
         (-95.0, -25.0, 470.0, 15.0, SUV["bone"]),
     ]
     lo, hi = DENSE_LESION_COUNT if dense else LESION_COUNT
-    liver_first = np.array([DENSE_LIVER_WEIGHT] + [1.0] * (len(sites) - 1))
+    equal = np.full(len(sites), 1.0 / len(sites))
     for _ in range(int(rng.integers(lo, hi + 1))):
-        if dense:
-            site = int(rng.choice(len(sites), p=liver_first / liver_first.sum()))
-        else:
-            site = int(rng.integers(len(sites)))
-        x, y, d, spread, background = sites[site]
+        # Two ways to draw an equally likely site, each kept so that its datasets can be re-made: the
+        # built-in model's training data was drawn the dense way.
+        site = rng.choice(len(sites), p=equal) if dense else rng.integers(len(sites))
+        x, y, d, spread, background = sites[int(site)]
         r = rng.uniform(*LESION_DIAMETER_MM) / 2
         contrast = float(np.exp(rng.uniform(*np.log(LESION_CONTRAST))))
         centre = (

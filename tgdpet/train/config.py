@@ -61,6 +61,7 @@ class LoopConfig:
     flips: bool = True
     structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
     detail_weight: float = 0.0  # extra loss weight where the target has detail; see loop.training_loss
+    noise_relative_loss: bool = False  # each patch's error divided by its input's noise; see loop.noise_power
     bn_batches: int = 16  # batches that re-estimate BatchNorm statistics each epoch; 0 = running averages; see loop
     device: str = "auto"
     amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
