@@ -8,8 +8,8 @@
 # lesion uptake) and divided by each patch's input noise power (--noise-relative-loss: removes the
 # same share of the noise at every count level and body size), Adam 1e-3, bf16 autocast (--amp),
 # one CPU thread (16 minutes on a shared 2-core machine with bf16 units; without them expect several
-# times that). The best validation epoch is shipped. The README ("How the built-in model was
-# chosen") measures each of these choices.
+# times that). The best validation epoch is shipped. The README ("What brought it back")
+# measures each of these choices and the spread of a rerun.
 # Check it: tgdpet simulate EVAL --studies 1 --protocols v1 --ood none --seed 2000, then
 # tgdpet evaluate EVAL/v1 --model builtin=tgdpet/pretrained/dncnn-v1-small.safetensors, and
 # python scripts/lesion_phantom.py (a sphere phantom that is not the training phantom).

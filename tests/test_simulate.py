@@ -276,6 +276,20 @@ def test_cli_writes_a_complete_dataset_whose_manifests_round_trip(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
+def test_cli_dense_lesions_reach_the_training_phantom(tmp_path):
+    """The same seed with and without --dense-lesions: the same anatomy, more lesion voxels and activity."""
+    args = ["--studies", "1", "--protocols", "v1", "--levels", "60", "--no-test-study", "--ood", "none", *SMALL]
+    truths, lesion_voxels = {}, {}
+    for dense in (False, True):
+        out = tmp_path / f"data{dense}"
+        result = CliRunner().invoke(main, ["simulate", str(out), *args, *(["--dense-lesions"] if dense else [])])
+        assert result.exit_code == 0, result.output
+        truths[dense] = read_volume(out / "truth" / "s000.nii.gz").data
+        lesion_voxels[dense] = int((read_volume(out / "labels" / "s000.nii.gz").data == LABEL_CODES["other_lesion"]).sum())
+    assert lesion_voxels[True] > 2 * lesion_voxels[False]
+    assert truths[True].sum() > 1.05 * truths[False].sum()
+
+
 @pytest.mark.parametrize(
     "bad",
     [["--studies", "0"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],

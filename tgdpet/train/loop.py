@@ -87,6 +87,12 @@ def detail_weights(target: torch.Tensor, detail_weight: float) -> torch.Tensor:
     return 1.0 + detail_weight * box_detail(target)
 
 
+#: Added to :func:`noise_power` before dividing by it, in squared units of the object's mean uptake (1 after
+#: normalisation), so that a patch whose input equals its target cannot take a batch's weight. Measured inside
+#: the body of the simulator's v1 training studies: 4.5e-3 (180 s, low BMI) to 0.21 (30 s, high BMI).
+NOISE_POWER_FLOOR = 1e-4
+
+
 def training_loss(
     out: torch.Tensor, target: torch.Tensor, detail_weight: float = 0.0, noisy: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -96,22 +102,18 @@ def training_loss(
     loss on the MSE's scale, so the learning rate keeps its meaning. With the
     network's input ``noisy``, each patch's weights are also divided by its input's
     own noise power (:func:`noise_power`), so every patch counts by the share of
-    its noise left, not by its absolute error: see :func:`noise_power` for why.
+    its noise left, not by its absolute error, and the batch's mean power restores
+    the MSE's scale: see :func:`noise_power` for why.
     """
     if detail_weight == 0.0 and noisy is None:
         return F.mse_loss(out, target)
     weight = detail_weights(target, detail_weight)
+    scale = 1.0
     if noisy is not None:
         power = noise_power(noisy, target)
         weight = weight / (power + NOISE_POWER_FLOOR)
-        return (weight * (out - target) ** 2).sum() / weight.sum() * power.mean()
-    return (weight * (out - target) ** 2).sum() / weight.sum()
-
-
-#: Added to :func:`noise_power` before dividing by it, in squared units of the object's mean uptake (1 after
-#: normalisation), so that a patch whose input equals its target cannot take a batch's weight. Measured inside
-#: the body of the simulator's v1 training studies: 4.5e-3 (180 s, low BMI) to 0.21 (30 s, high BMI).
-NOISE_POWER_FLOOR = 1e-4
+        scale = power.mean()
+    return (weight * (out - target) ** 2).sum() / weight.sum() * scale
 
 
 def noise_power(noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -121,10 +123,10 @@ def noise_power(noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     divide by it: the absolute squared error is dominated by the noisiest inputs
     (high BMI, short scans), so a network trained on it, asked by
     ``detail_weight`` to keep lesions, removes only what little noise a clean
-    low-BMI input has where it is cheap to leave (measured: 0.55-0.63x of the
-    low-BMI liver noise left against 0.42-0.47x at high BMI; README). Divided,
-    every count level and body size pays for the share of its noise left, which
-    is what the liver CoV measures.
+    low-BMI input has where it is cheap to leave (measured at detail weights 0-48:
+    0.08-0.12x more of the low-BMI liver's noise left than of the high-BMI one's;
+    README, "What brought it back"). Divided, every count level and body size
+    pays for the share of its noise left, which is what the liver CoV measures.
     """
     return ((noisy.float() - target) ** 2).mean(dim=(1, 2, 3), keepdim=True)
 
