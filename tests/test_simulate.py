@@ -28,6 +28,7 @@ from tgdpet.simulate import (
     split,
     thin,
 )
+from tgdpet.simulate.filters import blur_along, blur_matrix, exact_sum
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,6 +240,39 @@ def test_a_seed_reproduces_a_study_and_another_seed_does_not(device):
     assert not torch.equal(a.images["v2"][1], c.images["v2"][1])
     assert [s.role for s in a.scans] == ["target", "realisation", "realisation"]
     assert torch.equal(a.scans[1].counts + a.scans[2].counts, a.scans[0].counts)  # 2 x 60 s make the 120 s scan
+
+
+def test_the_reproducible_blur_and_sum_agree_with_float64_arithmetic():
+    x = torch.rand(6, 40, 50, generator=torch.Generator().manual_seed(0))
+    for dim, n, spacing in ((0, 6, 4.0), (1, 40, 2.0), (2, 50, 4.0)):
+        m = blur_matrix(n, 150.0, spacing).double()
+        expected = torch.einsum("ij,...j->...i", m, x.double().movedim(dim, -1)).movedim(-1, dim)
+        got = blur_along(x, dim, 150.0, spacing, reproducible=True)
+        assert torch.allclose(got.double(), expected, rtol=1e-6, atol=0), dim
+    values = torch.tensor([1e8, 1.0, -1e8, 0.25], dtype=torch.float32).repeat(1000)
+    assert exact_sum(values) == 1250.0  # float32 running sums lose the small terms
+
+
+def test_a_seed_gives_the_same_counts_on_one_thread_and_on_two():
+    """Poisson draws take a varying number of random numbers per bin, so count rates a few ulps apart
+    (a matrix product split among threads rounds differently) gave different noise everywhere; 64 x 64
+    x 48 was enough to show it."""
+    config = SimulationConfig(
+        studies=(StudySpec("train", "high", dense_lesions=True),), size=64, slices=48, protocols=("v1",),
+        levels_s=(60,), device="cpu", progress=False,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    studies = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            studies.append(simulate_study(config.studies[0], config))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = studies
+    assert torch.equal(one.phantom.activity, two.phantom.activity)
+    for a, b in zip(one.scans, two.scans, strict=True):
+        assert torch.equal(a.counts, b.counts), a.name
 
 
 SMALL = ["--size", "32", "--slices", "8", "--no-progress", "--device", "cpu"]

@@ -11,6 +11,14 @@ voxel still blurs by the right amount instead of collapsing to a delta.
 matrix, so the blur is its own adjoint, as the reconstruction's system model
 needs. ``"replicate"`` (the edge value continues) keeps the end slices of a
 post-filtered image at their level.
+
+A matrix product's rounding depends on how the maths library splits it among
+threads, so the same command on 1 and on 2 threads gave count rates a few ulps
+apart, and the Poisson draws that follow (which take a varying number of random
+numbers per bin) then differed everywhere. What feeds the random draws is
+therefore computed ``reproducible``: a blur as a fixed sequence of elementwise
+products and sums, and sums correctly rounded (:func:`exact_sum`); both give
+the same bits on any thread count and any CPU.
 """
 
 from __future__ import annotations
@@ -46,20 +54,58 @@ def blur_matrix(
     return m.to(device=device, dtype=torch.float32)
 
 
-def blur_along(x: torch.Tensor, dim: int, fwhm_mm: float, spacing_mm: float, padding: str = "zeros") -> torch.Tensor:
-    """Blur ``x`` along one dimension with a Gaussian of ``fwhm_mm`` (samples ``spacing_mm`` apart)."""
+def blur_along(
+    x: torch.Tensor,
+    dim: int,
+    fwhm_mm: float,
+    spacing_mm: float,
+    padding: str = "zeros",
+    reproducible: bool = False,
+) -> torch.Tensor:
+    """Blur ``x`` along one dimension with a Gaussian of ``fwhm_mm`` (samples ``spacing_mm`` apart).
+
+    ``reproducible`` gives the same bits on any thread count (see the module docstring), at several
+    times the cost for wide blurs.
+    """
     dim = dim % x.ndim
     m = blur_matrix(x.shape[dim], float(fwhm_mm), float(spacing_mm), padding, str(x.device))
+    if reproducible:
+        return _product_by_diagonals(m, x.movedim(dim, -1)).movedim(-1, dim)
     if dim == x.ndim - 1:
         return x @ m.T
     return (m @ x.movedim(dim, -2)).movedim(-2, dim)
 
 
+def _product_by_diagonals(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ m.T`` summed one diagonal of ``m`` at a time, in a fixed order of IEEE products and sums."""
+    n = m.shape[0]
+    out = torch.zeros_like(x)
+    for d in range(-(n - 1), n):
+        w = torch.diagonal(m, offset=d)  # m[k, k + d] (d >= 0) or m[k - d, k] (d < 0)
+        if not bool(w.any()):
+            continue
+        if d >= 0:
+            out[..., : n - d] += w * x[..., d:]
+        else:
+            out[..., -d:] += w * x[..., : n + d]
+    return out
+
+
 def gaussian_blur3d(
-    volume: torch.Tensor, fwhm_mm: float, voxel_mm: tuple[float, float, float], padding: str = "zeros"
+    volume: torch.Tensor,
+    fwhm_mm: float,
+    voxel_mm: tuple[float, float, float],
+    padding: str = "zeros",
+    reproducible: bool = False,
 ) -> torch.Tensor:
     """Isotropic 3D Gaussian of ``fwhm_mm`` on the last three dimensions ``(z, y, x)`` of ``volume``."""
     out = volume
     for axis, spacing in zip((-3, -2, -1), voxel_mm):
-        out = blur_along(out, axis, fwhm_mm, spacing, padding)
+        out = blur_along(out, axis, fwhm_mm, spacing, padding, reproducible)
     return out
+
+
+def exact_sum(x: torch.Tensor) -> float:
+    """The sum of ``x``'s elements, correctly rounded per chunk (``math.fsum``): the same on any thread count."""
+    flat = x.detach().reshape(-1).double().cpu()
+    return math.fsum(math.fsum(chunk.tolist()) for chunk in flat.split(1 << 20))

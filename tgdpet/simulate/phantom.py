@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io.acquisition import F18_HALF_LIFE_S
+from .filters import exact_sum
 from .grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM, Grid
 
 #: Label codes of the phantom's label map (0 is air).
@@ -319,7 +320,7 @@ def build_phantom(spec: PhantomSpec, grid: Grid, device: torch.device | str = "c
         tube = canvas.polyline_tube([(x * so, y * so, d) for x, y, d in path], radius=3.0)
         canvas.paint(tube * outline, SUV["catheter"], MU_SOFT, "catheter")
 
-    torso_kg = float(canvas.mu.sum()) * 10.0 * grid.voxel_ml / MASS_ATTENUATION_CM2_PER_G / 1000.0
+    torso_kg = exact_sum(canvas.mu) * 10.0 * grid.voxel_ml / MASS_ATTENUATION_CM2_PER_G / 1000.0
     weight_kg = torso_kg / TORSO_MASS_FRACTION
     bqml_per_suv = INJECTED_DOSE_BQ * 2.0 ** (-UPTAKE_S / F18_HALF_LIFE_S) / (weight_kg * 1000.0)
     return Phantom(

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .filters import blur_along, gaussian_blur3d
+from .filters import blur_along, exact_sum, gaussian_blur3d
 from .phantom import Phantom
 from .projector import Projector
 
@@ -75,17 +75,18 @@ def count_rates(phantom: Phantom, projector: Projector, model: ScannerModel = Sc
     attenuation = torch.exp(-projector.forward(phantom.mu))
     geometry = grid.pixel_mm * grid.slice_mm / projector.n_angles / 1000.0  # mL per mm^3
     efficiency = model.sensitivity * geometry * attenuation
-    blurred = gaussian_blur3d(phantom.activity, model.psf_fwhm_mm, grid.voxel_mm)
+    # Poisson draws follow, so every step gives the same bits on any thread count (filters' docstring).
+    blurred = gaussian_blur3d(phantom.activity, model.psf_fwhm_mm, grid.voxel_mm, reproducible=True)
     trues = efficiency * projector.forward(blurred)
 
-    broad = blur_along(trues, -1, model.scatter_fwhm_mm, grid.pixel_mm)
-    broad = blur_along(broad, 0, model.scatter_fwhm_mm, grid.slice_mm)
+    broad = blur_along(trues, -1, model.scatter_fwhm_mm, grid.pixel_mm, reproducible=True)
+    broad = blur_along(broad, 0, model.scatter_fwhm_mm, grid.slice_mm, reproducible=True)
     sf = scatter_fraction(phantom.spec.body_scale)
-    scatter = broad * (sf / (1.0 - sf) * trues.sum() / broad.sum())
+    scatter = broad * (sf / (1.0 - sf) * exact_sum(trues) / exact_sum(broad))
 
     rf = model.randoms_fraction
-    level = rf / (1.0 - rf) * (trues.sum() + scatter.sum()) / trues.numel()
-    randoms = torch.full_like(trues, float(level))
+    level = rf / (1.0 - rf) * (exact_sum(trues) + exact_sum(scatter)) / trues.numel()
+    randoms = torch.full_like(trues, level)
     return CountRates(efficiency=efficiency, trues=trues, scatter=scatter, randoms=randoms)
 
 
