@@ -18,7 +18,7 @@ apart, and the Poisson draws that follow (which take a varying number of random
 numbers per bin) then differed everywhere. What feeds the random draws is
 therefore computed ``reproducible``: a blur as a fixed sequence of elementwise
 products and sums, and sums correctly rounded (:func:`exact_sum`); both give
-the same bits on any thread count and any CPU.
+the same bits on any thread count.
 """
 
 from __future__ import annotations

@@ -81,11 +81,12 @@ def count_rates(phantom: Phantom, projector: Projector, model: ScannerModel = Sc
 
     broad = blur_along(trues, -1, model.scatter_fwhm_mm, grid.pixel_mm, reproducible=True)
     broad = blur_along(broad, 0, model.scatter_fwhm_mm, grid.slice_mm, reproducible=True)
+    total_trues = exact_sum(trues)
     sf = scatter_fraction(phantom.spec.body_scale)
-    scatter = broad * (sf / (1.0 - sf) * exact_sum(trues) / exact_sum(broad))
+    scatter = broad * (sf / (1.0 - sf) * total_trues / exact_sum(broad))
 
     rf = model.randoms_fraction
-    level = rf / (1.0 - rf) * (exact_sum(trues) + exact_sum(scatter)) / trues.numel()
+    level = rf / (1.0 - rf) * (total_trues + exact_sum(scatter)) / trues.numel()
     randoms = torch.full_like(trues, level)
     return CountRates(efficiency=efficiency, trues=trues, scatter=scatter, randoms=randoms)
 
