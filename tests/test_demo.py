@@ -19,7 +19,7 @@ from tgdpet.simulate.grid import Grid
 
 def test_builtin_model_is_a_trained_tgdpet_model():
     record = load_model(pretrained_model_path())
-    assert record.preset == "small"
+    assert record.preset == "uniform64"
     assert record.provenance["workflow"] == "train"
     assert record.provenance["patches_seen"] > 100_000
 
@@ -69,7 +69,8 @@ def test_demo_writes_its_images_and_denoises_the_liver(tmp_path):
 def test_the_builtin_model_keeps_a_high_bmi_tumour_and_at_least_halves_the_liver_noise(tmp_path):
     # A fresh high-BMI study (seed 3001, never used to train or choose the model), 10 realisations of 60 s:
     # the hardest case of the README's table. tgdpet 0.2's built-in model lost 18 % of this tumour's uptake, the
-    # previous one (4-10 training lesions) 8.7 %, the present one 3.3 % at 0.48x the liver noise.
+    # 4-10-lesion file 8.7 %, the small-preset file 3.5 %, the present one 0.8 % at 0.47x the liver noise, with
+    # the liver's mean 3.5 % high (docs/builtin-model.md). The bounds are the project's targets.
     data = tmp_path / "hb"
     args = ["simulate", str(data), "--studies", "1", "--bmi", "high", "--protocols", "v1", "--levels", "60"]
     args += ["--ood", "none", "--realisations", "10", "--seed", "3001", "--no-progress", "--device", "cpu"]
@@ -83,5 +84,6 @@ def test_the_builtin_model_keeps_a_high_bmi_tumour_and_at_least_halves_the_liver
     (study,) = json.loads(report.read_text())["studies"]
     rows = study["rows"]
     assert abs(rows["input"]["lesion_bias_pct"]) < 2  # the 600 s reference and the 60 s inputs agree
-    assert rows["builtin"]["lesion_bias_pct"] > -6
+    assert abs(rows["builtin"]["lesion_bias_pct"]) < 5
     assert rows["builtin"]["liver_cov_pct"] <= 0.5 * rows["input"]["liver_cov_pct"]
+    assert abs(rows["builtin"]["liver_bias_pct"]) < 5

@@ -94,7 +94,7 @@ _MAX_BATCH_SLICES = 64
 
 def pretrained_model_path() -> Path:
     """The model file shipped with tgdpet and used when no ``--model`` is given."""
-    path = Path(__file__).parent / "pretrained" / "dncnn-v1-small.safetensors"
+    path = Path(__file__).parent / "pretrained" / "dncnn-v1-uniform64.safetensors"
     if not path.is_file():
         raise TgdpetError(
             f"the built-in pretrained model {path} is missing from this installation; reinstall tgdpet or pass "

@@ -125,7 +125,7 @@ def noise_power(noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ``detail_weight`` to keep lesions, removes only what little noise a clean
     low-BMI input has where it is cheap to leave (measured at detail weights 0-48:
     0.08-0.12x more of the low-BMI liver's noise left than of the high-BMI one's;
-    README, "What brought it back"). Divided, every count level and body size
+    docs/builtin-model.md, "What brought it back"). Divided, every count level and body size
     pays for the share of its noise left, which is what the liver CoV measures.
     """
     return ((noisy.float() - target) ** 2).mean(dim=(1, 2, 3), keepdim=True)
