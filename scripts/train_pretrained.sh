@@ -8,7 +8,7 @@
 # lesion uptake) and divided by each patch's input noise power (--noise-relative-loss: removes the
 # same share of the noise at every count level and body size), Adam 1e-3, bf16 autocast (--amp),
 # two CPU threads (22 minutes on a 2-core machine with bf16 units; without them expect several
-# times that). The best validation epoch is shipped. docs/builtin-model.md measures each of these
+# times that; the thread count is pinned because training's rounding, and so the file, depends on it). The best validation epoch is shipped. docs/builtin-model.md measures each of these
 # choices, the spread of a rerun, and what this file does on test studies and a sphere phantom.
 # Check it: tgdpet simulate EVAL --studies 1 --protocols v1 --ood none --seed 4000, then
 # tgdpet evaluate EVAL/v1 --model builtin=tgdpet/pretrained/dncnn-v1-uniform64.safetensors, and
