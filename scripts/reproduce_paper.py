@@ -94,9 +94,12 @@ from tgdpet.train.workflows import patch_dataset
 PHI_FINETUNE = 0.3
 PHI_N2N = 0.4
 DROP_PHIS = (0.3, 0.4, 0.5, 0.6)
+#: The paper's TGD taken literally, kept as its own rows beside tgdpet's default TGD: activation-gradient
+#: masking, conv1's meaningless kernels retrained, frozen channels normalised by batch statistics while training.
+PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch"}
 #: The fine-tuned networks of Table 1, then the online-learning ones, in table order.
-FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net")
-ONLINE = ("TGD-N2N", "TGD2-N2N")
+FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net")
+ONLINE = ("TGD-N2N", "TGD2-N2N", "TGD-paper-N2N")
 #: TGD-net with its frozen channels' BN running statistics re-estimated on the fine-tuning data.
 BN_REESTIMATED = "TGD-net-BN"
 MODELS = ("v1-net", "v2-net", *FINETUNED, BN_REESTIMATED, *ONLINE)
@@ -130,37 +133,45 @@ class Scale:
     n2n_epochs: int
     seeds: int  # fine-tuning seeds: every fine-tuned / online network is trained this many times
     test_studies: int  # low-BMI and high-BMI test studies each
+    channel_penalty: float = 0.0  # v1-net's and v2-net's group-lasso weight (tgdpet train --channel-penalty)
 
 
 #: Epochs of the medium scale. Measured on 2 cores with bf16 units (2026-12-02, bf16 training and evaluation):
 #: simulation 10 min, v1-net and v2-net 10 min each, one seed's four fine-tunes 13 min, online learning 3 min,
 #: evaluation (25 networks x 7 studies) 31 min: 1 h 45 min in all (in fp32, 2026-12-01: 4 h 10 min).
 MEDIUM_EPOCHS = 24
+#: v1-net's and v2-net's channel penalty (``tgdpet train --channel-penalty``), chosen on the medium data's v1
+#: training set before this run (``scripts/spare_capacity.py``, 5 epochs, docs/tgd.md): 1e-3 left 46 % of the
+#: parameters droppable at phi 0.3 for a 0.01 % output change, at 0.7 dB of PSNR on a held-out study
+#: (3e-4: 18 %, no PSNR cost; 0: 9 %, and dropping them changed the output by 14 %).
+CHANNEL_PENALTY = 1e-3
 
 SCALES = {
     "tiny": Scale(
         "tiny", "pipeline check for tests: a tiny grid and net, two epochs, two seeds (numbers are meaningless)",
         size=40, slices=45, levels_s=(60, 180), realisations=2, n_train=2, n_finetune=1, n_third=1,
         preset="tiny", batch_size=16, patch_size=16, epochs=2, n2n_epochs=1, seeds=2, test_studies=2,
+        channel_penalty=CHANNEL_PENALTY,
     ),
     "small": Scale(
         "small", "2 CPU cores: the paper's 20 + 7 studies at 4 mm voxels, the 'small' net (7 x 32 channels), "
         "12 epochs (60 for N2N), one seed",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=12, n2n_epochs=60, seeds=1, test_studies=1,
+        channel_penalty=CHANNEL_PENALTY,
     ),
     "medium": Scale(
         "medium", f"2 CPU cores: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
         "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
-        test_studies=3,
+        test_studies=3, channel_penalty=CHANNEL_PENALTY,
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
         size=192, slices=216, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=7, preset="paper", batch_size=64, patch_size=32, epochs=500, n2n_epochs=150, seeds=3,
-        test_studies=3,
+        test_studies=3, channel_penalty=CHANNEL_PENALTY,
     ),
 }  # fmt: skip
 
@@ -280,12 +291,12 @@ def cli(*words: object, **options: object) -> str:
 
 def loop_options(cfg: LoopConfig) -> dict:
     """The command-line options that set ``cfg`` (the others are the commands' defaults)."""
-    keys = ("preset", "method", "phi", "conv1", "tgd_mode", "epochs", "patches_per_epoch", "batch_size",
-            "patch_size", "lr", "seed", "device")  # fmt: skip
+    keys = ("preset", "channel_penalty", "method", "phi", "conv1", "tgd_mode", "bn_stats", "epochs",
+            "patches_per_epoch", "batch_size", "patch_size", "lr", "seed", "device")  # fmt: skip
     options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
     method = getattr(cfg, "method", None)
     if method in ("all", "last3", "ewc"):
-        for k in ("phi", "conv1", "tgd_mode"):
+        for k in ("phi", "conv1", "tgd_mode", "bn_stats"):
             options.pop(k)
     if method == "ewc":
         options["ewc_lambda"] = cfg.ewc_lambda
@@ -474,7 +485,7 @@ def train_networks(run: Run) -> None:
     s = run.scale
     (run.out / "runs").mkdir(exist_ok=True)
     for name, protocol in (("v1-net", "v1"), ("v2-net", "v2")):
-        cfg = TrainConfig(preset=s.preset, **loop_settings(run, s.n_train, run.seed))
+        cfg = TrainConfig(preset=s.preset, channel_penalty=s.channel_penalty, **loop_settings(run, s.n_train, run.seed))
         data, folder = run.data / "main" / protocol, run.model(name).parent
         echo = snapshot_echo(run, name) if name == "v1-net" else run.log.echo(name)
         command = run.commands[name] = cli("train", data, out=folder, **loop_options(cfg))
@@ -491,6 +502,7 @@ def train_networks(run: Run) -> None:
         ("TGD-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE}),
         ("EWC-net", "v1-net", "finetune", s.n_finetune, {"method": "ewc"}),
         ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
+        ("TGD-paper-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **PAPER_LITERAL}),
     )
     for seed in run.seeds:
         for name, base, dataset, n, method in finetunes:
@@ -513,15 +525,20 @@ def train_networks(run: Run) -> None:
 
 
 def online_learning(run: Run, ood: StudyEntry) -> None:
-    """Per seed, TGD-N2N (from v2-net) and TGD²-N2N (from that seed's TGD-net): Noise2Noise on the OOD halves."""
+    """Per seed, TGD-N2N (from v2-net), TGD²-N2N (from that seed's TGD-net) and the paper-literal TGD-N2N (from
+    v2-net): Noise2Noise on the OOD halves."""
     s = run.scale
     (run.out / "n2n").mkdir(exist_ok=True)
     for seed in run.seeds:
-        for name, base, base_seed in (("TGD-N2N", "v2-net", None), ("TGD2-N2N", "TGD-net", seed)):
+        for name, base, base_seed, how in (
+            ("TGD-N2N", "v2-net", None, {}),
+            ("TGD2-N2N", "TGD-net", seed, {}),
+            ("TGD-paper-N2N", "v2-net", None, PAPER_LITERAL),
+        ):
             cfg = N2NConfig(
                 phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
                 batch_size=s.batch_size, patch_size=s.patch_size, seed=seed, device=run.device_arg,
-                amp=training_amp(run.device),
+                amp=training_amp(run.device), **how,
             )  # fmt: skip
             key, model, base_file = instance_key(name, seed), run.model(name, seed), run.model(base, base_seed)
             denoised = model.with_name(f"{model.stem}_denoised.nii.gz")

@@ -50,9 +50,9 @@ def test_the_defaults_in_the_help_are_the_config_defaults(command, cls):
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     keys = ["epochs", "patches_per_epoch", "batch_size", "patch_size", "lr", "seed", "device"]
     if cls is not TrainConfig:
-        keys += ["phi", "method", "conv1", "tgd_mode", "ewc_lambda"]
+        keys += ["phi", "method", "conv1", "tgd_mode", "bn_stats", "ewc_lambda"]
     else:
-        keys += ["preset"]
+        keys += ["preset", "channel_penalty"]
     for key in keys:
         option, value = "--" + key.replace("_", "-"), defaults[key]
         text = shown[option]

@@ -19,7 +19,8 @@ from tgdpet import reproduce as rp
 from tgdpet.checkpoint import load_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
-MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-net-BN", "TGD-N2N", "TGD2-N2N")
+MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net", "TGD-net-BN", "TGD-N2N",
+          "TGD2-N2N", "TGD-paper-N2N")
 RESULT_FILES = ("table1.md", "fig4.md", "fig4.png", "fig5.png", "fig6.png", "results.json", "README.md")
 CELL = re.compile(r"^(-?[\d,]+(?:\.\d+)?)(?: ± ([\d,]+(?:\.\d+)?))? \((\d+)\)$")
 
@@ -129,6 +130,16 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert training["TGD-net@3"]["method"]["method"] == "tgd" and training["TGD-net@3"]["method"]["phi"] == 0.3
     assert training["TGD-N2N@4"]["method"]["phi"] == 0.4 and training["TGD-N2N@4"]["base"] == "v2-net"
     assert training["TGD2-N2N@4"]["base"] == "TGD-net@4" and training["TGD2-net@3"]["base"] == "TGD-net@3"
+    # tgdpet's TGD and the paper taken literally, side by side; v1-net and v2-net trained with the scale's penalty.
+    how = ("tgd_mode", "conv1", "bn_stats")
+    for name in ("TGD-net@3", "TGD2-net@4", "TGD-N2N@3", "TGD2-N2N@4"):
+        assert [training[name]["method"][k] for k in how] == ["parameter", "freeze", "stored"], name
+    for name in ("TGD-paper-net@3", "TGD-paper-N2N@4"):
+        assert [training[name]["method"][k] for k in how] == ["activation", "retrain", "batch"], name
+    assert training["TGD-paper-net@4"]["base"] == "v1-net" and training["TGD-paper-N2N@3"]["base"] == "v2-net"
+    penalty = results["scale"]["channel_penalty"]
+    assert penalty > 0 and training["v1-net"]["method"]["channel_penalty"] == penalty
+    assert f"--channel-penalty {penalty}" in training["v1-net"]["command"]
     for study in ("low_bmi", "high_bmi", "ood"):
         for result in results["evaluation"][study]:
             assert set(result["rows"]) == {"input", *instances}

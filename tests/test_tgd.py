@@ -62,10 +62,10 @@ def _channel_tensors(model: DnCNN, i: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", lr=1e-2):
+def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", lr=1e-2, bn_stats="stored"):
     model.train()
     opt = make_opt(model.parameters(), lr)
-    engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None)
+    engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None, bn_stats=bn_stats)
     x, y = _batch()
     for _ in range(steps):
         opt.zero_grad()
@@ -84,15 +84,95 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("mode", ["activation", "parameter"])
-@pytest.mark.parametrize("train", [True, False])
-def test_forward_is_bit_identical(mode, train):
+@pytest.mark.parametrize("train, bn_stats", [(True, "batch"), (False, "batch"), (False, "stored")])
+def test_forward_is_bit_identical(mode, train, bn_stats):
+    """The engine changes no forward pass, except what stored statistics change in training mode (below)."""
     plain = _model()
     tgd = copy.deepcopy(plain)
     plain.train(train)
     tgd.train(train)
     x, _ = _batch()
-    with attach(tgd, _alternating_masks(tgd), mode=mode):
+    with attach(tgd, _alternating_masks(tgd), mode=mode, bn_stats=bn_stats):
         assert torch.equal(tgd(x), plain(x))
+
+
+def _bn_by_hand(x: torch.Tensor, mean, var, bn) -> torch.Tensor:
+    """BatchNorm written out in float64 for the given per-channel mean and variance."""
+    view = (1, -1, 1, 1)
+    x = x.double()
+    scale = bn.weight.detach().double().view(view) / torch.sqrt(var.double().view(view) + bn.eps)
+    return (x - mean.double().view(view)) * scale + bn.bias.detach().double().view(view)
+
+
+def test_stored_statistics_normalise_frozen_channels_as_at_test_time():
+    """In training mode, frozen channels use the running statistics and retrained ones the batch's."""
+    model = _model()
+    masks = _alternating_masks(model)
+    bn = model.bns[1]  # after convs[2]
+    seen = {}
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()  # training-mode BN updates the buffers
+    model.train()
+    with attach(model, masks):  # the defaults: parameter mode, stored statistics
+        handle = bn.register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach(), y=o.detach()))
+        model(_batch()[0])
+        handle.remove()
+    x, keep = seen["x"], masks[2]
+    stored = _bn_by_hand(x, mean, var, bn)
+    batch = _bn_by_hand(x, x.double().mean((0, 2, 3)), x.double().var((0, 2, 3), unbiased=False), bn)
+    torch.testing.assert_close(seen["y"][:, ~keep].double(), stored[:, ~keep], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["y"][:, keep].double(), batch[:, keep], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(stored[:, ~keep], batch[:, ~keep], atol=1e-3)  # the two really differ here
+
+
+@pytest.mark.parametrize("bn_stats", ["stored", "batch"])
+def test_a_frozen_channel_fed_by_frozen_channels_computes_the_same_before_and_after_finetuning(bn_stats):
+    """conv1 frozen (the default), conv2's frozen channels read only frozen maps: their output is bit-identical
+    at test time after fine-tuning; with stored statistics also in training mode, where batch statistics
+    would make it depend on the batch."""
+    model = _model()
+    masks = _alternating_masks(model)
+    masks[0] = torch.zeros_like(masks[0])
+    frozen = ~masks[1]
+    x, _ = _batch(seed=5)
+    seen = {}
+    hook = lambda m, i, o: seen.__setitem__("y", o.detach()[:, frozen].clone())  # noqa: E731
+
+    def conv2_out(train: bool) -> torch.Tensor:
+        model.train(train)
+        handle = model.bns[0].register_forward_hook(hook)
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        return seen["y"]
+
+    at_test = conv2_out(False)
+    _train(model, masks, OPTIMIZERS["adamw_wd"], steps=5, mode="parameter", bn_stats=bn_stats).detach()
+    assert torch.equal(conv2_out(False), at_test)
+    with attach(model, masks, bn_stats=bn_stats):
+        in_training = conv2_out(True)
+    if bn_stats == "stored":
+        assert torch.equal(in_training, at_test)
+    else:
+        assert not torch.allclose(in_training, at_test, atol=1e-3)
+
+
+def test_parameter_mode_gives_retrained_kernels_the_true_gradient():
+    """Parameter mode (with batch statistics, the plain forward pass): retrained entries get exactly the plain
+    network's gradient, frozen entries none."""
+    model = _model()
+    masks = _alternating_masks(model)
+    x, y = _batch()
+    model.train()
+    plain = _grads(model, x, y)
+    with attach(model, masks, mode="parameter", bn_stats="batch"):
+        got = _grads(model, x, y)
+    for i in range(len(model.convs)):
+        keep = masks[i]
+        for name, t in _channel_tensors(model, i).items():
+            if name.endswith(("running_mean", "running_var")):
+                continue
+            assert torch.equal(got[name][keep], plain[name][keep]), name
+            assert torch.count_nonzero(got[name][~keep]) == 0, name
 
 
 @pytest.mark.parametrize("restore", ["hook", "manual"])
@@ -201,7 +281,7 @@ def test_activation_mode_matches_written_out_tgd_layer():
     x, y = _batch()
     model.train()
     expected = _reference_tgd_grads(copy.deepcopy(model), masks, x, y)
-    with attach(model, masks):
+    with attach(model, masks, mode="activation", bn_stats="batch"):
         got = _grads(model, x, y)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9, msg=name)
@@ -220,7 +300,7 @@ def test_conv_and_bn_output_gradients_of_frozen_channels_are_exactly_zero():
             output.register_hook(lambda g: seen.__setitem__(name, g.detach().clone()))
         return hook
 
-    with attach(model, masks):
+    with attach(model, masks, mode="activation"):
         # Registered after TGD's own hooks, so they see the gradient that flows on.
         handles = [model.convs[2].register_forward_hook(keep_grad("conv3")),
                    model.bns[1].register_forward_hook(keep_grad("bn3")),
@@ -241,7 +321,7 @@ def test_masked_gradients_stay_channels_last():
     x, y = (t.contiguous(memory_format=torch.channels_last) for t in _batch())
     model.train()
     seen: list[torch.Tensor] = []
-    with attach(model, masks):
+    with attach(model, masks, mode="activation"):
         def record(module, inputs, output) -> None:  # returns None: the output is left as it is
             output.register_hook(lambda g: seen.append(g.detach()))
 
@@ -293,11 +373,14 @@ def test_detach_restores_plain_training():
 def test_build_masks_follow_kse_of_next_layer_and_freeze_last():
     model = _model()
     phi = 0.5
-    masks = build_masks(model, phi)
+    masks = build_masks(model, phi, conv1="retrain")
     assert sorted(masks) == list(range(len(model.convs)))
     for i in range(len(model.convs) - 1):
         assert torch.equal(masks[i], kse_scores(model.convs[i + 1].weight) < phi)
     assert not masks[len(model.convs) - 1].any()
+    default = build_masks(model, phi)  # conv1 frozen by default, every other layer as above
+    assert not default[0].any() and masks[0].any()
+    assert all(torch.equal(default[i], masks[i]) for i in range(1, len(model.convs)))
     assert sum(int(m.sum()) for m in masks.values()) > 0
 
 
@@ -357,8 +440,8 @@ def test_tgd_squared_scores_the_finetuned_weights():
     assert any(not torch.allclose(a.scores, b) for a, b in zip(scores_after, scores_before))
     masks2 = build_masks(model, 0.5)
     assert any(not torch.equal(masks1[i], masks2[i]) for i in masks1)
-    for ls in scores_after:
-        assert torch.equal(masks2[ls.source], ls.scores < 0.5)
+    for ls in scores_after:  # conv1 is frozen by default
+        assert torch.equal(masks2[ls.source], ls.scores < 0.5 if ls.source else torch.zeros_like(ls.meaningless))
     # A second TGD round honours the new masks.
     before = copy.deepcopy(model)
     _train(model, masks2, OPTIMIZERS["adamw_wd"], steps=2)
@@ -422,7 +505,7 @@ def test_engine_on_device(device, mode):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-1)
     x, y = (t.to(device) for t in _batch())
-    with attach(model, masks, mode=mode, optimizer=opt):
+    with attach(model, masks, mode=mode, optimizer=opt, bn_stats="batch"):
         assert torch.equal(model(x), copy.deepcopy(before).train()(x))
         for _ in range(3):
             opt.zero_grad()

@@ -504,3 +504,52 @@ def test_finetune_and_n2n_refuse_a_model_with_another_normalisation(tmp_path, da
         res = CliRunner().invoke(main, args + common)
         assert res.exit_code == 2 and "normalisation" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+# --------------------------------------------------------------------------- channel penalty (spare capacity for TGD)
+
+
+def test_channel_penalty_worked_by_hand(base_model):
+    """One L2 norm per scored feature map over what makes it (BN gamma and beta; conv1's kernel and bias) and
+    what reads it (the next conv's kernels), summed: written out channel by channel in float64."""
+    from tgdpet.train.methods import channel_penalty
+
+    model = load_model(base_model).model
+    expected = 0.0
+    for i in range(len(model.convs) - 1):
+        for c in range(model.convs[i].out_channels):
+            parts = [model.convs[i + 1].weight[:, c]]
+            if i == 0:
+                parts += [model.convs[0].weight[c], model.convs[0].bias[c]]
+            else:
+                parts += [model.bns[i - 1].weight[c], model.bns[i - 1].bias[c]]
+            expected += float(np.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in parts)))
+    assert float(channel_penalty(model).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_with_a_channel_penalty_logs_it_and_shrinks_whole_channels(tmp_path, dataset):
+    from tgdpet.train.methods import channel_groups
+
+    def group_norms(path) -> np.ndarray:
+        model = load_model(path).model
+        return np.concatenate([
+            torch.sqrt(sum(t.detach().pow(2).reshape(t.shape[0], -1).sum(1) for t in group)).numpy()
+            for group in channel_groups(model)
+        ])  # fmt: skip
+
+    runs = {}
+    for lam in (0.0, 0.05):  # Adam moves a weight by about lr a step: 24 steps at 0.01 can empty a channel
+        out = tmp_path / f"lam{lam}"
+        res = CliRunner().invoke(main, ["train", str(dataset), "--out", str(out), "--preset", "tiny", "--device", "cpu",
+                                        "--no-amp", "--no-progress", "--epochs", "3", "--patches-per-epoch", "128",
+                                        "--batch-size", "16", "--patch-size", "16", "--lr", "0.01",
+                                        "--channel-penalty", str(lam)])
+        assert res.exit_code == 0, res.output
+        runs[lam] = out
+    assert yaml.safe_load((runs[0.05] / "config.yaml").read_text())["channel_penalty"] == 0.05
+    rows = [json.loads(line) for line in (runs[0.05] / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["penalty"] > 0 for r in rows) and rows[-1]["penalty"] < rows[0]["penalty"]
+    assert "penalty" not in json.loads((runs[0.0] / "metrics.jsonl").read_text().splitlines()[0])
+    assert load_model(runs[0.05] / "last.safetensors").provenance["method"]["channel_penalty"] == 0.05
+    plain, penalised = group_norms(runs[0.0] / "last.safetensors"), group_norms(runs[0.05] / "last.safetensors")
+    assert penalised.sum() < 0.8 * plain.sum()

@@ -112,10 +112,10 @@ def _print_drop_table(results: list[dict]) -> None:
 )
 @click.option(
     "--conv1",
-    type=click.Choice(["retrain", "freeze"]),
-    default="retrain",
+    type=click.Choice(["freeze", "retrain"]),
+    default="freeze",
     show_default=True,
-    help="Retrain conv1's meaningless kernels like every other layer's, or freeze conv1 entirely.",
+    help="Freeze conv1 entirely (as tgd-finetune does by default), or count its meaningless kernels as retrained.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 @click.option("--drop", is_flag=True, help="Run the kernel-drop study (paper Fig. 4) over --phis.")
@@ -216,11 +216,15 @@ def _finetune_options(phi: float):
                      help=f"KSE threshold: kernels whose maps score below it are retrained  [default: {phi}]"),
         click.option("--method", type=click.Choice(["tgd", "all", "last3", "ewc"]),
                      help="tgd, or a baseline: all layers, the last three conv blocks, EWC  [default: tgd]"),
-        click.option("--conv1", type=click.Choice(["retrain", "freeze"]),
-                     help="Retrain conv1's meaningless kernels, or freeze conv1  [default: retrain]"),
-        click.option("--tgd-mode", type=click.Choice(["activation", "parameter"]),
-                     help="Mask activation gradients (the paper's TGD layer) or only parameter gradients  "
-                     "[default: activation]"),
+        click.option("--conv1", type=click.Choice(["freeze", "retrain"]),
+                     help="Freeze conv1 (no BatchNorm there, where KSE misranks channels), or retrain its "
+                     "meaningless kernels like every other layer's  [default: freeze]"),
+        click.option("--tgd-mode", type=click.Choice(["parameter", "activation"]),
+                     help="Mask only parameter gradients, so retrained kernels get the true gradient, or also "
+                     "activation gradients (the paper's literal TGD layer)  [default: parameter]"),
+        click.option("--bn-stats", type=click.Choice(["stored", "batch"]),
+                     help="Normalise frozen channels with their stored BatchNorm statistics while training, as at "
+                     "test time, or with the batch's (the paper's)  [default: stored]"),
         click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
     ]
 
@@ -231,7 +235,7 @@ _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
     "structure_fraction", "detail_weight", "noise_relative_loss", "bn_batches",
 )  # fmt: skip
-_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "ewc_lambda")
+_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "ewc_lambda")
 
 
 def _run_config(cls, config, out, resume: bool, **options):
@@ -273,13 +277,20 @@ def _report_run(result, out) -> None:
     "--in-slices", type=int,
     help="Adjacent axial slices the network sees, an odd number; more give it more 3D context  [default: 3]",
 )  # fmt: skip
+@click.option(
+    "--channel-penalty", type=float,
+    help="Group-lasso weight on each feature map's parameters, which leaves channels the task does not need "
+    "empty for TGD to retrain later (docs/tgd.md; 0: no penalty)  [default: 0]",
+)  # fmt: skip
 @_loop_options("train", epochs=20, patches_per_epoch=4096)
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
-def train_command(data, out, preset, in_slices, config, no_progress, resume, overwrite, **options) -> None:
+def train_command(
+    data, out, preset, in_slices, channel_penalty, config, no_progress, resume, overwrite, **options
+) -> None:
     """Train a DnCNN from scratch on the train studies of DATA (a manifest or its folder).
 
     \b
@@ -289,7 +300,8 @@ def train_command(data, out, preset, in_slices, config, no_progress, resume, ove
     from .train import TrainConfig, train
 
     cfg = _run_config(
-        TrainConfig, config, out, resume, preset=preset, in_slices=in_slices, **{k: options[k] for k in _LOOP_KEYS}
+        TrainConfig, config, out, resume, preset=preset, in_slices=in_slices, channel_penalty=channel_penalty,
+        **{k: options[k] for k in _LOOP_KEYS},
     )
     result = train(
         data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,

@@ -62,6 +62,8 @@ LABELS: dict[str, str] = {
     "TGD-N2N": "TGD-N2N",
     "TGD2-N2N": "TGD²-N2N",
     "TGD-net-BN": "TGD-net (BN re-est.)",
+    "TGD-paper-net": "TGD-net (paper-literal)",
+    "TGD-paper-N2N": "TGD-N2N (paper-literal)",
 }
 
 #: Table 1 columns: (key in a row, heading, decimals). Keys are ``<study>_<figure>`` or training facts.
@@ -218,7 +220,10 @@ VERDICT_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 TASKS = {"old": "keep the old task (high-BMI study, v1 knowledge)", "new": "learn the new task (low-BMI v2 study)"}
 #: The method pairs the verdicts compare (a, b): a difference a - b below 0 means a is better.
-VERDICT_PAIRS: tuple[tuple[str, str], ...] = (("TGD-net", "FT-net"), ("TGD-net", "EWC-net"), ("EWC-net", "FT-net"))
+VERDICT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("TGD-net", "FT-net"), ("TGD-net", "EWC-net"), ("EWC-net", "FT-net"), ("TGD-net", "TGD-paper-net"),
+    ("TGD-paper-net", "FT-net"),
+)  # fmt: skip
 #: A difference counts when its magnitude exceeds this many standard errors.
 SE_MULTIPLE = 2.0
 DECISION_RULE = (
@@ -612,7 +617,15 @@ def _n2n_pair(rows: Mapping[str, Mapping], base: str, adapted: str) -> str | Non
 
 def answer_online_learning(rows: Mapping[str, Mapping]) -> str:
     """Does TGD-N2N lower the hallucination score on the OOD study while keeping its liver CoV?"""
-    pairs = [s for s in (_n2n_pair(rows, "v2-net", "TGD-N2N"), _n2n_pair(rows, "TGD-net", "TGD2-N2N")) if s]
+    pairs = [
+        s
+        for s in (
+            _n2n_pair(rows, "v2-net", "TGD-N2N"),
+            _n2n_pair(rows, "TGD-net", "TGD2-N2N"),
+            _n2n_pair(rows, "v2-net", "TGD-paper-N2N"),
+        )
+        if s
+    ]
     if not pairs:
         return "**Online learning:** not measurable (no bladder or catheter region on the OOD study at this grid)."
     return (

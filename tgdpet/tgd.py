@@ -29,6 +29,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
 from .infer import denoise_array
@@ -38,12 +39,13 @@ from .models import DnCNN, bn_after, count_parameters
 Masks = dict[int, torch.Tensor]
 Conv1Option = Literal["retrain", "freeze"]
 Mode = Literal["activation", "parameter"]
+BNStats = Literal["stored", "batch"]
 
 
 # --------------------------------------------------------------------------- masks
 
 
-def masks_from_scores(model: DnCNN, scores: Sequence[LayerScore], conv1: Conv1Option = "retrain") -> Masks:
+def masks_from_scores(model: DnCNN, scores: Sequence[LayerScore], conv1: Conv1Option = "freeze") -> Masks:
     """Retrain masks for every conv layer from the per-layer KSE scores of :func:`~tgdpet.kse.score_network`.
 
     See :func:`build_masks` for the rules; this variant reuses scores already computed.
@@ -59,7 +61,7 @@ def masks_from_scores(model: DnCNN, scores: Sequence[LayerScore], conv1: Conv1Op
 
 
 def build_masks(
-    model: DnCNN, phi: float, conv1: Conv1Option = "retrain", k: int = 5, alpha: float = 1.0
+    model: DnCNN, phi: float, conv1: Conv1Option = "freeze", k: int = 5, alpha: float = 1.0
 ) -> Masks:
     """One boolean mask per conv layer, keyed by index into ``model.convs``: True = retrain.
 
@@ -68,13 +70,13 @@ def build_masks(
 
     - The last conv layer (the "noise classifier", conv8 in the paper) is
       always frozen: nothing scores its output, and the paper keeps it fixed.
-    - ``conv1``: ``"retrain"`` (default) applies conv2's KSE mask to conv1
-      like to every other layer. The paper's text puts a TGD layer after
-      every conv layer and its Eq. 4 covers any layer whose outputs are
-      scored, which includes conv1; only Fig. 1 draws none there. Retraining
-      conv1's meaningless kernels also lets the net adapt its first features
-      to the new reconstruction's noise texture. ``"freeze"`` keeps conv1
-      entirely fixed (Fig. 1's reading).
+    - ``conv1``: ``"freeze"`` (default) keeps conv1 entirely fixed, as the
+      paper's Fig. 1 draws no TGD layer after it. ``"retrain"`` applies
+      conv2's KSE mask to conv1 like to every other layer (the paper's text
+      puts a TGD layer after every conv). Why freeze: conv1 has no BatchNorm,
+      and there KSE ranks channels against their importance: on the medium
+      reproduction's v1-net the conv1 channels it flagged mattered more to the
+      output than the rest (docs/tgd.md has the measurement).
     """
     return masks_from_scores(model, score_network(model, phi, k=k, alpha=alpha), conv1)
 
@@ -164,7 +166,7 @@ def count_retrained(model: DnCNN, masks: dict) -> RetrainCount:
     return RetrainCount(layers=layers, total_parameters=count_parameters(model))
 
 
-def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "retrain", k: int = 5, alpha: float = 1.0) -> dict:
+def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "freeze", k: int = 5, alpha: float = 1.0) -> dict:
     """JSON-ready account of what TGD at ``phi`` would retrain, layer by layer (``tgdpet score-kse``).
 
     Each layer lists its output channels, how many of them KSE flags as
@@ -253,6 +255,33 @@ def _mask_output_gradient(keep: torch.Tensor):
     return forward_hook
 
 
+def _stored_statistics_for_frozen(keep: torch.Tensor, mean: torch.Tensor, var: torch.Tensor):
+    """A forward hook for a BatchNorm that, in training mode, normalises the frozen channels (``keep`` False)
+    with the stored running statistics ``mean``/``var`` and the retrained ones with the batch's, as usual.
+
+    Why: at test time every channel is normalised with its running statistics.
+    A frozen channel normalised by batch statistics while fine-tuning feeds the
+    layers after it maps they never see at test time (train/test mismatch),
+    and the kernels being retrained learn to rely on that. With the stored
+    statistics a frozen channel computes in training exactly what it computes
+    at test time. ``mean`` and ``var`` are the attach-time copies, not the
+    module's buffers, so BatchNorm re-estimation (which resets the buffers)
+    never changes what a frozen channel computes.
+    """
+    view = keep.view(1, -1, 1, 1)
+
+    def hook(module: torch.nn.BatchNorm2d, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        if not module.training:
+            return None
+        x = inputs[0]
+        stored = F.batch_norm(
+            x, mean.to(x.device), var.to(x.device), module.weight, module.bias, training=False, eps=module.eps
+        )
+        return torch.where(view.to(output.device), output, stored.to(output.dtype))
+
+    return hook
+
+
 class TGDEngine:
     """TGD attached to a model; make it with :func:`attach`.
 
@@ -268,16 +297,26 @@ class TGDEngine:
     """
 
     def __init__(
-        self, model: DnCNN, masks: dict, mode: Mode = "activation", optimizer: torch.optim.Optimizer | None = None
+        self,
+        model: DnCNN,
+        masks: dict,
+        mode: Mode = "parameter",
+        optimizer: torch.optim.Optimizer | None = None,
+        bn_stats: BNStats = "stored",
     ) -> None:
         if mode not in ("activation", "parameter"):
             raise ValueError(f"mode must be 'activation' or 'parameter', got {mode!r}.")
+        if bn_stats not in ("stored", "batch"):
+            raise ValueError(f"bn_stats must be 'stored' or 'batch', got {bn_stats!r}.")
         self.model = model
         self.mode = mode
+        self.bn_stats = bn_stats
         self.masks = check_masks(model, masks)
         self._handles: list[RemovableHandle] = []
         self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._snapshot_frozen()
+        if bn_stats == "stored":
+            self._install_stored_statistics()  # before the gradient masks: they must see its output
         self._install_gradient_masks()
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore_frozen()))
@@ -289,6 +328,16 @@ class TGDEngine:
             for t in _channel_tensors(self.model, i, buffers=True):
                 idx = (~keep).nonzero().flatten().to(t.device)
                 self._frozen.append((t, idx, t.detach()[idx].clone()))
+
+    def _install_stored_statistics(self) -> None:
+        for i, keep in self.masks.items():
+            bn = bn_after(self.model, i)
+            if bn is None or bool(keep.all()):
+                continue
+            hook = _stored_statistics_for_frozen(
+                keep.to(bn.running_mean.device), bn.running_mean.detach().clone(), bn.running_var.detach().clone()
+            )
+            self._handles.append(bn.register_forward_hook(hook))
 
     def _install_gradient_masks(self) -> None:
         last = len(self.model.convs) - 1
@@ -332,23 +381,37 @@ class TGDEngine:
 
 
 def attach(
-    model: DnCNN, masks: dict, mode: Mode = "activation", optimizer: torch.optim.Optimizer | None = None
+    model: DnCNN,
+    masks: dict,
+    mode: Mode = "parameter",
+    optimizer: torch.optim.Optimizer | None = None,
+    bn_stats: BNStats = "stored",
 ) -> TGDEngine:
     """Attach TGD to ``model`` for fine-tuning with ``masks`` (True = retrain, per output channel).
 
-    ``mode="activation"`` (default) is the paper's TGD layer: identity in the
-    forward pass, and in the backward pass the gradient of every conv output
-    and every BN output is multiplied by the mask. Frozen kernels, biases,
-    gammas and betas therefore get no gradient, and no gradient flows to
-    earlier layers through a frozen channel. ``mode="parameter"`` masks only
-    the parameter gradients, so gradient still flows upstream through frozen
-    channels: a different method, offered for comparison.
+    ``mode="parameter"`` (default) masks the parameter gradients: frozen
+    kernels, biases, gammas and betas get none, and retrained kernels get the
+    true gradient of the loss, including what flows back to them through the
+    frozen kernels that read their maps. ``mode="activation"`` is the paper's
+    literal TGD layer: identity in the forward pass, and in the backward pass
+    the gradient of every conv output and every BN output is multiplied by the
+    mask, so no gradient flows to earlier layers through a frozen channel and
+    a retrained kernel learns only from its effect through other retrained
+    channels. Measured in the medium reproduction (docs/tgd.md), the
+    parameter mode learns the new task and keeps the old one better.
+
+    ``bn_stats="stored"`` (default) normalises frozen channels with their
+    stored running statistics while training, as at test time
+    (:func:`_stored_statistics_for_frozen`); ``"batch"`` normalises them with
+    the batch's statistics, as a BatchNorm in train mode does (the paper's
+    code, presumably). Retrained channels always use batch statistics and
+    learn new running statistics.
 
     Attach after moving the model to its device. With ``optimizer`` given,
     :meth:`TGDEngine.restore_frozen` runs after each of its steps; otherwise
     call it yourself after every ``optimizer.step()``.
     """
-    return TGDEngine(model, masks, mode=mode, optimizer=optimizer)
+    return TGDEngine(model, masks, mode=mode, optimizer=optimizer, bn_stats=bn_stats)
 
 
 # --------------------------------------------------------------------------- kernel-drop study

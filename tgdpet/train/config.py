@@ -32,7 +32,8 @@ from ..models import PRESETS
 
 METHODS = ("tgd", "all", "last3", "ewc")
 CONV1_OPTIONS = ("retrain", "freeze")
-TGD_MODES = ("activation", "parameter")
+TGD_MODES = ("parameter", "activation")
+BN_STATS_OPTIONS = ("stored", "batch")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Settings a resumed run may change: how long to train and where, not what is trained.
@@ -113,9 +114,12 @@ class TrainConfig(LoopConfig):
 
     preset: str = "small"
     in_slices: int = 3  # adjacent axial slices the network sees (2.5D); more slices, more 3D context
+    channel_penalty: float = 0.0  # group-lasso weight that leaves spare channels for TGD; see methods.channel_penalty
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.channel_penalty < 0:
+            raise TgdpetError(f"channel-penalty must be 0 or positive, got {self.channel_penalty}.")
         if self.preset not in PRESETS:
             raise TgdpetError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.in_slices < 1 or self.in_slices % 2 == 0:
@@ -129,8 +133,9 @@ class FinetuneConfig(LoopConfig):
     epochs: int = 10
     method: str = "tgd"
     phi: float = 0.3
-    conv1: str = "retrain"
-    tgd_mode: str = "activation"
+    conv1: str = "freeze"  # see tgd.build_masks
+    tgd_mode: str = "parameter"  # see tgd.attach; docs/tgd.md has the measured comparison
+    bn_stats: str = "stored"  # frozen channels' BatchNorm statistics while training; see tgd.attach
     ewc_lambda: float = 1.0
     ewc_patches: int = 1024  # patches of the new data the EWC Fisher is estimated on
 
@@ -140,6 +145,7 @@ class FinetuneConfig(LoopConfig):
             ("method", self.method, METHODS),
             ("conv1", self.conv1, CONV1_OPTIONS),
             ("tgd-mode", self.tgd_mode, TGD_MODES),
+            ("bn-stats", self.bn_stats, BN_STATS_OPTIONS),
         ):
             if value not in choices:
                 raise TgdpetError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")

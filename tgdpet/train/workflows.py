@@ -18,7 +18,7 @@ from ..models import DnCNN, build_model
 from . import ddp
 from .config import FinetuneConfig, LoopConfig, TrainConfig, check_resumable, to_yaml
 from .loop import Echo, FitResult, Outputs, amp_dtype, fit
-from .methods import EWC, TGD, AllLayers, LastBlocks, Method, empirical_fisher
+from .methods import EWC, TGD, AllLayers, ChannelSparsity, LastBlocks, Method, empirical_fisher
 from .outputs import CONFIG, RunFolder
 
 
@@ -69,7 +69,7 @@ def build_method(
         return LastBlocks(model, 3)
     if cfg.method == "tgd":
         masks = saved["masks"] if saved else tgd.build_masks(model, cfg.phi, conv1=cfg.conv1)
-        return TGD(model, masks, mode=cfg.tgd_mode, phi=cfg.phi, conv1=cfg.conv1)
+        return TGD(model, masks, mode=cfg.tgd_mode, phi=cfg.phi, conv1=cfg.conv1, bn_stats=cfg.bn_stats)
     if saved:
         return EWC.from_state(model, saved, cfg.ewc_lambda)
     patches.set_epoch(0)
@@ -137,7 +137,7 @@ def train(
     model = prepare_model(build_model(cfg.preset, in_slices=cfg.in_slices), cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
     run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
-    method = Method(model)
+    method = ChannelSparsity(model, cfg.channel_penalty) if cfg.channel_penalty else Method(model)
     outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
     result = fit(
         model, method, patches, cfg,
