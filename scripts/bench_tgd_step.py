@@ -4,7 +4,7 @@ Two copies of one network (same weights, same batch) train side by side; the
 steps are interleaved (plain, TGD, plain, TGD, ... with the order swapped
 every round) so that slow drifts of a shared machine hit both alike, and the
 medians are compared. A TGD step includes everything TGD adds: the gradient
-hooks on conv and BN outputs and the restore of frozen entries after
+hooks, the stored-statistics BatchNorm of frozen channels (by default) and the restore of frozen entries after
 ``optimizer.step()``.
 
     python scripts/bench_tgd_step.py --preset paper --batch 64 --patch 32 --steps 20
@@ -37,7 +37,8 @@ def bench_tgd_step(
     steps: int = 20,
     warmup: int = 2,
     phi: float = 0.3,
-    mode: str = "activation",
+    mode: str = "parameter",
+    bn_stats: str = "stored",
     device: str = "auto",
     seed: int = 0,
 ) -> dict:
@@ -49,7 +50,7 @@ def bench_tgd_step(
     masks = build_masks(plain, phi)
     opts = {"plain": torch.optim.Adam(plain.parameters(), lr=1e-3), "tgd": torch.optim.Adam(tgd.parameters(), lr=1e-3)}
     models = {"plain": plain, "tgd": tgd}
-    engine = attach(tgd, masks, mode=mode, optimizer=opts["tgd"])
+    engine = attach(tgd, masks, mode=mode, optimizer=opts["tgd"], bn_stats=bn_stats)
     in_slices = plain.config.in_slices
     x = torch.rand(batch, in_slices, patch, patch, device=dev).contiguous(memory_format=torch.channels_last)
     y = x + 0.1 * torch.randn_like(x)
@@ -82,6 +83,7 @@ def bench_tgd_step(
         "patch": patch,
         "steps": steps,
         "mode": mode,
+        "bn_stats": bn_stats,
         "phi": phi,
         "retrained_fraction": count_retrained(plain, masks).fraction,
         "plain_ms": plain_ms,
@@ -96,13 +98,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--patch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--mode", choices=["activation", "parameter"], default="activation")
+    parser.add_argument("--mode", choices=["parameter", "activation"], default="parameter")
+    parser.add_argument("--bn-stats", choices=["stored", "batch"], default="stored")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    r = bench_tgd_step(args.preset, args.batch, args.patch, args.steps, mode=args.mode, device=args.device)
+    r = bench_tgd_step(args.preset, args.batch, args.patch, args.steps, mode=args.mode, bn_stats=args.bn_stats,
+                       device=args.device)  # fmt: skip
     print(
         f"{r['preset']} preset, batch {r['batch']} of {r['patch']}x{r['patch']}x3, {r['device']}, TGD {r['mode']} "
-        f"mode ({100 * r['retrained_fraction']:.1f} % retrained), median of {r['steps']} interleaved steps:\n"
+        f"mode, {r['bn_stats']} BN statistics ({100 * r['retrained_fraction']:.1f} % retrained), median of {r['steps']} interleaved steps:\n"
         f"  plain {r['plain_ms']:.1f} ms   TGD {r['tgd_ms']:.1f} ms   ratio {r['ratio']:.3f}"
     )
 

@@ -169,7 +169,8 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert _markdown_tables(readme)[1] == table  # the README's Table 1 is the same table
 
     # Verdicts: one per method pair, task and figure, and the README shows each one.
-    assert len(results["verdicts"]) == 3 * 4
+    assert len(results["verdicts"]) == 5 * 4  # five method pairs, two figures of two tasks each
+    assert {(v["a"], v["b"]) for v in results["verdicts"]} >= {("TGD-net", "FT-net"), ("TGD-net", "TGD-paper-net")}
     verdict_table = next(t for t in _markdown_tables(readme) if t[0][0] == "A vs B")
     assert len(verdict_table) - 1 == len(results["verdicts"])
     for row, v in zip(verdict_table[1:], results["verdicts"]):
