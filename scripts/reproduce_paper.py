@@ -96,7 +96,7 @@ PHI_N2N = 0.4
 DROP_PHIS = (0.3, 0.4, 0.5, 0.6)
 #: The paper's TGD taken literally, kept as its own rows beside tgdpet's default TGD: activation-gradient
 #: masking, conv1's meaningless kernels retrained, frozen channels normalised by batch statistics while training.
-PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch"}
+PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch", "read_kernels": "freeze"}
 #: The fine-tuned networks of Table 1, then the online-learning ones, in table order.
 FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net")
 ONLINE = ("TGD-N2N", "TGD2-N2N", "TGD-paper-N2N")
@@ -291,12 +291,12 @@ def cli(*words: object, **options: object) -> str:
 
 def loop_options(cfg: LoopConfig) -> dict:
     """The command-line options that set ``cfg`` (the others are the commands' defaults)."""
-    keys = ("preset", "channel_penalty", "method", "phi", "conv1", "tgd_mode", "bn_stats", "epochs",
+    keys = ("preset", "channel_penalty", "method", "phi", "conv1", "tgd_mode", "bn_stats", "read_kernels", "epochs",
             "patches_per_epoch", "batch_size", "patch_size", "lr", "seed", "device")  # fmt: skip
     options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
     method = getattr(cfg, "method", None)
     if method in ("all", "last3", "ewc"):
-        for k in ("phi", "conv1", "tgd_mode", "bn_stats"):
+        for k in ("phi", "conv1", "tgd_mode", "bn_stats", "read_kernels"):
             options.pop(k)
     if method == "ewc":
         options["ewc_lambda"] = cfg.ewc_lambda

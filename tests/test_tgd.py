@@ -62,10 +62,13 @@ def _channel_tensors(model: DnCNN, i: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", lr=1e-2, bn_stats="stored"):
+def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", lr=1e-2, bn_stats="stored",
+           read_kernels="freeze"):
+    """A few steps of TGD; by default with the paper's masks (a frozen channel's kernels frozen whole)."""
     model.train()
     opt = make_opt(model.parameters(), lr)
-    engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None, bn_stats=bn_stats)
+    engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None, bn_stats=bn_stats,
+                    read_kernels=read_kernels)
     x, y = _batch()
     for _ in range(steps):
         opt.zero_grad()
@@ -156,6 +159,49 @@ def test_a_frozen_channel_fed_by_frozen_channels_computes_the_same_before_and_af
         assert not torch.allclose(in_training, at_test, atol=1e-3)
 
 
+@pytest.mark.parametrize("opt", ["adamw_wd", "sgd_momentum_wd"])
+def test_read_kernels_of_retrained_maps_train_and_every_other_entry_stays_bit_identical(opt):
+    """read_kernels='retrain' (the parameter mode's default): convs[i].weight[n, c] trains when output channel n is
+    retrained or input map c (an output of convs[i - 1]) is; every other entry, and every per-channel tensor of a
+    frozen channel, comes out bit-identical. Worked out here from the masks alone."""
+    model = _model()
+    masks = _alternating_masks(model)
+    masks[2] = torch.zeros_like(masks[2])  # conv3 frozen whole: its weight trains only where it reads conv2's maps
+    before = copy.deepcopy(model)
+    _train(model, masks, OPTIMIZERS[opt], steps=4, mode="parameter", read_kernels="retrain")
+    for i, conv in enumerate(model.convs):
+        old = before.convs[i].weight.detach()
+        for n in range(conv.out_channels):
+            for c in range(conv.in_channels):
+                trains = bool(masks[i][n]) or (i > 0 and bool(masks[i - 1][c]))
+                same = torch.equal(conv.weight.detach()[n, c], old[n, c])
+                assert same != trains, (i, n, c, trains)
+        for name, t in _channel_tensors(model, i).items():
+            if not name.endswith(".weight") or name.startswith("bns"):
+                old_t = _channel_tensors(before, i)[name].detach()
+                assert torch.equal(t.detach()[~masks[i]], old_t[~masks[i]]), name
+    # The last layer (frozen) learns to read the retrained maps of the layer before it, nothing else.
+    last, prev = len(model.convs) - 1, len(model.convs) - 2
+    moved = (model.convs[last].weight != before.convs[last].weight).any(dim=(0, 2, 3))
+    assert torch.equal(moved, masks[prev])
+    assert torch.equal(model.convs[last].bias, before.convs[last].bias)
+
+
+def test_read_kernels_need_parameter_mode_and_count_as_retrained():
+    model = _model()
+    masks = _alternating_masks(model)
+    with pytest.raises(ValueError, match="parameter"):
+        attach(model, masks, mode="activation", read_kernels="retrain")
+    with attach(model, masks, mode="activation") as engine:
+        assert engine.read_kernels == "freeze"  # the paper's masks, activation mode's default
+        paper = engine.trainable_parameters()
+    assert paper == count_retrained(model, masks).retrained_parameters
+    with attach(model, masks) as engine:
+        assert engine.read_kernels == "retrain"
+        extra = sum(int((~masks[i]).sum()) * int(masks[i - 1].sum()) * 9 for i in range(1, len(model.convs)))
+        assert engine.trainable_parameters() == paper + extra
+
+
 def test_parameter_mode_gives_retrained_kernels_the_true_gradient():
     """Parameter mode (with batch statistics, the plain forward pass): retrained entries get exactly the plain
     network's gradient, frozen entries none."""
@@ -164,7 +210,7 @@ def test_parameter_mode_gives_retrained_kernels_the_true_gradient():
     x, y = _batch()
     model.train()
     plain = _grads(model, x, y)
-    with attach(model, masks, mode="parameter", bn_stats="batch"):
+    with attach(model, masks, mode="parameter", bn_stats="batch", read_kernels="freeze"):
         got = _grads(model, x, y)
     for i in range(len(model.convs)):
         keep = masks[i]
@@ -205,7 +251,7 @@ def test_tgd_under_bf16_autocast_keeps_frozen_entries_and_masks_gradients(mode):
     dtypes = []
     model.convs[2].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
     x, y = _batch()
-    with attach(model, masks, mode=mode, optimizer=opt):
+    with attach(model, masks, mode=mode, optimizer=opt, read_kernels="freeze"):
         for _ in range(4):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -238,7 +284,7 @@ def test_without_restore_weight_decay_moves_frozen_entries():
     before = copy.deepcopy(model)
     model.train()
     opt = OPTIMIZERS["adamw_wd"](model.parameters(), 1e-2)
-    with attach(model, masks) as engine:
+    with attach(model, masks, read_kernels="freeze") as engine:
         x, y = _batch()
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
@@ -342,7 +388,7 @@ def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode
     model.train()
     with attach(model, masks, mode="activation"):
         act = _grads(model, x, y)
-    with attach(model, masks, mode="parameter"):
+    with attach(model, masks, mode="parameter", read_kernels="freeze"):
         par = _grads(model, x, y)
     for i in range(3):  # upstream of conv4: nothing arrives in activation mode
         assert torch.count_nonzero(act[f"convs.{i}.weight"]) == 0
@@ -362,7 +408,7 @@ def test_detach_restores_plain_training():
     model.train()
     expected = _grads(copy.deepcopy(model), x, y)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine = attach(model, _alternating_masks(model), optimizer=opt)
+    engine = attach(model, _alternating_masks(model), optimizer=opt, read_kernels="freeze")
     engine.detach()
     assert all(torch.equal(g, expected[n]) for n, g in _grads(model, x, y).items())
     before = model.convs[2].weight.detach().clone()
@@ -505,7 +551,7 @@ def test_engine_on_device(device, mode):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-1)
     x, y = (t.to(device) for t in _batch())
-    with attach(model, masks, mode=mode, optimizer=opt, bn_stats="batch"):
+    with attach(model, masks, mode=mode, optimizer=opt, bn_stats="batch", read_kernels="freeze"):
         assert torch.equal(model(x), copy.deepcopy(before).train()(x))
         for _ in range(3):
             opt.zero_grad()

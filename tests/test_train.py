@@ -267,17 +267,29 @@ def test_tgd_finetune_retrains_only_meaningless_kernels(tmp_path, dataset, base_
     for i, keep in masks.items():
         frozen = ~keep
         a, b = base.model.convs[i], tuned.model.convs[i]
-        assert torch.equal(a.weight[frozen], b.weight[frozen]) and torch.equal(a.bias[frozen], b.bias[frozen])
+        # A frozen channel's kernels read a retrained map of the layer before with new weights (read_kernels
+        # retrain, the default); every other entry of a frozen channel is kept.
+        reads_retrained = masks[i - 1] if i > 0 else torch.zeros(a.in_channels, dtype=torch.bool)
+        kept = a.weight[frozen][:, ~reads_retrained]
+        assert torch.equal(kept, b.weight[frozen][:, ~reads_retrained]) and torch.equal(a.bias[frozen], b.bias[frozen])
         changed += int((a.weight[keep] != b.weight[keep]).any())
         bn_a, bn_b = bn_after(base.model, i), bn_after(tuned.model, i)
         if bn_a is not None:
             for name in ("weight", "bias", "running_mean", "running_var"):
                 assert torch.equal(getattr(bn_a, name)[frozen], getattr(bn_b, name)[frozen]), (i, name)
     assert changed >= 2
-    assert torch.equal(base.model.convs[-1].weight, tuned.model.convs[-1].weight)  # the noise classifier is frozen
+    # The noise classifier is frozen, except that it learns to read the retrained maps of the layer before it.
+    reads = masks[len(masks) - 2]
+    assert torch.equal(base.model.convs[-1].weight[:, ~reads], tuned.model.convs[-1].weight[:, ~reads])
+    assert torch.equal(base.model.convs[-1].bias, tuned.model.convs[-1].bias)
     summary = tuned.provenance["method"]
     assert summary["method"] == "tgd" and summary["phi"] == phi
-    assert summary["retrained_fraction"] == pytest.approx(tgd.count_retrained(base.model, masks).fraction)
+    assert [summary[k] for k in ("tgd_mode", "conv1", "bn_stats", "read_kernels")] == [
+        "parameter", "freeze", "stored", "retrain"
+    ]
+    assert summary["flagged_parameters"] == tgd.count_retrained(base.model, masks).retrained_parameters
+    reads = sum(int((~masks[i]).sum()) * int(masks[i - 1].sum()) * 9 for i in range(1, len(masks)))
+    assert summary["retrained_parameters"] == summary["flagged_parameters"] + reads
     assert result.method == summary
 
 

@@ -225,6 +225,10 @@ def _finetune_options(phi: float):
         click.option("--bn-stats", type=click.Choice(["stored", "batch"]),
                      help="Normalise frozen channels with their stored BatchNorm statistics while training, as at "
                      "test time, or with the batch's (the paper's)  [default: stored]"),
+        click.option("--read-kernels", type=click.Choice(["retrain", "freeze"]),
+                     help="Also retrain the kernels of frozen channels (and of the last layer) that read a "
+                     "retrained map, or freeze every kernel of a frozen channel (the paper's masks; needed with "
+                     "--tgd-mode activation)  [default: retrain with --tgd-mode parameter, freeze with activation]"),
         click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
     ]
 
@@ -235,7 +239,7 @@ _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
     "structure_fraction", "detail_weight", "noise_relative_loss", "bn_batches",
 )  # fmt: skip
-_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "ewc_lambda")
+_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "read_kernels", "ewc_lambda")
 
 
 def _run_config(cls, config, out, resume: bool, **options):

@@ -40,6 +40,7 @@ Masks = dict[int, torch.Tensor]
 Conv1Option = Literal["retrain", "freeze"]
 Mode = Literal["activation", "parameter"]
 BNStats = Literal["stored", "batch"]
+ReadKernels = Literal["retrain", "freeze"]
 
 
 # --------------------------------------------------------------------------- masks
@@ -222,6 +223,35 @@ def _channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.
     return [t for t in tensors if t is not None]
 
 
+def trainable_entries(model: DnCNN, masks: Masks, read_kernels: ReadKernels = "retrain") -> list[tuple]:
+    """Every tensor TGD masks, with a boolean of its shape: True where fine-tuning may change it.
+
+    Output channel ``n`` of ``convs[i]`` is retrained or frozen whole (its
+    kernel ``weight[n]``, bias, and the BN parameters and running statistics
+    after it), as the paper's masks say. With ``read_kernels="retrain"`` the
+    kernels that *read* a retrained map, ``convs[i + 1].weight[:, c]``, are
+    retrained too, in frozen channels and in the last layer. Why: a map KSE
+    calls meaningless is read by the next layer with kernels near zero (that
+    is what KSE measures, and what the channel penalty makes exact). If those
+    readers stay frozen, whatever the retrained kernels learn reaches the
+    output only through the readers' near-zero weights: on the medium
+    reproduction's penalised v1-net the last layer read its 27 flagged maps
+    with kernels of norm 0.0002 against 0.43 for the other 5 (docs/tgd.md).
+    Frozen channels still compute on old data what they computed before, up
+    to what the revived maps add through these new weights.
+    """
+    entries = []
+    for i, keep in masks.items():
+        conv, bn = model.convs[i], bn_after(model, i)
+        out_keep = keep.view(-1, 1, 1, 1)
+        if read_kernels == "retrain" and i > 0:
+            out_keep = out_keep | masks[i - 1].view(1, -1, 1, 1)
+        entries.append((conv.weight, out_keep.expand_as(conv.weight)))
+        per_channel = [conv.bias] + ([bn.weight, bn.bias, bn.running_mean, bn.running_var] if bn is not None else [])
+        entries += [(t, keep) for t in per_channel if t is not None]
+    return [(t, k.to(t.device)) for t, k in entries if not bool(k.all())]
+
+
 def _zero_masked(keep: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A gradient hook that zeroes the entries where ``keep`` (broadcastable) is False.
 
@@ -303,31 +333,39 @@ class TGDEngine:
         mode: Mode = "parameter",
         optimizer: torch.optim.Optimizer | None = None,
         bn_stats: BNStats = "stored",
+        read_kernels: ReadKernels | None = None,
     ) -> None:
         if mode not in ("activation", "parameter"):
             raise ValueError(f"mode must be 'activation' or 'parameter', got {mode!r}.")
         if bn_stats not in ("stored", "batch"):
             raise ValueError(f"bn_stats must be 'stored' or 'batch', got {bn_stats!r}.")
+        read_kernels = read_kernels or ("retrain" if mode == "parameter" else "freeze")
+        if read_kernels not in ("retrain", "freeze"):
+            raise ValueError(f"read_kernels must be 'retrain' or 'freeze', got {read_kernels!r}.")
+        if mode == "activation" and read_kernels == "retrain":
+            raise ValueError(
+                "read_kernels='retrain' needs mode='parameter': activation masking stops the gradient of every "
+                "frozen channel, so the kernels reading a retrained map there could not learn; pass "
+                "read_kernels='freeze' with mode='activation'."
+            )
         self.model = model
         self.mode = mode
         self.bn_stats = bn_stats
+        self.read_kernels = read_kernels
         self.masks = check_masks(model, masks)
         self._handles: list[RemovableHandle] = []
-        self._frozen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._snapshot_frozen()
+        self._entries = trainable_entries(model, self.masks, read_kernels)
+        self._frozen = [(t, keep, t.detach().clone()) for t, keep in self._entries]
         if bn_stats == "stored":
             self._install_stored_statistics()  # before the gradient masks: they must see its output
         self._install_gradient_masks()
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore_frozen()))
 
-    def _snapshot_frozen(self) -> None:
-        for i, keep in self.masks.items():
-            if bool(keep.all()):
-                continue
-            for t in _channel_tensors(self.model, i, buffers=True):
-                idx = (~keep).nonzero().flatten().to(t.device)
-                self._frozen.append((t, idx, t.detach()[idx].clone()))
+    def trainable_parameters(self) -> int:
+        """How many parameter entries fine-tuning may change (BN running statistics are buffers, not counted)."""
+        masked = {id(t): keep for t, keep in self._entries}
+        return sum(int(masked[id(p)].sum()) if id(p) in masked else p.numel() for p in self.model.parameters())
 
     def _install_stored_statistics(self) -> None:
         for i, keep in self.masks.items():
@@ -341,31 +379,30 @@ class TGDEngine:
 
     def _install_gradient_masks(self) -> None:
         last = len(self.model.convs) - 1
-        for i, keep in self.masks.items():
-            if bool(keep.all()):
-                continue
-            keep = keep.to(self.model.convs[i].weight.device)
-            bn = bn_after(self.model, i)
-            if self.mode == "activation" and i != last:
+        if self.mode == "activation":
+            for i, keep in self.masks.items():
+                if i == last or bool(keep.all()):
+                    continue
                 # The TGD layers of paper Fig. 1 sit after the conv and after its BN. BatchNorm's
                 # backward is per channel and maps an all-zero output gradient to an exactly zero
                 # input gradient, so where a BN follows, the mask after it already zeroes the
                 # conv output's gradient: one masking pass per block gives the paper's gradients
                 # bit for bit at half the memory traffic.
-                self._handles.append((bn or self.model.convs[i]).register_forward_hook(_mask_output_gradient(keep)))
-            else:
-                # Parameter mode, and the last conv in either mode: its output is
-                # the prediction, so masking its output gradient would stop all
-                # learning; its parameters are masked instead.
-                for p in _channel_tensors(self.model, i):
-                    shape = (-1,) + (1,) * (p.ndim - 1)
-                    self._handles.append(p.register_hook(_zero_masked(keep.view(shape))))
+                module = bn_after(self.model, i) or self.model.convs[i]
+                self._handles.append(module.register_forward_hook(_mask_output_gradient(keep.to(module.weight.device))))
+        # Parameter mode masks every parameter; activation mode the last conv's, since its output is the
+        # prediction and masking that gradient would stop all learning.
+        params = {id(p) for p in self.model.parameters()}
+        last_conv = {id(t) for t in _channel_tensors(self.model, last)}
+        for t, keep in self._entries:
+            if id(t) in params and (self.mode == "parameter" or id(t) in last_conv):
+                self._handles.append(t.register_hook(_zero_masked(keep)))
 
     @torch.no_grad()
     def restore_frozen(self) -> None:
         """Write the attach-time values back into every frozen parameter entry and BN running statistic."""
-        for tensor, idx, saved in self._frozen:
-            tensor.index_copy_(0, idx.to(tensor.device), saved.to(tensor.device))
+        for tensor, keep, saved in self._frozen:
+            tensor.copy_(torch.where(keep, tensor, saved.to(tensor.device)))
 
     def detach(self) -> None:
         """Remove every hook; the model is the plain network again (its weights are kept as they are)."""
@@ -386,6 +423,7 @@ def attach(
     mode: Mode = "parameter",
     optimizer: torch.optim.Optimizer | None = None,
     bn_stats: BNStats = "stored",
+    read_kernels: ReadKernels | None = None,
 ) -> TGDEngine:
     """Attach TGD to ``model`` for fine-tuning with ``masks`` (True = retrain, per output channel).
 
@@ -407,11 +445,17 @@ def attach(
     code, presumably). Retrained channels always use batch statistics and
     learn new running statistics.
 
+    ``read_kernels="retrain"`` (the default in parameter mode; activation
+    mode cannot) also retrains the kernels that read a retrained map, in
+    frozen channels and in the last layer (:func:`trainable_entries` says
+    why); ``"freeze"`` (the default in activation mode) keeps every kernel of
+    a frozen channel, as the paper's masks do.
+
     Attach after moving the model to its device. With ``optimizer`` given,
     :meth:`TGDEngine.restore_frozen` runs after each of its steps; otherwise
     call it yourself after every ``optimizer.step()``.
     """
-    return TGDEngine(model, masks, mode=mode, optimizer=optimizer, bn_stats=bn_stats)
+    return TGDEngine(model, masks, mode=mode, optimizer=optimizer, bn_stats=bn_stats, read_kernels=read_kernels)
 
 
 # --------------------------------------------------------------------------- kernel-drop study

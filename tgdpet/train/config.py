@@ -34,6 +34,7 @@ METHODS = ("tgd", "all", "last3", "ewc")
 CONV1_OPTIONS = ("retrain", "freeze")
 TGD_MODES = ("parameter", "activation")
 BN_STATS_OPTIONS = ("stored", "batch")
+READ_KERNELS_OPTIONS = ("retrain", "freeze")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Settings a resumed run may change: how long to train and where, not what is trained.
@@ -136,6 +137,7 @@ class FinetuneConfig(LoopConfig):
     conv1: str = "freeze"  # see tgd.build_masks
     tgd_mode: str = "parameter"  # see tgd.attach; docs/tgd.md has the measured comparison
     bn_stats: str = "stored"  # frozen channels' BatchNorm statistics while training; see tgd.attach
+    read_kernels: str | None = None  # None: retrain in parameter mode, freeze in activation; tgd.trainable_entries
     ewc_lambda: float = 1.0
     ewc_patches: int = 1024  # patches of the new data the EWC Fisher is estimated on
 
@@ -146,9 +148,15 @@ class FinetuneConfig(LoopConfig):
             ("conv1", self.conv1, CONV1_OPTIONS),
             ("tgd-mode", self.tgd_mode, TGD_MODES),
             ("bn-stats", self.bn_stats, BN_STATS_OPTIONS),
+            ("read-kernels", self.read_kernels or "retrain", READ_KERNELS_OPTIONS),
         ):
             if value not in choices:
                 raise TgdpetError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")
+        if self.method == "tgd" and self.tgd_mode == "activation" and self.read_kernels == "retrain":
+            raise TgdpetError(
+                "--tgd-mode activation stops the gradient of every frozen channel, so the kernels that read a "
+                "retrained map cannot be retrained there; add --read-kernels freeze (the paper's masks)."
+            )
         check_phi(self.phi)
         if self.ewc_lambda < 0:
             raise TgdpetError(f"ewc-lambda must be 0 or positive, got {self.ewc_lambda}.")

@@ -157,13 +157,16 @@ class TGD(Method):
 
     name = "tgd"
 
-    def __init__(self, model: DnCNN, masks: dict, *, mode: str, phi: float, conv1: str, bn_stats: str) -> None:
+    def __init__(
+        self, model: DnCNN, masks: dict, *, mode: str, phi: float, conv1: str, bn_stats: str, read_kernels: str | None
+    ) -> None:
         super().__init__(model)
         self.masks = tgd.check_masks(model, masks)
         self.mode, self.phi, self.conv1, self.bn_stats = mode, phi, conv1, bn_stats
         # Attach after the model has its final device and memory format: the
         # engine snapshots the frozen entries of the tensors it sees now.
-        self.engine = tgd.attach(model, self.masks, mode=mode, bn_stats=bn_stats)
+        self.engine = tgd.attach(model, self.masks, mode=mode, bn_stats=bn_stats, read_kernels=read_kernels)
+        self.read_kernels = self.engine.read_kernels
 
     def after_step(self) -> None:
         self.engine.restore_frozen()
@@ -172,16 +175,19 @@ class TGD(Method):
         return {"masks": self.masks, "masks_history": list(base_history) + [self.masks]}
 
     def summary(self) -> dict:
-        count = tgd.count_retrained(self.model, self.masks)
+        total = count_parameters(self.model)
+        trained = self.engine.trainable_parameters()
         return {
             "method": self.name,
             "phi": self.phi,
             "conv1": self.conv1,
             "tgd_mode": self.mode,
             "bn_stats": self.bn_stats,
-            "retrained_parameters": count.retrained_parameters,
-            "total_parameters": count.total_parameters,
-            "retrained_fraction": count.fraction,
+            "read_kernels": self.read_kernels,
+            "flagged_parameters": tgd.count_retrained(self.model, self.masks).retrained_parameters,
+            "retrained_parameters": trained,
+            "total_parameters": total,
+            "retrained_fraction": trained / total,
         }
 
     def state_dict(self) -> dict:

@@ -69,7 +69,10 @@ def build_method(
         return LastBlocks(model, 3)
     if cfg.method == "tgd":
         masks = saved["masks"] if saved else tgd.build_masks(model, cfg.phi, conv1=cfg.conv1)
-        return TGD(model, masks, mode=cfg.tgd_mode, phi=cfg.phi, conv1=cfg.conv1, bn_stats=cfg.bn_stats)
+        return TGD(
+            model, masks, mode=cfg.tgd_mode, phi=cfg.phi, conv1=cfg.conv1, bn_stats=cfg.bn_stats,
+            read_kernels=cfg.read_kernels,
+        )  # fmt: skip
     if saved:
         return EWC.from_state(model, saved, cfg.ewc_lambda)
     patches.set_epoch(0)
