@@ -153,6 +153,26 @@ def _bad_manifest(root: Path, edit: Callable[[dict], object] | str = "") -> str:
     return "bad/manifest.json"
 
 
+def _without_voxel_size(path: Path) -> Path:
+    """A NIfTI file whose pixdim is 0 and whose qform and sform codes are 0, patched in its bytes."""
+    nib.Nifti1Image(np.ones((16, 16, 4), np.float32), np.eye(4)).to_filename(path)
+    raw = bytearray(path.read_bytes())
+    raw[80:92] = np.zeros(3, "<f4").tobytes()  # pixdim[1:4] (NIfTI-1: pixdim at byte 76)
+    raw[252:256] = np.zeros(2, "<i2").tobytes()  # qform_code, sform_code
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _with_nan_weights(src: Path, dest: Path, tensor: str) -> Path:
+    """A copy of a safetensors file whose ``tensor`` bytes are all 0xFF (NaN in float32), as bit rot leaves them."""
+    raw = bytearray(src.read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    begin, end = json.loads(raw[8 : 8 + header_len])[tensor]["data_offsets"]
+    raw[8 + header_len + begin : 8 + header_len + end] = b"\xff" * (end - begin)
+    dest.write_bytes(bytes(raw))
+    return dest
+
+
 def _yaml(root: Path, text: str) -> str:
     (root / "bad.yaml").write_text(text)
     return "bad.yaml"
@@ -302,6 +322,18 @@ def model_foreign(root: Path) -> list[str]:
     return ["score-kse", "other.safetensors"]
 
 
+@case("a NIfTI image renamed .safetensors as model", "is a NIfTI image, not a tgdpet model file")
+def model_nifti_renamed(root: Path) -> list[str]:
+    _nifti(root / "image.nii", (16, 16, 4)).rename(root / "image.safetensors")
+    return ["denoise", "--model", "image.safetensors", "--device", "cpu", "scan.nii.gz"]
+
+
+@case("a model file with corrupted bytes (NaN weights)", "the file is damaged or the training run")
+def model_corrupted_bytes(root: Path) -> list[str]:
+    _with_nan_weights(root / "model.safetensors", root / "rot.safetensors", "convs.0.weight")
+    return ["denoise", "--model", "rot.safetensors", "--device", "cpu", "scan.nii.gz"]
+
+
 @case("a model file cut short", "truncated")
 def model_truncated(root: Path) -> list[str]:
     (root / "cut.safetensors").write_bytes((root / "model.safetensors").read_bytes()[:5000])
@@ -316,7 +348,7 @@ def nifti_missing(root: Path) -> list[str]:
     return [*DENOISE, "gone.nii.gz"]
 
 
-@case("a NaN voxel in the scan", "NaN or infinite voxels")
+@case("a NaN voxel in the scan", r"NaN or infinite voxels; replace them .* save the image again\.$")
 def nifti_nan(root: Path) -> list[str]:
     return [*DENOISE, _with_voxel(root / "nan.nii.gz", np.nan).name]
 
@@ -326,7 +358,7 @@ def nifti_inf(root: Path) -> list[str]:
     return [*DENOISE, _with_voxel(root / "inf.nii", np.inf).name]
 
 
-@case("a 4-D NIfTI (2 frames)", "4-D with 2 frames")
+@case("a 4-D NIfTI (2 frames)", "4-D with 2 frames; pick one with --frame N")
 def nifti_4d(root: Path) -> list[str]:
     return [*DENOISE, _nifti(root / "dyn.nii.gz", (16, 16, 4, 2)).name]
 
@@ -381,6 +413,38 @@ def nifti_output_exists(root: Path) -> list[str]:
     return [*DENOISE, "scan.nii.gz"]
 
 
+@case("a NIfTI without a voxel size (pixdim 0, no qform or sform)", "no usable voxel size")
+def nifti_no_voxel_size(root: Path) -> list[str]:
+    return [*DENOISE, _without_voxel_size(root / "nosize.nii").name]
+
+
+@case("`-o result` (no extension: a DICOM folder) for a NIfTI input", "its result is NIfTI: name the output result.nii.gz")
+def nifti_output_as_dicom(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "-o", "result"]
+
+
+@case("`-o` in a folder that cannot be written", "cannot write into the folder /sys")
+def nifti_output_unwritable(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "-o", "/sys/tgdpet-test-out.nii.gz"]
+
+
+@case("`--out-dir` that cannot be created", "cannot create --out-dir /sys/tgdpet-test-out")
+def nifti_out_dir_unwritable(root: Path) -> list[str]:
+    return [*DENOISE, "scan.nii.gz", "--out-dir", "/sys/tgdpet-test-out"]
+
+
+@case("`demo -o` in a folder that cannot be written", "cannot write into the folder /sys")
+def demo_output_unwritable(root: Path) -> list[str]:
+    return ["demo", "--model", "model.safetensors", "--device", "cpu", "--no-progress", "-o", "/sys/tgdpet-test-demo"]
+
+
+@case("`demo --overwrite` onto a folder holding someone's own files", "not the files of a tgdpet demo .notes.txt.")
+def demo_overwrite_foreign_folder(root: Path) -> list[str]:
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("my own notes\n")
+    return ["demo", "--model", "model.safetensors", "--device", "cpu", "--no-progress", "-o", "mine", "--overwrite"]
+
+
 # --------------------------------------------------------------------------- DICOM
 
 
@@ -397,12 +461,50 @@ def dicom_missing_slice(root: Path) -> list[str]:
     return [*DENOISE, "bad_series"]
 
 
+@case("a series without its first slice (NumberOfSlices says 8)", r"NumberOfSlices 8 but holds 7 slices \(ImageIndex 2 to 8\)")
+def dicom_first_slice_missing(root: Path) -> list[str]:
+    shutil.copytree(root / "series", root / "bad_series")
+    sorted((root / "bad_series").iterdir())[0].unlink()
+    return [*DENOISE, "bad_series"]
+
+
+@case("a series without its last slice (NumberOfSlices says 8)", r"NumberOfSlices 8 but holds 7 slices \(ImageIndex 1 to 7\)")
+def dicom_last_slice_missing(root: Path) -> list[str]:
+    shutil.copytree(root / "series", root / "bad_series")
+    sorted((root / "bad_series").iterdir())[-1].unlink()
+    return [*DENOISE, "bad_series"]
+
+
+@case("one slice with another PatientID in the series", "PatientID 'someone else' .*mixes two patients")
+def dicom_other_patient(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "PatientID", "someone else") if k == 3 else None)]
+
+
+@case("one slice of another study in the series", "StudyInstanceUID .*mixes two studies")
+def dicom_other_study(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "StudyInstanceUID", "1.2.3.4") if k == 5 else None)]
+
+
+@case("a series folder holding only a hidden .tmp-* leftover", "only hidden entries .a .tmp-")
+def dicom_only_leftover(root: Path) -> list[str]:
+    (root / "left").mkdir()
+    (root / "left" / ".tmp-slice_0001.dcm-x").write_bytes(b"half a slice")
+    return [*DENOISE, "left"]
+
+
+@case("`-o mine --overwrite` onto a folder holding someone's own files", "not the slices of a DICOM series tgdpet wrote")
+def dicom_overwrite_foreign_folder(root: Path) -> list[str]:
+    (root / "mine").mkdir()
+    (root / "mine" / "thesis.docx").write_bytes(b"years of work")
+    return [*DENOISE, "series", "-o", "mine", "--overwrite"]
+
+
 @case("a CT series", "not PET")
 def dicom_ct(root: Path) -> list[str]:
     return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "Modality", "CT"))]
 
 
-@case("a folder holding the files of two series side by side", "holds 2 series")
+@case("a folder holding the files of two series side by side", "holds 2 series: .*; give one file of the series")
 def dicom_two_series(root: Path) -> list[str]:
     (root / "two").mkdir()
     for name in ("a", "b"):  # in subfolders they would be a study tree, denoised series by series
@@ -554,6 +656,13 @@ def simulate_protocol(root: Path) -> list[str]:
 def simulate_exists(root: Path) -> list[str]:
     (root / "sim").mkdir()
     return SMALL_SIMULATE
+
+
+@case("`simulate --overwrite` onto a folder holding someone's own files", "not the files of a dataset tgdpet simulated")
+def simulate_overwrite_foreign_folder(root: Path) -> list[str]:
+    (root / "sim").mkdir()
+    (root / "sim" / "results.xlsx").write_bytes(b"a spreadsheet")
+    return [*SMALL_SIMULATE, "--overwrite"]
 
 
 # --------------------------------------------------------------------------- configs (--config YAML)

@@ -20,6 +20,10 @@ from tgdpet.io import Volume, write_volume
 from tgdpet.models import DnCNN, build_model
 
 
+#: What test images are described as (a scan's description, as scanners write one).
+TEST_DESCRIPTION = "PET WB test scan"
+
+
 def suv_meta(**overrides) -> dict:
     """Acquisition facts of a typical FDG scan (70 kg, 370 MBq, scan 60 min after injection)."""
     meta = {
@@ -62,13 +66,18 @@ def make_volume(
 
 
 def write_test_series(folder: str | Path, volume: Volume | None = None, **write_kwargs) -> list[Path]:
-    """Write a DICOM PET series (from scratch unless the volume came from DICOM); return its files, sorted."""
+    """Write a DICOM PET series (from scratch unless the volume came from DICOM); return its files, sorted.
+
+    Described as a scan, not as tgdpet's default "tgdpet denoised": batch denoising passes over its own results.
+    """
+    write_kwargs.setdefault("description", TEST_DESCRIPTION)
     write_volume(volume if volume is not None else make_volume(), folder, **write_kwargs)
     return sorted(Path(folder).iterdir())
 
 
 def write_test_nifti(path: str | Path, volume: Volume | None = None, **write_kwargs) -> Path:
-    """Write a NIfTI file (``.nii`` or ``.nii.gz``) of ``volume`` or :func:`make_volume`."""
+    """Write a NIfTI file (``.nii`` or ``.nii.gz``) of ``volume`` or :func:`make_volume`, described as a scan."""
+    write_kwargs.setdefault("description", TEST_DESCRIPTION)
     return write_volume(volume if volume is not None else make_volume(), path, **write_kwargs)
 
 

@@ -72,7 +72,7 @@ def test_folder_with_two_series_lists_them(tmp_path):
     before = tree_snapshot(tmp_path)
     with pytest.raises(TgdpetError, match="holds 2 series") as info:
         read_volume(tmp_path / "mixed")
-    assert all(uid in str(info.value) for uid in uids) and "series_uid" in str(info.value)
+    assert all(uid in str(info.value) for uid in uids) and "give one file of the series" in str(info.value)
     assert tree_snapshot(tmp_path) == before
     assert_refused(tmp_path, lambda: read_volume(tmp_path / "mixed", series_uid="1.2.3"), "is not in")
 

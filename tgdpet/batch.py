@@ -12,19 +12,28 @@ mean activity in the body changed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import torch
 
 from . import __version__
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
+from .io import DENOISED
 from .io.inspect import ImageSeries, describe, find_images
 
+if TYPE_CHECKING:
+    from .infer import Denoiser
+
 REPORT_NAME = "tgdpet-report.json"
+
+#: Exit status of ``tgdpet denoise`` when a study tree was denoised but some of its images were skipped.
+SKIPPED_EXIT = 3
 
 
 def is_study_tree(path: str | os.PathLike) -> bool:
@@ -61,8 +70,25 @@ def output_path(series: ImageSeries, root: Path, out_root: Path, shared_folder: 
 ACTIVITY_UNITS = ("BQML", "SUV", "CNTS")
 
 
-def _skip_reason(info: dict[str, Any]) -> str | None:
+def is_denoised_output(series: ImageSeries) -> bool:
+    """An earlier result of tgdpet (its description says so): a tree holding one is not denoised twice."""
+    if series.kind == "dicom":
+        return str(series.slices[0][1].get("DerivationDescription", "")).startswith(DENOISED)
+    if series.kind != "nifti":
+        return False
+    import nibabel as nib
+
+    try:
+        descrip = nib.load(str(series.path)).header["descrip"].tobytes().decode("latin-1")
+    except Exception:  # noqa: BLE001 - a damaged file is reported by describe(), not here
+        return False
+    return descrip.startswith(DENOISED)
+
+
+def _skip_reason(series: ImageSeries, info: dict[str, Any]) -> str | None:
     """Why a series is not denoised, or ``None`` when it is."""
+    if is_denoised_output(series):
+        return f"it is a tgdpet result already (described '{DENOISED}'); denoise it on its own if that is meant"
     if not info.get("readable"):
         return str(info["problem"])
     if info["format"] == "dicom" and info.get("modality") != "PT":
@@ -72,9 +98,36 @@ def _skip_reason(info: dict[str, Any]) -> str | None:
     return None
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(denoiser: "Denoiser", model_path: str | os.PathLike | None) -> dict[str, Any]:
+    """What made the outputs, for the report: the model file (name, path, SHA-256), device, precision, TTA.
+
+    The hash identifies the weights even when a file is renamed or replaced
+    under the same name.
+    """
+    from .infer import pretrained_model_path
+
+    path = Path(model_path) if model_path is not None else pretrained_model_path()
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[denoiser.dtype]
+    return {
+        "model": {"name": path.stem, "path": str(path.resolve()), "sha256": _sha256(path),
+                  "built_in": model_path is None},
+        "device": str(denoiser.device),
+        "precision": precision,
+        "tta": denoiser.tta,
+    }  # fmt: skip
+
+
 def storage_error(written: Path) -> float:
-    """The largest error storing the result added, in its units: half the largest RescaleSlope of a DICOM
-    output (int16 with a per-slice slope), 0 for NIfTI (float32, the network's own precision)."""
+    """The largest error storing the result added, in the output's units (``storage_error_units``): half the
+    largest RescaleSlope of a DICOM output (int16 with a per-slice slope), 0 for NIfTI (float32, as computed)."""
     if not written.is_dir():
         return 0.0
     import pydicom
@@ -102,8 +155,9 @@ def _denoise_one(
     before = read_volume(series.path, frame=frame)
     after = read_volume(written)
     return {
-        "output": str(written),
+        "output": str(written.resolve()),
         "storage_error_max": storage_error(written),
+        "storage_error_units": after.units,
         "body_mean_change_percent": round(body_mean_change(before.data, after.data), 4),
     }
 
@@ -116,6 +170,7 @@ def denoise_tree(
     frame: int | None = None,
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Denoise every PET image under ``root`` into ``out_root``; return (and write) the report.
 
@@ -128,6 +183,7 @@ def denoise_tree(
         frame: the time frame of dynamic inputs.
         overwrite: write into an existing ``out_root`` (``denoise`` decides about each output).
         echo: where one line per input is printed.
+        run: what denoises (:func:`run_record`: model, device, precision), recorded in the report.
 
     A series tgdpet cannot read, or that is not PET, is skipped with the
     sentence it would be refused with; one that fails while denoising is
@@ -143,10 +199,10 @@ def denoise_tree(
     jobs = []
     for series in found:
         info = describe(series, frame)
-        entry: dict[str, Any] = {"input": str(series.folder if series.kind == "dicom" else series.path)}
+        entry: dict[str, Any] = {"input": str((series.folder if series.kind == "dicom" else series.path).resolve())}
         keys = ("format", "series_uid", "modality", "units", "suv_factor", "suv_problem")
         entry.update({k: info.get(k) for k in keys})
-        reason = _skip_reason(info)
+        reason = _skip_reason(series, info)
         if reason is None:
             jobs.append((series, output_path(series, root, out_root, per_folder[series.folder] > 1), entry))
         else:
@@ -170,7 +226,8 @@ def denoise_tree(
     report = {
         "tgdpet": __version__,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "root": str(root),
+        "root": str(root.resolve()),
+        **(run or {}),
         "denoised": sum(e["status"] == "denoised" for e in entries),
         "skipped": sum(e["status"] == "skipped" for e in entries),
         "inputs": entries,

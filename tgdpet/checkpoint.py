@@ -139,6 +139,19 @@ def save_model(
     return dest
 
 
+def _what_it_is(path: Path) -> str:
+    """What a file that is not a safetensors model is, from its first bytes, for the refusal to name."""
+    with open(path, "rb") as f:
+        head = f.read(352)
+    if head[344:348] in (b"n+1\0", b"ni1\0") or head[4:8] in (b"n+2\0", b"ni2\0"):
+        return "a NIfTI image"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip file (a .nii.gz image?)"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    return "damaged or in another format"
+
+
 def _read_header(path: Path) -> dict:
     """The safetensors JSON header of ``path``, after checking it fits the file; refuses non-safetensors files."""
     if not path.is_file():
@@ -156,6 +169,9 @@ def _read_header(path: Path) -> dict:
                     "run code; if you trust it, load it in Python with torch.load(..., weights_only=True), put the "
                     "weights in a tgdpet.models.DnCNN and write it with tgdpet.checkpoint.save_model."
                 )
+            kind = _what_it_is(path)
+            if not kind.startswith("damaged"):
+                raise TgdpetError(f"{path} is {kind}, not a tgdpet model file; pass a model written by tgdpet train.")
             raise TgdpetError(
                 f"{path} is not a complete safetensors model file (its header claims {header_len} bytes, the file "
                 f"has {size}); the file is truncated or in another format."
@@ -166,7 +182,10 @@ def _read_header(path: Path) -> dict:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError):
-        raise TgdpetError(f"{path} is not a safetensors model file; tgdpet models end in .safetensors.") from None
+        raise TgdpetError(
+            f"{path} is {_what_it_is(path)}, not a tgdpet model file (its safetensors header is not readable); "
+            "pass a model written by tgdpet train, or copy the model file again."
+        ) from None
     _check_data_extent(path, header, data_bytes=size - 8 - header_len)
     return header
 
@@ -265,8 +284,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TgdpetError(
-                f"{path} holds NaN or infinite values in {name}; the training run diverged, use an earlier "
-                "checkpoint."
+                f"{path} holds NaN or infinite values in {name}: the file is damaged or the training run that "
+                "wrote it diverged; copy it again, or use an earlier checkpoint of that run."
             )
     model.load_state_dict(tensors)
     model.to(device).eval()

@@ -38,8 +38,11 @@ class _Group(click.Group):
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
+            resumable = ctx.invoked_subcommand in ("train", "tgd-finetune")
             click.echo(
-                "Interrupted; outputs are written whole or not at all (continue a training run with --resume).", err=True
+                "Interrupted; outputs are written whole or not at all"
+                + (" (continue the run with --resume)." if resumable else "; run the command again to finish."),
+                err=True,
             )
             ctx.exit(130)
 
@@ -390,7 +393,8 @@ def n2n_online_command(
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="A tgdpet model file (.safetensors)  [default: the built-in pretrained model]")
-@click.option("-o", "--out", type=click.Path(), help="Output for a single INPUT: .nii, .nii.gz or a DICOM folder.")
+@click.option("-o", "--out", type=click.Path(),
+              help="Output for a single INPUT: .nii or .nii.gz (any input), or a DICOM folder (DICOM inputs).")
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Folder for the outputs  [default: next to each input]")
 @click.option("--frame", type=click.IntRange(min=0),
@@ -412,14 +416,15 @@ def denoise_command(
     Geometry and metadata are kept; the default output is <name>_denoised.nii.gz
     (or <folder>_denoised/ for DICOM) next to each input. A study tree (a
     folder with series in subfolders, or NIfTI files) is denoised PET series
-    by PET series into <folder>_denoised/, other series skipped with a reason,
-    and a report written there (tgdpet-report.json).
+    by PET series into <folder>_denoised/, other series (and earlier results)
+    skipped with a reason, and a report written there (tgdpet-report.json);
+    the exit status is then 3 if anything was skipped.
     """
     from pathlib import Path
 
-    from .batch import denoise_tree, is_study_tree
+    from .batch import SKIPPED_EXIT, denoise_tree, is_study_tree, run_record
     from .files import check_can_write
-    from .infer import default_output_path, denoise_file, load_denoiser
+    from .infer import check_denoise_output, default_output_path, denoise_file, load_denoiser
     from .io import check_output_name
 
     if out and (len(inputs) > 1 or out_dir):
@@ -438,22 +443,38 @@ def denoise_command(
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
-    for o in outputs:  # refuse before denoising anything, not after the first volumes
-        check_output_name(o)
-        if not new_out_dir:
+    trees = [is_study_tree(src) for src in inputs]
+    for src, o, tree in zip(inputs, outputs, trees):  # refuse before denoising anything, not after the first volumes
+        if new_out_dir:
+            check_output_name(o)
+        elif tree:
             check_can_write(o, overwrite)
+        else:
+            check_denoise_output(src, o, overwrite)
     if new_out_dir:
-        Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
-    for src, dest in zip(inputs, outputs):
-        if is_study_tree(src):  # every PET series in it, and a report
+        try:
+            Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
+        except OSError as e:
+            raise TgdpetError(
+                f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
+            ) from None
+    skipped = 0
+    for src, dest, tree in zip(inputs, outputs, trees):
+        if tree:  # every PET series in it, and a report
             report = denoise_tree(
                 src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
-                frame=frame, overwrite=overwrite, echo=click.echo,
+                frame=frame, overwrite=overwrite, echo=click.echo, run=run_record(denoiser, model_path),
             )  # fmt: skip
             click.echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
+            skipped += report["skipped"]
             continue
         written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame)
         click.echo(f"Wrote {written}.")
+    if skipped:  # done, but not everything: scripts must be able to tell
+        click.echo(
+            f"{skipped} image(s) skipped, each with its reason in tgdpet-report.json (exit status {SKIPPED_EXIT})."
+        )
+        click.get_current_context().exit(SKIPPED_EXIT)
 
 
 @main.command("inspect")
@@ -494,11 +515,28 @@ def _inspect_line(info: dict) -> str:
         head,
         f"  {info['modality'] or 'modality not recorded'}, units {info['units']}, {z} slices of {y} x {x}, spacing {spacing} mm, "
         f"orientation {info['orientation']}" + (f", {info['frames']} time frames" if info.get("frames", 1) > 1 else ""),
-        f"  RescaleSlope {slopes[0]:g} to {slopes[1]:g}" if slopes else "  stored as floating point",
-        f"  SUV factor {info['suv_factor']:.6g}" if info["suv_factor"] is not None
-        else f"  SUV: not computable ({info['suv_problem']})",
+        _storage_line(info["format"], slopes),
+        _suv_line(info),
     ]
     return "\n".join(lines)
+
+
+def _storage_line(fmt: str, slopes: list[float] | None) -> str:
+    """How the values are stored, in the format's own terms (DICOM RescaleSlope, NIfTI scl_slope)."""
+    if slopes is None:
+        return "  stored as floating point"
+    if fmt == "dicom":
+        return f"  RescaleSlope {slopes[0]:g} to {slopes[1]:g}"
+    return f"  scl_slope {slopes[0]:g}"
+
+
+def _suv_line(info: dict) -> str:
+    """The SUV factor with its unit, or why there is none."""
+    if info["suv_factor"] is None:
+        return f"  SUV: not computable ({info['suv_problem']})"
+    if info["units"] == "SUV":
+        return "  values are SUV (body weight) already"
+    return f"  SUV factor {info['suv_factor']:.6g} (SUV per Bq/mL: body weight in g / decay-corrected dose in Bq)"
 
 
 def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:

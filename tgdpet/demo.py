@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_dir, check_can_write
+from .files import atomic_dir, check_can_write, check_replaceable
 from .infer import load_denoiser
 from .io import Volume, write_volume
 from .simulate.dataset import SimulationConfig, StudySpec, simulate_study
+
+
+#: What a demo folder holds; ``--overwrite`` replaces a folder holding nothing else.
+DEMO_FILES = ("input_060s.nii.gz", "denoised_060s.nii.gz", "reference_600s.nii.gz", "demo.png")
 
 
 @dataclass
@@ -115,10 +119,13 @@ def run_demo(
     """Simulate, denoise and write the demo folder ``out`` (atomically).
 
     The model is checked before the output folder, so a bad ``model`` is
-    reported as such even when ``out`` already exists.
+    reported as such even when ``out`` already exists. ``overwrite`` replaces
+    an earlier demo folder, never one holding anything else.
     """
     denoiser = load_denoiser(model, device=device)
     out = check_can_write(out, overwrite)
+    if overwrite:
+        check_replaceable(out, lambda p: p.is_file() and p.name in DEMO_FILES, "the files of a tgdpet demo")
     t0 = time.perf_counter()
     config = SimulationConfig(
         studies=(StudySpec("test", "normal", tumour=True),),

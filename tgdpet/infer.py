@@ -398,6 +398,35 @@ def default_output_path(input_path: str | Path, out_dir: str | Path | None = Non
     return Path(out_dir) / out.name if out_dir is not None else out
 
 
+def check_output_format(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuse a DICOM output for a NIfTI or ECAT input: results keep the input's format.
+
+    A name without an extension is a DICOM series folder; writing a NIfTI
+    image there would invent a patient and a study for it.
+    """
+    from .io.ecat import is_ecat
+    from .io.nifti import is_nifti_name
+
+    src, out = Path(input_path), Path(output_path)
+    if src.is_file() and (is_nifti_name(src) or is_ecat(src)) and not is_nifti_name(out):
+        raise TgdpetError(
+            f"{src.name} is {'a NIfTI' if is_nifti_name(src) else 'an ECAT'} file, so its result is NIfTI: name the "
+            f"output {out.name}.nii.gz (a name without an extension is a DICOM series folder, for DICOM inputs)."
+        )
+
+
+def check_denoise_output(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
+    """Everything about an output that can be refused before denoising: name, format, clash, folder, ownership."""
+    from .files import check_can_write
+    from .io import check_output_name, check_replaceable_output
+
+    check_output_name(output_path)
+    check_output_format(input_path, output_path)
+    check_can_write(output_path, overwrite)
+    if overwrite:
+        check_replaceable_output(output_path)
+
+
 def denoise_file(
     denoiser: Denoiser,
     input_path: str | Path,
@@ -415,10 +444,9 @@ def denoise_file(
     and is written atomically, so a failure leaves nothing under its name; the
     input is never modified.
     """
-    from .files import check_can_write
     from .io import read_volume, write_volume
 
-    check_can_write(output_path, overwrite)
+    check_denoise_output(input_path, output_path, overwrite)
     volume = read_volume(input_path, frame=frame)
     denoised = denoiser.denoise_volume(volume, progress=progress)
     return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)

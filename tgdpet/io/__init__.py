@@ -18,19 +18,21 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import TgdpetError
-from ..files import check_can_write
+from ..files import check_can_write, check_replaceable
 from .dicom_read import read_dicom_series
-from .dicom_write import write_dicom_series
+from .dicom_write import is_tgdpet_slice, write_dicom_series
 from .ecat import is_ecat, read_ecat
 from .nifti import is_nifti_name, read_nifti, write_nifti
 from .suv import convert_units, from_suv, suv_factor, to_suv
 from .volume import MAX_VOXELS, META_TAGS, Volume, check_finite
 
 __all__ = [
+    "DENOISED",
     "MAX_VOXELS",
     "META_TAGS",
     "Volume",
     "check_output_name",
+    "check_replaceable_output",
     "convert_units",
     "from_suv",
     "read_volume",
@@ -38,6 +40,10 @@ __all__ = [
     "to_suv",
     "write_volume",
 ]
+
+#: The description of every denoised output (NIfTI descrip, DICOM SeriesDescription suffix and
+#: DerivationDescription): how a tree of earlier results is told from the images they came from.
+DENOISED = "tgdpet denoised"
 
 #: A file extension (a letter, then up to 4 letters or digits: ``.png``, ``.dcm``, ``.h5``) cannot
 #: name a DICOM series folder; folders named by UIDs (``1.2.840.5``) have none.
@@ -57,6 +63,17 @@ def check_output_name(path: str | os.PathLike) -> Path:
             "(a name without a file extension)."
         )
     return out
+
+
+def check_replaceable_output(path: str | os.PathLike) -> None:
+    """Refuse to replace an existing DICOM output folder unless it holds only a series tgdpet wrote.
+
+    A DICOM output is replaced whole; a folder the user named with ``-o`` may
+    hold their own files, which ``--overwrite`` must not delete.
+    """
+    out = Path(path)
+    if out.is_dir() and not is_nifti_name(out):
+        check_replaceable(out, is_tgdpet_slice, "the slices of a DICOM series tgdpet wrote")
 
 
 def read_volume(
@@ -118,7 +135,7 @@ def write_volume(
     *,
     like: Volume | None = None,
     overwrite: bool = False,
-    description: str = "tgdpet denoised",
+    description: str = DENOISED,
     units: str | None = None,
     dicom_meta: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -148,6 +165,8 @@ def write_volume(
     if overwrite and out.exists() and out.is_dir() == is_nifti:
         raise TgdpetError(f"{out} exists as a {'folder' if is_nifti else 'file'}; remove it or choose another name.")
     _refuse_overwriting_source(volume, like, out)
+    if overwrite:
+        check_replaceable_output(out)
     if units is not None:
         volume = convert_units(volume, units)
     if volume.units == "SUV":

@@ -134,6 +134,11 @@ def group_series(
 def _scan_folder(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     """Every DICOM image in ``folder`` (recursively, hidden entries skipped), by series UID."""
     files = series_files(folder)
+    if not files and any(folder.iterdir()):
+        raise TgdpetError(
+            f"the folder {folder} holds only hidden entries (a .tmp-* one is the leftover of an interrupted tgdpet "
+            "write, safe to delete); give a folder holding one DICOM PET series."
+        )
     if not files:
         raise TgdpetError(f"the folder {folder} is empty; give a folder holding one DICOM PET series.")
     series = group_series(files)
@@ -156,8 +161,8 @@ def _choose_series(folder: Path, series: dict[str, list[tuple[Path, Dataset]]], 
     if series_uid is None:
         if len(series) > 1:
             raise TgdpetError(
-                f"the folder {folder} holds {len(series)} series: {listing}; move the series to use into a folder "
-                "of its own (in Python, read_volume(..., series_uid=...) picks one)."
+                f"the folder {folder} holds {len(series)} series: {listing}; give one file of the series to use "
+                "instead of the folder (its whole series is read), or move each series into a folder of its own."
             )
         return next(iter(series.values()))
     if series_uid not in series:
@@ -378,6 +383,66 @@ def _check_units(slices: list[tuple[Path, Dataset]]) -> str:
     return units.pop()
 
 
+#: Attributes every slice of one series shares, and what two values of each would mean.
+_IDENTITY = {
+    "PatientID": "two patients",
+    "PatientName": "two patients",
+    "StudyInstanceUID": "two studies",
+    "FrameOfReferenceUID": "two frames of reference (scans)",
+}
+
+
+def _check_one_identity(slices: list[tuple[Path, Dataset]]) -> None:
+    """One patient, study and frame of reference: a stray slice of another would be denoised into the series.
+
+    A SeriesInstanceUID alone does not prove it: copying, anonymising or a
+    faulty export can put a slice with another patient's identity under it.
+    """
+    path0, ds0 = slices[0]
+    for keyword, meaning in _IDENTITY.items():
+        first = str(ds0.get(keyword, "") or "")
+        for path, ds in slices[1:]:
+            value = str(ds.get(keyword, "") or "")
+            if value != first:
+                raise TgdpetError(
+                    f"{path.name} has {keyword} {value!r} but {path0.name} has {first!r} in the same series; the "
+                    f"folder mixes {meaning}, keep only the slices that belong together in it."
+                )
+
+
+def _check_complete(slices: list[tuple[Path, Dataset]], where: object) -> None:
+    """A series holds as many slices as its NumberOfSlices (0054,0081) says.
+
+    A slice missing in the middle shows as a gap in the positions; one missing
+    at either end leaves evenly spaced slices, and only the count tells.
+    """
+    recorded = {str(ds.get("NumberOfSlices", "") or "").strip() for _, ds in slices} - {""}
+    if not recorded:
+        return
+    if len(recorded) > 1:
+        raise TgdpetError(
+            f"the slices of {where} record different NumberOfSlices ({', '.join(sorted(recorded))}); the folder "
+            "mixes series, re-export the series."
+        )
+    try:
+        expected = int(float(recorded.pop()))
+    except ValueError:
+        return  # an unreadable count says nothing; the positions were checked already
+    held = len(slices)
+    if expected == held:
+        return
+    try:
+        indices = sorted(int(ds.ImageIndex) for _, ds in slices)
+        span = f" (ImageIndex {indices[0]} to {indices[-1]})"
+    except (AttributeError, TypeError, ValueError):
+        span = ""
+    missing = f"{expected - held} slice(s) are missing at its ends" if expected > held else "it holds extra slices"
+    raise TgdpetError(
+        f"{where} records NumberOfSlices {expected} but holds {held} slices{span}, so {missing}; "
+        "copy or export the complete series."
+    )
+
+
 @dataclass(frozen=True)
 class SeriesPlan:
     """A DICOM series checked from its headers alone: what reading its pixels will give.
@@ -404,8 +469,10 @@ def plan_series(folder: Path, slices: list[tuple[Path, Dataset]], frame: int | N
     for p, ds in slices:
         _check_slice(p, ds)
         _check_decodable(p, ds)
+    _check_one_identity(slices)
     frames = split_frames(slices)
     chosen, affine = _sorted_geometry(pick_frame(frames, frame, f"the series in {folder}"))
+    _check_complete(chosen, f"the series in {folder}")
     units = _check_units(chosen)
     first = chosen[0][1]
     return SeriesPlan(folder, chosen, affine, units, len(frames), meta_from_dataset(first))

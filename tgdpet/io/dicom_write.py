@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,6 +50,21 @@ _PER_SLICE = frozenset(
 #: Source attributes that described the source's stored pixel values, not ours.
 _STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit",
           "SmallestPixelValueInSeries", "LargestPixelValueInSeries")
+
+
+#: How tgdpet names the slice files of a series it writes.
+_SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
+
+
+def is_tgdpet_slice(path: Path) -> bool:
+    """A slice file tgdpet wrote: its name, and the DerivationDescription every tgdpet series carries."""
+    if not (path.is_file() and _SLICE_NAME.fullmatch(path.name)):
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["DerivationDescription"])
+    except Exception:  # noqa: BLE001 - anything unreadable is not a slice tgdpet wrote
+        return False
+    return "(tgdpet " in str(ds.get("DerivationDescription", ""))
 
 
 def check_dicom_meta(dicom_meta: Mapping[str, Any] | None) -> None:

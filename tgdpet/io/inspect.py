@@ -175,7 +175,10 @@ def inspect_inputs(paths: list[str | os.PathLike], frame: int | None = None) -> 
     """Describe every series under ``paths``; refuses only when nothing at all is found."""
     found = find_images(paths)
     if not found:
+        hidden = [p for p in map(Path, paths) if p.is_dir() and any(p.iterdir()) and not series_files(p)]
+        note = (" (only hidden entries, which tgdpet never reads: a .tmp-* one is the leftover of an interrupted "
+                "write, safe to delete)") if hidden else ""  # fmt: skip
         raise TgdpetError(
-            f"no NIfTI, ECAT or DICOM image found in {', '.join(str(p) for p in paths)}; check the path."
+            f"no NIfTI, ECAT or DICOM image found in {', '.join(str(p) for p in paths)}{note}; check the path."
         )
     return [describe(s, frame) for s in found]

@@ -76,8 +76,8 @@ def _pick_frame(path: Path, shape: tuple[int, ...], frame: int | None) -> tuple[
     if frame is None:
         if frames > 1:
             raise TgdpetError(
-                f"{path} is 4-D with {frames} frames; save the frame to use as a 3-D image first "
-                f"(in Python, read_volume(..., frame=N) reads frame N, 0 <= N < {frames})."
+                f"{path} is 4-D with {frames} frames; pick one with --frame N, 0 <= N < {frames} (tgdpet denoise "
+                "and inspect), or save the frame to use as a 3-D image."
             )
     elif not 0 <= frame < frames:
         raise TgdpetError(
@@ -86,8 +86,43 @@ def _pick_frame(path: Path, shape: tuple[int, ...], frame: int | None) -> tuple[
     return shape[:3]
 
 
+def _check_voxel_size(path: Path, header: nib.Nifti1Header, affine: np.ndarray) -> None:
+    """Refuse a file that does not say how large its voxels are.
+
+    ``header`` must be the file's header as stored: when neither qform nor
+    sform is set, nibabel replaces a zero pixdim by 1 mm with only a log
+    message, and the image would be denoised as 1 mm voxels.
+    """
+    no_transform = int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+    pixdim = [float(v) for v in header["pixdim"][1:4]]
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    bad_pixdim = no_transform and not all(np.isfinite(v) and v > 0 for v in pixdim)
+    if bad_pixdim or not np.isfinite(affine).all() or not (spacing > 1e-6).all():
+        where = "pixdim " + " x ".join(f"{v:g}" for v in pixdim) + (" and no qform or sform" if no_transform else "")
+        raise TgdpetError(
+            f"{path} records no usable voxel size ({where}); re-export the image with its voxel size in mm "
+            "(or set it, e.g. with fslchpixdim)."
+        )
+
+
+def _stored_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header | None:
+    """The header exactly as stored (no fixes applied), or ``None`` when it is not a NIfTI-1/2 header."""
+    for cls in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            with ImageOpener(str(path), "rb") as f:
+                header = cls.from_fileobj(f, check=False)
+        except _READ_ERRORS:
+            continue
+        if header["magic"].tobytes().rstrip(b"\0") in (b"n+1", b"ni1", b"n+2", b"ni2"):
+            return header
+    return None
+
+
 def read_nifti(path: Path, frame: int | None = None) -> Volume:
     """Read a 3-D NIfTI file (or one frame of a 4-D one) into a :class:`Volume`."""
+    stored = _stored_header(path)
+    if stored is not None:  # refused before nibabel silently turns a zero voxel size into 1 mm
+        _check_voxel_size(path, stored, stored.get_best_affine())
     try:
         img = nib.load(str(path))
     except _READ_ERRORS as e:
@@ -95,6 +130,7 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise TgdpetError(f"{path} is not a NIfTI image; give a .nii or .nii.gz file.")
     header = img.header
+    _check_voxel_size(path, header, img.affine)
     shape = tuple(int(s) for s in header.get_data_shape())
     shape3 = _pick_frame(path, shape, frame)
     check_voxel_count(shape3, path)

@@ -136,6 +136,6 @@ def check_finite(data: np.ndarray, where: object, allow_nonfinite: bool) -> None
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise TgdpetError(
-            f"{where} holds {bad:,} NaN or infinite voxels; replace them (e.g. by 0) and save the image again "
-            "(in Python, read_volume(..., allow_nonfinite=True) reads it as it is)."
+            f"{where} holds {bad:,} NaN or infinite voxels; replace them (e.g. by 0, in the software that made "
+            "the image) and save the image again."
         )

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import TgdpetError
-from ..files import atomic_dir, atomic_file, check_can_write
+from ..files import atomic_dir, atomic_file, check_can_write, check_replaceable
 from ..io import Volume, write_volume
 from ..io.acquisition import F18_HALF_LIFE_S
 from ..runtime import resolve_device
@@ -367,9 +367,13 @@ def write_dataset(out: str | Path, config: SimulationConfig, overwrite: bool = F
     """Simulate every study of ``config`` into the folder ``out``; return each protocol's manifest.
 
     The folder appears complete or not at all; an existing one is replaced only with
-    ``overwrite``.
+    ``overwrite``, and only when it is a dataset simulated before (nothing else in it).
     """
     out = check_can_write(Path(out), overwrite)
+    if overwrite:  # a dataset folder is replaced whole: never one holding anything else
+        ours = {"labels", "truth", "simulation.json", *PROTOCOLS}
+        simulated = (out / "simulation.json").is_file()
+        check_replaceable(out, lambda p: simulated and p.name in ours, "the files of a dataset tgdpet simulated")
     device = resolve_device(config.device)
     manifests = {p: {"format": "tgdpet-manifest", "version": 1, "label_codes": LABEL_CODES, "studies": []}
                  for p in config.protocols}
