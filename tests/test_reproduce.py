@@ -131,11 +131,11 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert training["TGD-N2N@4"]["method"]["phi"] == 0.4 and training["TGD-N2N@4"]["base"] == "v2-net"
     assert training["TGD2-N2N@4"]["base"] == "TGD-net@4" and training["TGD2-net@3"]["base"] == "TGD-net@3"
     # tgdpet's TGD and the paper taken literally, side by side; v1-net and v2-net trained with the scale's penalty.
-    how = ("tgd_mode", "conv1", "bn_stats")
+    how = ("tgd_mode", "conv1", "bn_stats", "read_kernels")
     for name in ("TGD-net@3", "TGD2-net@4", "TGD-N2N@3", "TGD2-N2N@4"):
-        assert [training[name]["method"][k] for k in how] == ["parameter", "freeze", "stored"], name
+        assert [training[name]["method"][k] for k in how] == ["parameter", "freeze", "stored", "retrain"], name
     for name in ("TGD-paper-net@3", "TGD-paper-N2N@4"):
-        assert [training[name]["method"][k] for k in how] == ["activation", "retrain", "batch"], name
+        assert [training[name]["method"][k] for k in how] == ["activation", "retrain", "batch", "freeze"], name
     assert training["TGD-paper-net@4"]["base"] == "v1-net" and training["TGD-paper-N2N@3"]["base"] == "v2-net"
     penalty = results["scale"]["channel_penalty"]
     assert penalty > 0 and training["v1-net"]["method"]["channel_penalty"] == penalty
