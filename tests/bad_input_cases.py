@@ -614,6 +614,14 @@ def n2n_halves_with_other_counts(root: Path) -> list[str]:
     return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz", *FAST]
 
 
+@case("`n2n-online -o` without an extension for NIfTI halves", "so its result is NIfTI")
+def n2n_output_as_dicom(root: Path) -> list[str]:
+    one = make_volume(shape=(8, 16, 16))
+    write_test_nifti(root / "half1.nii.gz", one)
+    write_test_nifti(root / "half2.nii.gz", one)
+    return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "result", *FAST]
+
+
 @case("`evaluate --json` over an existing file, with a pickle as model: the model is named first",
       "PyTorch pickle checkpoint")
 def evaluate_pickle_and_json_exists(root: Path) -> list[str]:

@@ -150,7 +150,7 @@ def n2n_online(
     :func:`check_halves` unless ``skip_halves_check`` (their grids must match
     regardless).
     """
-    from ..infer import Denoiser
+    from ..infer import Denoiser, check_denoise_output
     from ..io import read_volume, write_volume
     from ..io.orientation import to_canonical
 
@@ -168,7 +168,9 @@ def n2n_online(
     ]
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
-    output = check_can_write(output, overwrite)  # after the inputs and the model: say what is wrong with them first
+    # After the inputs and the model: say what is wrong with them first. The result keeps the input's format.
+    check_denoise_output(full if full is not None else half1, output, overwrite)
+    output = Path(output)
     if save_model_path is not None:
         save_model_path = check_can_write(save_model_path, overwrite)
     model = prepare_model(record.model, cfg, device)
