@@ -134,6 +134,12 @@ class Scale:
     seeds: int  # fine-tuning seeds: every fine-tuned / online network is trained this many times
     test_studies: int  # low-BMI and high-BMI test studies each
     channel_penalty: float = 0.0  # v1-net's and v2-net's group-lasso weight (tgdpet train --channel-penalty)
+    every_seed: tuple[str, ...] | None = None  # networks trained with every fine-tuning seed, the rest with the
+    # first only (None: every network with every seed)
+
+    def trains(self, name: str, seed: int, seeds: list[int]) -> bool:
+        """Whether network ``name`` is fine-tuned (or adapted) with ``seed``."""
+        return self.every_seed is None or name in self.every_seed or seed == seeds[0]
 
 
 #: Epochs of the medium scale. Measured on 2 cores with bf16 units (2026-12-02, bf16 training and evaluation):
@@ -162,10 +168,11 @@ SCALES = {
     ),
     "medium": Scale(
         "medium", f"2 CPU cores: the small scale's data and net, {MEDIUM_EPOCHS} epochs (60 for N2N), "
-        "3 fine-tuning seeds and 3 test studies per BMI class, for error bars",
+        "3 fine-tuning seeds (EWC-net and TGD² with the first only) and 3 test studies per BMI class, for error bars",
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
         test_studies=3, channel_penalty=CHANNEL_PENALTY,
+        every_seed=("FT-net", "TGD-net", "TGD-paper-net", "TGD-N2N", "TGD-paper-N2N"),
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
@@ -506,6 +513,8 @@ def train_networks(run: Run) -> None:
     )
     for seed in run.seeds:
         for name, base, dataset, n, method in finetunes:
+            if not s.trains(name, seed, run.seeds):
+                continue
             base_seed = seed if base in FINETUNED else None
             cfg = FinetuneConfig(**method, **loop_settings(run, n, seed))
             data, folder, key = run.data / dataset / "v2", run.model(name, seed).parent, instance_key(name, seed)
@@ -535,6 +544,8 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
             ("TGD2-N2N", "TGD-net", seed, {}),
             ("TGD-paper-N2N", "v2-net", None, PAPER_LITERAL),
         ):
+            if not s.trains(name, seed, run.seeds):
+                continue
             cfg = N2NConfig(
                 phi=PHI_N2N, epochs=s.n2n_epochs, patches_per_epoch=epoch_patches(2 * s.slices, s.batch_size),
                 batch_size=s.batch_size, patch_size=s.patch_size, seed=seed, device=run.device_arg,
