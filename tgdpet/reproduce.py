@@ -732,6 +732,13 @@ def report_markdown(results: dict, link: str) -> str:
     tests = ", ".join(f"{key}: {', '.join(ids)}" for key, ids in results["test_studies"].items())
     answers = "\n\n".join(f"{i}. {text}" for i, text in enumerate(results["answers"], start=1))
     seeds = ", ".join(str(x) for x in results["finetune_seeds"])
+    every = s.get("every_seed")
+    seeded = (f"every fine-tuning and online-learning network is trained with each of the fine-tuning seeds {seeds}"
+              if every is None else
+              f"{', '.join(LABELS.get(m, m) for m in every)} are trained with each of the fine-tuning seeds {seeds}, "
+              f"the other fine-tuned and online-learning networks with seed {results['finetune_seeds'][0]} only")
+    penalty = (f", with a channel penalty of {s['channel_penalty']:g}: a group lasso over feature maps that leaves "
+               "spare capacity for TGD" if s.get("channel_penalty") else "")
     drop = markdown_table(
         ["phi", "parameters flagged % (measured, end of training)", "paper %", "output change when dropped %"],
         [[f"{p['phi']:.1f}", _fmt(100 * p["fraction_dropped"], 1), _fmt(p["paper_dropped_pct"], 1),
@@ -753,10 +760,14 @@ tests of {s['realisations']} x 60 s realisations, {s['test_studies']} test studi
 {datasets}
 
 The fine-tuning studies are separate from the {s['n_train']} training studies, as in the paper. The tests are on v2
-images. v1-net and v2-net are trained once (seed {results['seed']}); every fine-tuning and online-learning
-network is trained with each of the fine-tuning seeds {seeds} from the same v1-net / v2-net. TGD²-net is TGD-net
+images. v1-net and v2-net are trained once (seed {results['seed']}{penalty}); {seeded} from the same
+v1-net / v2-net. TGD²-net is TGD-net
 fine-tuned by TGD again (masks from its own weights) on the `third` dataset, a third task the paper's TGD²
-notation allows; TGD²-N2N is the paper's TGD-net + online learning.
+notation allows; TGD²-N2N is the paper's TGD-net + online learning. TGD-net, TGD²-net, TGD-N2N and TGD²-N2N use
+tgdpet's TGD (parameter-gradient masking, the kernels reading a retrained map retrained too, conv1 frozen, frozen
+channels on their stored BatchNorm statistics; docs/tgd.md); TGD-net (paper-literal) and TGD-N2N (paper-literal)
+take the paper literally (activation-gradient masking, conv1's meaningless kernels retrained, frozen channels on
+batch statistics while training, every kernel of a frozen channel frozen).
 
 {nets}
 
