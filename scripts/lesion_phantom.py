@@ -1,7 +1,7 @@
 """Do lesions keep their uptake? A sphere phantom that is not tgdpet's anatomical phantom.
 
     python scripts/lesion_phantom.py [--model M.safetensors] [--protocol v1] [--realisations 10] [--tta]
-                                     [--background 2500] [--json out.json]
+                                     [--background 2500] [--voxel-mm 4.0] [--json out.json]
 
 A NEMA-IEC-like body (a D-shaped water cylinder, 180 mm long, with a cold
 lung insert) holds hot spheres of 10, 13, 17, 20, 28 and 37 mm at 4:1 and
@@ -41,6 +41,7 @@ from tgdpet import metrics  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.infer import load_denoiser  # noqa: E402
 from tgdpet.simulate import PROTOCOLS, Grid, Phantom, PhantomSpec, ScannerModel, projector_for, reconstruct  # noqa: E402
+from tgdpet.simulate.grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM  # noqa: E402
 from tgdpet.simulate.scanner import acquire, count_rates, split  # noqa: E402
 
 DIAMETERS_MM = (10.0, 13.0, 17.0, 20.0, 28.0, 37.0)
@@ -91,10 +92,22 @@ def _scores(denoised: np.ndarray, reference: np.ndarray, spheres: dict, backgrou
     }
 
 
+def grid_for(voxel_mm: float) -> Grid:
+    """The simulator's field of view (512 x 512 x 576 mm) in voxels of about ``voxel_mm``."""
+    return Grid(round(TRANSAXIAL_FOV_MM / voxel_mm), round(AXIAL_FOV_MM / voxel_mm))
+
+
 def measure(
-    model: str | None, protocol: str, realisations: int, seed: int, device: str, tta: bool, background_bqml: float
+    model: str | None,
+    protocol: str,
+    realisations: int,
+    seed: int,
+    device: str,
+    tta: bool,
+    background_bqml: float,
+    voxel_mm: float = 4.0,
 ) -> dict:
-    grid = Grid(128, 144)
+    grid = grid_for(voxel_mm)
     phantom, spheres, background = sphere_phantom(grid, background_bqml)
     projector = projector_for(grid.size, grid.pixel_mm, "cpu")
     rates = count_rates(phantom, projector, ScannerModel())
@@ -111,6 +124,7 @@ def measure(
         "realisations": realisations,
         "seed": seed,
         "background_bqml": background_bqml,
+        "voxel_mm": list(grid.voxel_mm),
         "input": _scores(inputs, reference, spheres, bg),
     }
     for name, augment in (("denoised", False), ("denoised_tta", True))[: 2 if tta else 1]:
@@ -118,7 +132,7 @@ def measure(
         seconds, outputs = [], []
         for x in inputs:
             start = time.perf_counter()
-            outputs.append(denoiser(x))
+            outputs.append(denoiser(x, voxel_mm=grid.voxel_mm))  # finer voxels: on the model's grid
             seconds.append(time.perf_counter() - start)
         result[name] = _scores(np.stack(outputs), reference, spheres, bg)
         result[name]["median_seconds_per_volume"] = statistics.median(seconds)
@@ -130,6 +144,7 @@ def print_table(result: dict) -> None:
     runs = [k for k in ("input", "denoised", "denoised_tta") if k in result]
     print(
         f"Sphere phantom, background {result['background_bqml']:.0f} Bq/mL, {result['protocol']}, "
+        f"voxels {' x '.join(f'{v:.3g}' for v in result['voxel_mm'])} mm, "
         f"{result['realisations']} x 60 s vs 600 s, model {result['model']}"
     )
     print(f"  {'sphere bias %':<16}" + "".join(f"{k:>15}" for k in runs))
@@ -149,10 +164,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", action="store_true", help="also measure 8-fold flip/transpose averaging")
     parser.add_argument("--background", type=float, default=2500.0, help="background activity, Bq/mL")
+    parser.add_argument("--voxel-mm", type=float, default=4.0, help="voxel size (2.0: 256 x 256 x 288 voxels)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     result = measure(
-        args.model, args.protocol, args.realisations, args.seed, args.device, args.tta, args.background
+        args.model, args.protocol, args.realisations, args.seed, args.device, args.tta, args.background, args.voxel_mm
     )
     print_table(result)
     if args.json:

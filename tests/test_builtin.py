@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import struct
 
 import torch
@@ -30,20 +31,23 @@ def test_models_lists_the_builtin_model_with_what_its_file_records():
     assert default.stem in cards  # the model denoise uses without --model is listed
     card, meta = cards[default.stem], _metadata(default)
     prov = meta["provenance"]
-    assert card["command"] == prov["command"]
+    assert card["command"] == prov.get("recipe", prov["command"].replace(str(Path(prov["data"]).parent), "DATA"))
+    maker_folder = str(Path(prov["data"]).parent)  # where the maker kept the data: not the user's business
+    assert not any(maker_folder in text for field, text in card.items() if field != "file")
     assert card["tracer"] == prov.get("tracer", "unknown")
     assert card["protocol"] == prov.get("protocol", "unknown")
     assert f"preset {meta['preset']}" in card["network"]
     counted = f"{len(prov['train_studies'])} training + {len(prov['val_studies'])} validation studies"
     assert counted in card["training data"]
     text = CliRunner().invoke(main, ["models"]).output
-    assert text.splitlines()[0] == default.stem and prov["command"] in text
+    assert text.splitlines()[0] == default.stem and card["command"] in text
 
 
 def test_every_field_comes_from_the_file_and_missing_ones_say_unknown(tmp_path, monkeypatch):
     torch.manual_seed(0)
     provenance = {
-        "workflow": "train", "command": "tgdpet train data/v1 --out run --config small", "tracer": "FDG",
+        "workflow": "train", "command": "tgdpet train /x --out run --config small", "tracer": "FDG",
+        "config": {"epochs": 8},
         "protocol": "v1", "voxel_size_mm": [4, 4, 4.5], "training_data": "10 simulated studies",
         "data": "/x/manifest.json", "train_studies": ["a", "b", "c"], "val_studies": ["d"],
         "epochs": 5, "steps": 320, "patches_seen": 20480, "wall_time_s": 120.0, "device": "cpu",
@@ -56,13 +60,15 @@ def test_every_field_comes_from_the_file_and_missing_ones_say_unknown(tmp_path, 
     assert list(cards) == ["bare", "full"]
     full, bare = cards["full"], cards["bare"]
     assert (full["tracer"], full["protocol"], full["voxel size"]) == ("FDG", "v1", "4 x 4 x 4.5 mm")
-    assert full["training data"] == "10 simulated studies; 3 training + 1 validation studies; from /x/manifest.json"
+    # a shipped file does not show where its maker kept the data
+    assert full["training data"] == "10 simulated studies; 3 training + 1 validation studies"
     assert full["training"] == (
-        "train: 5 epochs, 320 steps, 20,480 patches, 2 min on cpu; this file is the epoch with the lowest "
-        "val_loss (0.0125)"
+        "train: epoch 5 of 8, 320 steps, 20,480 patches, 2 min on cpu; this file is the epoch with "
+        "the lowest val_loss (0.0125)"
     )
-    assert full["command"] == provenance["command"]
+    assert full["command"] == "tgdpet train DATA --out run --config small"
+    assert full["trained on"].startswith("voxels 4.5 x 4 x 4 mm (z x y x x") and "units BQML" in full["trained on"]
     n_params = sum(p.numel() for p in build_model("tiny").parameters())
     assert f"{n_params:,} parameters" in full["network"]
-    for field in ("tracer", "protocol", "voxel size", "training data", "command"):
+    for field in ("tracer", "protocol", "voxel size", "trained on", "training data", "command"):
         assert bare[field] == "unknown", field

@@ -324,9 +324,18 @@ def test_cli_dense_lesions_reach_the_training_phantom(tmp_path):
     assert truths[True].sum() > 1.05 * truths[False].sum()
 
 
+def test_zero_training_studies_make_a_test_set(tmp_path):
+    args = ["--studies", "0", "--protocols", "v1", "--ood", "none", "--realisations", "2", *SMALL]
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *args])
+    assert result.exit_code == 0, result.output
+    studies = json.loads((tmp_path / "data" / "v1" / "manifest.json").read_text())["studies"]
+    assert [s["split"] for s in studies] == ["test", "test", "test"]
+    assert [s["meta"]["body"] for s in studies] == ["low", "normal", "high"]
+
+
 @pytest.mark.parametrize(
     "bad",
-    [["--studies", "0"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],
+    [["--studies", "-1"], ["--studies", "0", "--no-test-study", "--ood", "none"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],
      ["--realisations", "20"], ["--ood", "teapot"], ["--levels", "thirty"], ["--device", "tpu"],
      ["--no-lesions", "--dense-lesions"]],
 )  # fmt: skip

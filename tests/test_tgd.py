@@ -19,6 +19,8 @@ from tgdpet.tgd import (
     drop_kernels,
     drop_study,
     relative_rms_change,
+    revive,
+    silent_channels,
     zero_channels,
 )
 
@@ -561,3 +563,47 @@ def test_engine_on_device(device, mode):
         old = _channel_tensors(before, i)
         for name, t in _channel_tensors(model, i).items():
             assert torch.equal(t.detach()[~masks[i].to(device)], old[name].detach()[~masks[i].to(device)]), name
+
+
+# --------------------------------------------------------------------------- silent channels
+
+
+def _silence(model: DnCNN, i: int, c: int) -> None:
+    """Make channel ``c`` of conv ``i`` output exactly zero after its ReLU (as the channel penalty leaves it)."""
+    with torch.no_grad():
+        bn = model.bns[i - 1]
+        bn.weight[c], bn.bias[c] = 0.0, -1.0
+
+
+def test_silent_channels_are_found_and_revived_without_changing_the_output():
+    model = _model().eval()
+    _silence(model, 2, 1)
+    x, y = _batch()
+    silent = silent_channels(model, x)
+    assert [int(i) for i in silent[2].nonzero().flatten()] == [1]
+    assert all(not bool(silent[i].any()) for i in silent if i != 2)
+    before_out = model(x)
+    masks = {i: torch.zeros(c.out_channels, dtype=torch.bool) for i, c in enumerate(model.convs)}
+    masks[2][1] = masks[2][0] = True  # channel 0 is retrained but not silent: it must stay as it is
+    masks[3][2] = True  # silent in no layer but 2
+    before = copy.deepcopy(model.state_dict())
+    assert revive(model, masks, silent, generator=torch.Generator().manual_seed(0)) == {2: 1}
+    after = model.state_dict()
+    assert not torch.equal(after["convs.2.weight"][1], before["convs.2.weight"][1])  # new kernel
+    assert after["bns.1.weight"][1] == 1.0 and after["bns.1.bias"][1] == 0.0
+    assert after["bns.1.running_mean"][1] == 0.0 and after["bns.1.running_var"][1] == 1.0
+    assert torch.equal(after["convs.3.weight"][:, 1], torch.zeros_like(after["convs.3.weight"][:, 1]))
+    for name, value in before.items():  # nothing else moved
+        changed = ~torch.isclose(after[name].float(), value.float(), atol=0, rtol=0)
+        if name in ("convs.2.weight", "convs.2.bias", "bns.1.weight", "bns.1.bias", "bns.1.running_mean",
+                    "bns.1.running_var"):  # fmt: skip
+            changed[1] = False
+        if name == "convs.3.weight":
+            changed[:, 1] = False
+        assert not bool(changed.any()), name
+    torch.testing.assert_close(model(x), before_out, rtol=0, atol=1e-6)  # it carried nothing, nothing reads it
+    assert not bool(silent_channels(model, x)[2][1])  # alive again
+    # and it can learn: the kernels reading it get a gradient at once
+    model.train()
+    F.mse_loss(model(x), y).backward()
+    assert model.convs[3].weight.grad[:, 1].abs().sum() > 0

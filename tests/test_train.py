@@ -83,6 +83,9 @@ def test_train_writes_a_run_and_learns(tmp_path, dataset):
     assert last.provenance["train_studies"] == ["s000", "s001"] and last.provenance["val_studies"] == ["s002"]
     assert last.provenance["tgdpet_version"] and last.provenance["wall_time_s"] > 0
     assert last.provenance["precision"] == "fp32"  # FAST pins amp=False
+    # the range of images it knows: make_dataset's voxels are 2 x 2 x 3 mm (x, y, z), in Bq/mL
+    domain = last.provenance["domain"]
+    assert domain["voxel_min_mm"] == domain["voxel_max_mm"] == [3.0, 2.0, 2.0] and domain["units"] == ["BQML"]
     for k, v in result.model.state_dict().items():
         assert torch.equal(v.contiguous(), last.model.state_dict()[k])
 
@@ -291,6 +294,30 @@ def test_tgd_finetune_retrains_only_meaningless_kernels(tmp_path, dataset, base_
     reads = sum(int((~masks[i]).sum()) * int(masks[i - 1].sum()) * 9 for i in range(1, len(masks)))
     assert summary["retrained_parameters"] == summary["flagged_parameters"] + reads
     assert result.method == summary
+
+
+def test_tgd_revives_a_silent_flagged_channel_and_it_learns(tmp_path, dataset, base_model):
+    """A channel the penalty emptied (zero map, zero readers) is flagged by KSE; --revive gives it new kernels."""
+    record = load_model(base_model)
+    model = record.model
+    with torch.no_grad():
+        model.bns[1].weight[3], model.bns[1].bias[3] = 0.0, -1.0  # conv 2, channel 3: silent after its ReLU
+        model.convs[3].weight[:, 3] = 0.0  # and read by nothing: KSE 0
+    silent_base = save_model(tmp_path / "silent.safetensors", model, preset="tiny")
+    runs = {}
+    for revive in (False, True):
+        runs[revive] = tmp_path / f"revive{revive}"
+        finetune(silent_base, dataset, runs[revive], finetune_cfg(epochs=2, phi=0.3, revive=revive), progress_bar=False)
+    plain, revived = (load_model(runs[r] / "last.safetensors") for r in (False, True))
+    assert plain.provenance["method"]["revived_channels"] == 0
+    assert revived.provenance["method"]["revived_channels"] >= 1
+    assert bool(revived.masks[2][3])  # flagged
+    # without reviving, a silent channel and its readers get no gradient: fine-tuning leaves them as they were
+    assert torch.equal(plain.model.convs[2].weight[3], model.convs[2].weight[3])
+    assert torch.equal(plain.model.convs[3].weight[:, 3], model.convs[3].weight[:, 3])
+    # revived, it has new kernels and the next layer has learnt to read it
+    assert not torch.equal(revived.model.convs[2].weight[3], model.convs[2].weight[3])
+    assert revived.model.convs[3].weight[:, 3].abs().sum() > 0
 
 
 def test_tgd_resume_keeps_the_runs_frozen_kernels_whatever_model_is_named(tmp_path, dataset, base_model):

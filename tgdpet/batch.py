@@ -29,6 +29,7 @@ from .io.inspect import ImageSeries, describe, find_images
 
 if TYPE_CHECKING:
     from .infer import Denoiser
+    from .io import Volume
 
 REPORT_NAME = "tgdpet-report.json"
 
@@ -146,15 +147,24 @@ def body_mean_change(before: np.ndarray, after: np.ndarray) -> float:
 
 
 def _denoise_one(
-    denoise: Callable[[Path, Path], Path], series: ImageSeries, out: Path, frame: int | None
+    denoise: Callable[[Path, Path], Path],
+    series: ImageSeries,
+    out: Path,
+    frame: int | None,
+    check: Callable[[Volume], list[str]] | None,
+    echo: Callable[[str], None],
 ) -> dict[str, Any]:
     """Denoise one image and measure what the report says about it, from the files as written."""
     from .io import read_volume
 
-    written = denoise(series.path, out)
     before = read_volume(series.path, frame=frame)
+    warnings = check(before) if check is not None else []
+    for message in warnings:
+        echo(f"warning: {series.path.name}: {message}")
+    written = denoise(series.path, out)
     after = read_volume(written)
     return {
+        "warnings": warnings,
         "output": str(written.resolve()),
         "storage_error_max": storage_error(written),
         "storage_error_units": after.units,
@@ -171,6 +181,7 @@ def denoise_tree(
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
     run: dict[str, Any] | None = None,
+    check: Callable[[Volume], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Denoise every PET image under ``root`` into ``out_root``; return (and write) the report.
 
@@ -184,6 +195,8 @@ def denoise_tree(
         overwrite: write into an existing ``out_root`` (``denoise`` decides about each output).
         echo: where one line per input is printed.
         run: what denoises (:func:`run_record`: model, device, precision), recorded in the report.
+        check: ``check(volume) -> sentences`` naming how an input lies outside the model's training
+            range (:meth:`tgdpet.infer.Denoiser.domain_warnings`); printed and kept in its entry.
 
     A series tgdpet cannot read, or that is not PET, is skipped with the
     sentence it would be refused with; one that fails while denoising is
@@ -218,7 +231,7 @@ def denoise_tree(
     for series, out, entry in jobs:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            entry.update(status="denoised", **_denoise_one(denoise, series, out, frame))
+            entry.update(status="denoised", **_denoise_one(denoise, series, out, frame, check, echo))
             echo(f"denoised: {entry['input']} -> {entry['output']}")
         except TgdpetError as e:
             entry.update(status="skipped", reason=str(e))

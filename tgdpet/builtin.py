@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import load_model
+from .domain import domain_of
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -29,19 +30,39 @@ def _voxel_size(provenance: dict) -> str:
     return " x ".join(f"{float(v):g}" for v in size) + " mm"
 
 
-def _training_data(provenance: dict) -> str:
+def _training_data(provenance: dict, builtin: bool) -> str:
+    """What the model learnt from; a shipped file's own data folder (a path on its maker's machine) is left out."""
     described = provenance.get("training_data")
     train, val = provenance.get("train_studies"), provenance.get("val_studies")
     counted = f"{len(train)} training + {len(val or [])} validation studies" if train else None
-    where = provenance.get("data")
+    where = None if builtin else provenance.get("data")
     parts = [p for p in (described, counted, f"from {where}" if where else None) if p]
     return "; ".join(parts) if parts else UNKNOWN
+
+
+def _epochs(provenance: dict) -> str:
+    """Epochs run when the file was saved, and of how many planned: a best-epoch file is often not the last."""
+    done, planned = provenance.get("epochs"), (provenance.get("config") or {}).get("epochs")
+    if done is None:
+        return "? epochs"
+    if planned and planned != done:
+        return f"epoch {done} of {planned}"
+    return f"{done} epochs"
+
+
+def _command(provenance: dict, builtin: bool) -> str:
+    """The command that made the file; for a shipped file, its folder arguments as the recipe names them."""
+    command = str(provenance.get("recipe") or provenance.get("command", UNKNOWN))
+    if builtin and provenance.get("data") and not provenance.get("recipe"):
+        folder = str(Path(provenance["data"]).parent)
+        command = command.replace(folder, "DATA")
+    return command
 
 
 def _training_run(provenance: dict) -> str:
     if "steps" not in provenance:
         return UNKNOWN
-    run = f"{provenance.get('epochs', '?')} epochs, {provenance['steps']:,} steps"
+    run = f"{_epochs(provenance)}, {provenance['steps']:,} steps"
     if "patches_seen" in provenance:
         run += f", {provenance['patches_seen']:,} patches"
     if "wall_time_s" in provenance:
@@ -59,6 +80,8 @@ def model_card(path: str | Path) -> dict[str, str]:
     network = record.config
     parameters = sum(p.numel() for p in record.model.parameters())
     rounds = len(record.masks_history)
+    builtin = Path(path).resolve().parent == PRETRAINED_DIR.resolve()
+    domain = domain_of(prov)
     return {
         "file": str(path),
         "network": f"DnCNN, preset {record.preset or UNKNOWN}: {len(network.widths)} conv layers "
@@ -67,10 +90,11 @@ def model_card(path: str | Path) -> dict[str, str]:
         "tracer": str(prov.get("tracer", UNKNOWN)),
         "protocol": str(prov.get("protocol", UNKNOWN)),
         "voxel size": _voxel_size(prov),
-        "training data": _training_data(prov),
+        "trained on": domain.describe() if domain is not None else UNKNOWN,
+        "training data": _training_data(prov, builtin),
         "training": f"{prov.get('workflow', UNKNOWN)}: {_training_run(prov)}"
         + (f"; TGD-fine-tuned {rounds} time(s)" if rounds else ""),
-        "command": str(prov.get("command", UNKNOWN)),
+        "command": _command(prov, builtin),
         "normalisation": ", ".join(f"{k} {v}" for k, v in record.normalization.items()),
         "written by": f"tgdpet {record.version}, torch {prov.get('torch_version', UNKNOWN)}",
     }

@@ -232,6 +232,9 @@ def _finetune_options(phi: float):
                      help="Also retrain the kernels of frozen channels (and of the last layer) that read a "
                      "retrained map, or freeze every kernel of a frozen channel (the paper's masks; needed with "
                      "--tgd-mode activation)  [default: retrain with --tgd-mode parameter, freeze with activation]"),
+        click.option("--revive/--no-revive", default=None,
+                     help="Re-initialise the retrained channels whose maps are exactly zero on the new data (they "
+                     "cannot learn otherwise; the output is unchanged at the start)  [default: no-revive]"),
         click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
     ]
 
@@ -242,7 +245,7 @@ _LOOP_KEYS = (
     "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
     "structure_fraction", "detail_weight", "noise_relative_loss", "bn_batches",
 )  # fmt: skip
-_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "read_kernels", "ewc_lambda")
+_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "read_kernels", "revive", "ewc_lambda")
 
 
 def _run_config(cls, config, out, resume: bool, **options):
@@ -464,11 +467,15 @@ def denoise_command(
             report = denoise_tree(
                 src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
                 frame=frame, overwrite=overwrite, echo=click.echo, run=run_record(denoiser, model_path),
+                check=denoiser.domain_warnings,
             )  # fmt: skip
             click.echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
             skipped += report["skipped"]
             continue
-        written = denoise_file(denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame)
+        written = denoise_file(
+            denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame,
+            warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )  # fmt: skip
         click.echo(f"Wrote {written}.")
     if skipped:  # done, but not everything: scripts must be able to tell
         click.echo(
@@ -617,12 +624,13 @@ def _seconds(text: str) -> tuple[float, ...]:
 @main.command("simulate")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--studies", "n_studies", type=int, default=8, show_default=True,
-              help="Training studies (every fifth is a validation study).")
+              help="Training studies (every fifth is a validation study); 0 for a set of test studies only.")
 @click.option("--bmi", default="low,normal,high", show_default=True,
               help="BMI classes the training studies cycle through; one test study per class.")
 @click.option("--size", type=int, default=128, show_default=True, help="Pixels per row (512 mm field of view).")
 @click.option("--slices", type=int, default=144, show_default=True, help="Slices, neck to pelvis (576 mm).")
-@click.option("--protocols", default="v1,v2", show_default=True, help="Reconstruction protocols, one manifest each.")
+@click.option("--protocols", default="v1,v2", show_default=True,
+              help="Reconstruction protocols, one manifest each: v1, v2 (the paper's), nopsf, sharp, smooth.")
 @click.option("--levels", default="30,45,60,90,120,180", show_default=True,
               help="Count levels of the noisy inputs, in seconds of the 600 s scan.")
 @click.option("--lesions/--no-lesions", default=True, show_default=True,

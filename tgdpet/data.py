@@ -33,11 +33,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .errors import TgdpetError
+from .files import atomic_file, check_can_write
 
 NORMALIZATION = {"method": "object_mean", "threshold": 0.05, "percentile": 90.0}
 
@@ -313,6 +315,8 @@ class Study:
     scales: list[float]
     body: np.ndarray
     detail: np.ndarray
+    voxel_mm: tuple[float, float, float] | None = None  # (z, y, x) in the canonical frame, when read from a file
+    units: str | None = None
 
     @classmethod
     def from_arrays(
@@ -345,24 +349,77 @@ class Study:
         return self.target.shape  # type: ignore[return-value]
 
 
+def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Write one manifest at ``out`` listing the studies of every source manifest (e.g. one per protocol).
+
+    Study ids become ``<source folder name>/<id>`` so they stay unique; paths are
+    written relative to ``out``'s folder; ``meta`` is kept (its ``truth`` path
+    rewritten too). Label codes must agree. Training on the result trains one
+    model across all the sources, with each source's validation studies.
+    """
+    out = Path(out)
+    merged: list[dict] = []
+    codes: dict = {}
+    for source in sources:
+        manifest = load_manifest(source)
+        if codes and manifest.label_codes and manifest.label_codes != codes:
+            raise TgdpetError(f"{manifest.path} codes its labels differently from the manifests before it.")
+        codes = codes or dict(manifest.label_codes)
+        tag = manifest.path.parent.name
+
+        def rel(p: Path) -> str:
+            return os.path.relpath(p, out.parent)
+
+        for e in manifest.studies:
+            entry: dict = {"id": f"{tag}/{e.id}", "split": e.split, "target": rel(e.target),
+                           "inputs": [rel(p) for p in e.inputs]}  # fmt: skip
+            if e.labels is not None:
+                entry["labels"] = rel(e.labels)
+            if e.halves:
+                entry["halves"] = [rel(p) for p in e.halves]
+            if e.realisations:
+                entry["realisations"] = [rel(p) for p in e.realisations]
+            meta = dict(e.meta)
+            if isinstance(meta.get("truth"), str):
+                meta["truth"] = rel(manifest.path.parent / meta["truth"])
+            entry["meta"] = meta
+            merged.append(entry)
+    raw = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "label_codes": codes, "studies": merged}
+    with atomic_file(check_can_write(out, overwrite=False)) as tmp:
+        tmp.write_text(json.dumps(raw, indent=1) + "\n")
+    load_manifest(out)  # what was written reads back
+    return out
+
+
 def load_studies(manifest: Manifest, split: str) -> list[Study]:
-    """Read every volume of one split into memory (float32), in the canonical frame (:func:`read_canonical`)."""
-    return [
-        Study.from_arrays(
-            entry.id,
-            read_canonical(entry.target),
-            [read_canonical(p) for p in entry.inputs],
-        )
-        for entry in manifest.split(split)
-    ]
+    """Read every volume of one split into memory (float32), in the canonical frame (:func:`read_canonical`).
+
+    Each study also keeps its target's voxel size and units: what a model trained on it records as
+    its domain (:mod:`tgdpet.domain`).
+    """
+    from .io.orientation import to_canonical
+
+    studies = []
+    for entry in manifest.split(split):
+        target = to_canonical(_read(entry.target))
+        study = Study.from_arrays(entry.id, target.data, [read_canonical(p) for p in entry.inputs])
+        study.voxel_mm = tuple(round(s, 4) for s in target.spacing[::-1])  # type: ignore[assignment]
+        study.units = target.units
+        studies.append(study)
+    return studies
+
+
+def _read(path: str | os.PathLike):
+    from .io import read_volume  # the image readers pull in pydicom and nibabel; load them only when used
+
+    return read_volume(path)
 
 
 def read_canonical(path: str | os.PathLike) -> np.ndarray:
     """A volume's voxels in the canonical frame the network works in (:mod:`tgdpet.io.orientation`)."""
-    from .io import read_volume  # the image readers pull in pydicom and nibabel; load them only when used
     from .io.orientation import to_canonical
 
-    return to_canonical(read_volume(path)).data
+    return to_canonical(_read(path)).data
 
 
 # --------------------------------------------------------------------------- patches

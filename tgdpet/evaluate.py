@@ -57,6 +57,7 @@ import torch
 from . import metrics
 from .checkpoint import ModelRecord
 from .data import Manifest, StudyEntry, load_manifest, read_canonical
+from .domain import domain_of
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 from .infer import Denoiser, load_denoiser
@@ -99,6 +100,7 @@ class StudyImages:
     kind: str
     regions: dict[str, np.ndarray]
     truth: np.ndarray | None = None
+    voxel_mm: tuple[float, float, float] | None = None  # (z, y, x): denoisers handle finer voxels on their grid
 
 
 def _read_on_grid(path: Path, shape: tuple[int, ...] | None, study_id: str, what: str) -> np.ndarray:
@@ -126,7 +128,11 @@ def load_study_images(
     study: StudyEntry, label_codes: Mapping[str, int], truth: str | os.PathLike | None = None
 ) -> StudyImages:
     """Read a study's target, labels, truth and the images to denoise (see the module docstring)."""
-    target = _read_on_grid(study.target, None, study.id, "target")
+    from .io import read_volume
+    from .io.orientation import to_canonical
+
+    target_volume = to_canonical(read_volume(study.target))
+    target, voxel_mm = target_volume.data, target_volume.spacing[::-1]
     shape = target.shape
     if study.realisations:
         images = [_read_on_grid(p, shape, study.id, "realisation") for p in study.realisations]
@@ -148,24 +154,33 @@ def load_study_images(
                 if mask.any():
                     regions[name] = mask
     truth_image = _read_on_grid(Path(truth), shape, study.id, "truth image") if truth is not None else None
-    return StudyImages(study.id, target, images, kind, regions, truth_image)
+    return StudyImages(study.id, target, images, kind, regions, truth_image, voxel_mm)
 
 
-def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str) -> Denoiser:
+def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str, resample: bool) -> Denoiser:
     if isinstance(spec, ModelRecord):
         spec.check_normalization(f"model {name!r}")
-        return Denoiser(spec.model, device=device, precision=precision)
-    return load_denoiser(spec, device=device, precision=precision)
+        domain = domain_of(spec.provenance)
+        return Denoiser(spec.model, device=device, precision=precision, domain=domain, resample=resample)
+    return load_denoiser(spec, device=device, precision=precision, resample=resample)
 
 
 def prepare_denoisers(
-    models: Mapping[str, ModelSpec], *, device: str | torch.device = "auto", precision: str = "fp32"
+    models: Mapping[str, ModelSpec],
+    *,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    resample: bool = True,
 ) -> dict[str, Denoiser]:
-    """Load every model once (files are checked before any study is read)."""
+    """Load every model once (files are checked before any study is read).
+
+    ``resample``: finer voxels than a model's are denoised on its grid, as ``tgdpet denoise`` does
+    (:mod:`tgdpet.resample`); False runs each network on the images' own grid.
+    """
     if INPUT_ROW in models:
         raise TgdpetError(f"a model may not be named {INPUT_ROW!r}: that row holds the un-denoised images.")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    return {name: _denoiser(name, spec, dev, precision) for name, spec in models.items()}
+    return {name: _denoiser(name, spec, dev, precision, resample) for name, spec in models.items()}
 
 
 def _bounding_box(masks: Iterable[np.ndarray]) -> tuple[slice, ...] | None:
@@ -230,9 +245,11 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
     return row
 
 
-def _denoised(denoiser: Denoiser, images: list[np.ndarray]) -> Iterator[np.ndarray]:
+def _denoised(
+    denoiser: Denoiser, images: list[np.ndarray], voxel_mm: tuple[float, float, float] | None
+) -> Iterator[np.ndarray]:
     for img in images:
-        yield denoiser(img)
+        yield denoiser(img, voxel_mm=voxel_mm)
 
 
 def evaluate_study(
@@ -244,7 +261,7 @@ def evaluate_study(
     try:
         rows = {INPUT_ROW: score_images(study.images, study, dilation=dilation)}
         for name, denoiser in tqdm(denoisers.items(), desc=f"study {study.id}", unit="model", disable=not progress):
-            rows[name] = score_images(_denoised(denoiser, study.images), study, dilation=dilation)
+            rows[name] = score_images(_denoised(denoiser, study.images, study.voxel_mm), study, dilation=dilation)
     except ValueError as e:  # a degenerate study, e.g. a target that is 0 throughout the lesion
         raise TgdpetError(f"study {study.id!r} cannot be scored: {e} Check its target and label map.") from None
     return {
@@ -287,8 +304,12 @@ def evaluate_manifest(
     precision: str = "fp32",
     dilation: int = 2,
     progress: bool = False,
+    resample: bool = True,
 ) -> dict:
-    """Evaluate models on every ``test`` study of a manifest, or on the study named ``study_id``."""
+    """Evaluate models on every ``test`` study of a manifest, or on the study named ``study_id``.
+
+    ``resample`` as in :func:`prepare_denoisers`.
+    """
     manifest = load_manifest(manifest_path)
     if study_id is not None:
         studies = [s for s in manifest.studies if s.id == study_id]
@@ -300,7 +321,7 @@ def evaluate_manifest(
         studies = manifest.split("test")
         if not studies:
             raise TgdpetError(f"{manifest.path} has no study with split 'test'; name one to evaluate with --study.")
-    denoisers = prepare_denoisers(models, device=device, precision=precision)
+    denoisers = prepare_denoisers(models, device=device, precision=precision, resample=resample)
     results = [
         evaluate_study(
             denoisers,

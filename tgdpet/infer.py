@@ -34,15 +34,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import intensity_scale, stack_indices
+from .domain import Domain, domain_of
 from .errors import TgdpetError
 from .models import DnCNN, DnCNNConfig, bn_after
+from .resample import denoise_on_model_grid
 from .runtime import autocast_dtype, resolve_device
 
 if TYPE_CHECKING:
@@ -238,6 +240,11 @@ class Denoiser:
             volume (the dihedral group of the square), each turned back first;
             8x the compute, for a result that no longer depends on the network's
             own orientation preferences (gain measured in docs/benchmarks.md).
+        domain: what the model was trained on (:mod:`tgdpet.domain`); volumes
+            with finer voxels are denoised on its grid (:mod:`tgdpet.resample`)
+            and :meth:`domain_warnings` compares images with it.
+        resample: denoise finer volumes on the model's grid (the default where
+            the domain is known); False runs the network on the input's own grid.
     """
 
     def __init__(
@@ -250,7 +257,11 @@ class Denoiser:
         normalize: bool = True,
         compile: bool = False,
         tta: bool = False,
+        domain: Domain | None = None,
+        resample: bool = True,
     ) -> None:
+        self.domain = domain
+        self.resample = resample
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if batch_slices is not None and batch_slices < 1:
@@ -276,15 +287,34 @@ class Denoiser:
         batch = self.batch_slices or default_batch_slices(self.device, self.config, height, width, self.dtype)
         return min(batch, depth)
 
-    def __call__(self, volume_zyx: np.ndarray, *, progress: bool = False) -> np.ndarray:
+    def __call__(
+        self, volume_zyx: np.ndarray, *, voxel_mm: tuple[float, float, float] | None = None, progress: bool = False
+    ) -> np.ndarray:
         """Denoise a ``(z, y, x)`` array as it lies (no reorientation); a new float32 array of the same shape.
 
         The array must already be in the canonical frame the models are trained
         in (:mod:`tgdpet.io.orientation`); :meth:`denoise_volume` takes care of
-        that for a :class:`~tgdpet.io.Volume`.
+        that for a :class:`~tgdpet.io.Volume`. With its voxel size ``voxel_mm``
+        ``(z, y, x)`` and a known domain, axes finer than the model's are
+        denoised on the model's grid (:func:`tgdpet.resample.denoise_on_model_grid`).
         """
         volume_zyx = np.asarray(volume_zyx)
         check_volume(volume_zyx)
+        if voxel_mm is not None and self.domain is not None and self.resample:
+            model_mm = self.domain.voxel_min_mm
+            return denoise_on_model_grid(volume_zyx, voxel_mm, model_mm, lambda a: self._full(a, progress))
+        return self._full(volume_zyx, progress)
+
+    def domain_warnings(self, volume: "Volume") -> list[str]:
+        """One sentence per way ``volume`` lies outside what the model was trained on (none if unknown)."""
+        from .io.orientation import canonical_voxel_mm
+
+        if self.domain is None:
+            return []
+        return self.domain.warnings(canonical_voxel_mm(volume), volume.units)
+
+    def _full(self, volume_zyx: np.ndarray, progress: bool) -> np.ndarray:
+        """The network (with TTA if asked) over a whole array on its own grid."""
         scale = intensity_scale(volume_zyx) if self.normalize else 1.0
         if not self.tta:
             return self._denoise(volume_zyx, scale, progress, "denoising")
@@ -302,7 +332,9 @@ class Denoiser:
         """
         from .io.orientation import from_canonical, to_canonical
 
-        return from_canonical(self(to_canonical(volume).data, progress=progress), volume)
+        canonical = to_canonical(volume)
+        voxel_mm = canonical.spacing[::-1]
+        return from_canonical(self(canonical.data, voxel_mm=voxel_mm, progress=progress), volume)
 
     def _denoise(self, volume_zyx: np.ndarray, scale: float, progress: bool, desc: str) -> np.ndarray:
         """The network over every slice stack of an array, batch by batch, with a known intensity scale."""
@@ -363,7 +395,7 @@ def denoise_array(
 def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
     """A :class:`Denoiser` for a model file (default: the built-in pretrained model).
 
-    ``options`` are :class:`Denoiser`'s. Refuses a model trained with another
+    ``options`` are :class:`Denoiser`'s; the domain comes from the file. Refuses a model trained with another
     intensity normalisation than the one this tgdpet applies, since its
     output would be silently mis-scaled.
     """
@@ -372,7 +404,7 @@ def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
     path = Path(model_path) if model_path is not None else pretrained_model_path()
     record = load_model(path, device="cpu")
     record.check_normalization(str(path))
-    return Denoiser(record.model, **options)
+    return Denoiser(record.model, domain=domain_of(record.provenance), **options)
 
 
 def default_output_path(input_path: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -435,10 +467,12 @@ def denoise_file(
     overwrite: bool = False,
     progress: bool = False,
     frame: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
 
-    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`).
+    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`). ``warn``
+    receives one sentence per way the image lies outside the model's training range.
 
     The output is refused before any work if it exists (without ``overwrite``)
     and is written atomically, so a failure leaves nothing under its name; the
@@ -448,5 +482,8 @@ def denoise_file(
 
     check_denoise_output(input_path, output_path, overwrite)
     volume = read_volume(input_path, frame=frame)
+    if warn is not None:
+        for message in denoiser.domain_warnings(volume):
+            warn(f"{Path(input_path).name}: {message}")
     denoised = denoiser.denoise_volume(volume, progress=progress)
     return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)

@@ -207,6 +207,66 @@ def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "freeze", k: 
     }
 
 
+# --------------------------------------------------------------------------- silent channels
+
+
+@torch.no_grad()
+def silent_channels(model: DnCNN, x: torch.Tensor) -> Masks:
+    """Per conv layer but the last: True where the channel's map is exactly zero after its ReLU on all of ``x``.
+
+    Evaluated with the stored BatchNorm statistics (eval mode), as TGD's frozen
+    channels run. A silent map has no gradient: its ReLU passes none back to
+    its kernels, and the kernels that read it see an input of zeros.
+    """
+    was_training = model.training
+    model.eval()
+    silent = {}
+    h = x
+    for i, conv in enumerate(model.convs[:-1]):
+        h = conv(h)
+        bn = bn_after(model, i)
+        h = torch.relu(bn(h) if bn is not None else h)
+        silent[i] = (h.amax(dim=(0, 2, 3)) <= 0).cpu()
+    model.train(was_training)
+    return silent
+
+
+@torch.no_grad()
+def revive(model: DnCNN, masks: Masks, silent: Masks, generator: torch.Generator | None = None) -> dict[int, int]:
+    """Re-initialise every retrained channel whose map is silent, without changing the network's output.
+
+    Such a channel cannot learn: its map is zero on the new data, so neither
+    its kernels nor the kernels reading it get any gradient. This is what the
+    channel penalty leaves in the channels KSE flags (docs/tgd.md: TGD² on the
+    penalised networks of the medium reproduction changed no weight). Its
+    kernel and bias are drawn again as at initialisation (Kaiming normal, zero
+    bias), its BatchNorm reset (gamma 1, beta 0, running mean 0, variance 1),
+    and the kernels that read it in the next layer set to zero: the map
+    carried nothing and is read by nothing, so the output is unchanged, and
+    fine-tuning grows the readers and the kernels together. Returns the number
+    of revived channels per layer (layers with none left out).
+    """
+    counts = {}
+    for i, keep in masks.items():
+        if i >= len(model.convs) - 1:
+            continue
+        revived = (keep.cpu() & silent[i]).nonzero().flatten().tolist()
+        if not revived:
+            continue
+        conv, bn, reader = model.convs[i], bn_after(model, i), model.convs[i + 1]
+        fresh = torch.empty_like(conv.weight[revived], device="cpu")
+        fresh.normal_(0.0, (2.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])) ** 0.5,
+                      generator=generator)  # fmt: skip
+        conv.weight[revived] = fresh.to(conv.weight.device, conv.weight.dtype)
+        conv.bias[revived] = 0.0
+        if bn is not None:
+            bn.weight[revived], bn.bias[revived] = 1.0, 0.0
+            bn.running_mean[revived], bn.running_var[revived] = 0.0, 1.0
+        reader.weight[:, revived] = 0.0
+        counts[i] = len(revived)
+    return counts
+
+
 # --------------------------------------------------------------------------- engine
 
 

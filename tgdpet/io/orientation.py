@@ -65,6 +65,16 @@ def to_canonical(volume: Volume) -> Volume:
     return Volume(data=_apply_zyx(volume.data, transform), affine=affine, units=volume.units, meta=dict(volume.meta))
 
 
+def canonical_voxel_mm(volume: Volume) -> tuple[float, float, float]:
+    """The voxel size ``(z, y, x)`` in mm that the volume has in the canonical frame (slice thickness first)."""
+    transform = _to_canonical_ornt(volume.affine)
+    spacing = volume.spacing
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(transform):
+        out[int(target)] = spacing[axis]
+    return (out[2], out[1], out[0])
+
+
 def from_canonical(data_zyx: np.ndarray, like: Volume) -> np.ndarray:
     """An array computed in ``like``'s canonical frame, turned back to ``like``'s stored voxel order."""
     transform = _to_canonical_ornt(like.affine)
@@ -76,4 +86,4 @@ def from_canonical(data_zyx: np.ndarray, like: Volume) -> np.ndarray:
     return _apply_zyx(data_zyx, ornt_transform(axcodes2ornt(CANONICAL_AXES), io_orientation(like.affine)))
 
 
-__all__ = ["CANONICAL_AXES", "from_canonical", "to_canonical"]
+__all__ = ["CANONICAL_AXES", "canonical_voxel_mm", "from_canonical", "to_canonical"]

@@ -140,10 +140,10 @@ class SimulationConfig:
         if not 4 <= self.slices <= 1024:
             raise TgdpetError(f"{self.slices} slices is out of range; use 4 to 1024 (144 gives 4 mm slices).")
         if not self.protocols or len(set(self.protocols)) != len(self.protocols):
-            raise TgdpetError("give each reconstruction protocol once (v1, v2).")
+            raise TgdpetError(f"give each reconstruction protocol once ({', '.join(PROTOCOLS)}).")
         for p in self.protocols + tuple(q for s in self.studies for q in (s.protocols or ())):
             if p not in PROTOCOLS:
-                raise TgdpetError(f"unknown protocol {p!r}; use {' or '.join(PROTOCOLS)}.")
+                raise TgdpetError(f"unknown protocol {p!r}; use {', '.join(PROTOCOLS)}.")
         for p in self.protocols:
             if not any(p in self.study_protocols(s) for s in self.studies):
                 raise TgdpetError(f"no study is reconstructed with protocol {p}; remove it from the protocols.")
@@ -178,14 +178,16 @@ def cohort(
 ) -> tuple[StudySpec, ...]:
     """The studies of a typical dataset (what ``tgdpet simulate`` writes).
 
-    ``n_studies`` training studies cycle through ``bodies``; every fifth is a validation
+    ``n_studies`` training studies (0: test studies only) cycle through ``bodies``; every fifth is a validation
     study. With ``test_studies``, one test study with the inserted liver tumour per body
     size; with ``ood`` features, one normal-size OOD study. ``halves`` adds Noise2Noise
     halves to the training studies too; ``dense_lesions`` gives them more random lesions
     (:data:`~tgdpet.simulate.phantom.DENSE_LESION_COUNT`).
     """
-    if n_studies < 1:
-        raise TgdpetError(f"the number of training studies must be at least 1, got {n_studies}.")
+    if n_studies < 0 or (n_studies == 0 and not test_studies and not ood):
+        raise TgdpetError(
+            f"the number of training studies must be at least 1 (or 0 with test studies), got {n_studies}."
+        )
     if not bodies:
         raise TgdpetError("give at least one BMI class (low, normal, high).")
     kinds = ["val" if (i + 1) % 5 == 0 else "train" for i in range(n_studies)]

@@ -138,6 +138,7 @@ class FinetuneConfig(LoopConfig):
     tgd_mode: str = "parameter"  # see tgd.attach; docs/tgd.md has the measured comparison
     bn_stats: str = "stored"  # frozen channels' BatchNorm statistics while training; see tgd.attach
     read_kernels: str | None = None  # None: retrain in parameter mode, freeze in activation; tgd.trainable_entries
+    revive: bool = False  # re-initialise retrained channels whose maps are silent on the new data; tgd.revive
     ewc_lambda: float = 1.0
     ewc_patches: int = 1024  # patches of the new data the EWC Fisher is estimated on
 

@@ -158,10 +158,20 @@ class TGD(Method):
     name = "tgd"
 
     def __init__(
-        self, model: DnCNN, masks: dict, *, mode: str, phi: float, conv1: str, bn_stats: str, read_kernels: str | None
+        self,
+        model: DnCNN,
+        masks: dict,
+        *,
+        mode: str,
+        phi: float,
+        conv1: str,
+        bn_stats: str,
+        read_kernels: str | None,
+        revived: dict[int, int] | None = None,
     ) -> None:
         super().__init__(model)
         self.masks = tgd.check_masks(model, masks)
+        self.revived = {int(i): int(n) for i, n in (revived or {}).items()}  # channels re-initialised, per layer
         self.mode, self.phi, self.conv1, self.bn_stats = mode, phi, conv1, bn_stats
         # Attach after the model has its final device and memory format: the
         # engine snapshots the frozen entries of the tensors it sees now.
@@ -184,6 +194,7 @@ class TGD(Method):
             "tgd_mode": self.mode,
             "bn_stats": self.bn_stats,
             "read_kernels": self.read_kernels,
+            "revived_channels": sum(self.revived.values()),
             "flagged_parameters": tgd.count_retrained(self.model, self.masks).retrained_parameters,
             "retrained_parameters": trained,
             "total_parameters": total,
@@ -191,7 +202,7 @@ class TGD(Method):
         }
 
     def state_dict(self) -> dict:
-        return {"masks": {str(i): m.clone() for i, m in self.masks.items()}}
+        return {"masks": {str(i): m.clone() for i, m in self.masks.items()}, "revived": dict(self.revived)}
 
     def close(self) -> None:
         self.engine.detach()

@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__
 from ..checkpoint import load_model, save_model
 from ..data import NORMALIZATION, Study, body_mask, detail_map
+from ..domain import Domain, domain_of, training_domain
 from ..errors import TgdpetError
 from ..files import check_can_write
 from ..runtime import resolve_device
@@ -128,6 +129,13 @@ class N2NResult:
     fit: FitResult
 
 
+def _study_domain(base_provenance: dict, study: "Volume") -> Domain:
+    """The fine-tuned model's range: its base's and the one study's (in the canonical frame)."""
+    new = training_domain([study.spacing[::-1]], [study.units])
+    base = domain_of(base_provenance)
+    return new if base is None else base.union(new)
+
+
 def n2n_online(
     model_path: str | os.PathLike,
     half1: str | os.PathLike,
@@ -191,6 +199,7 @@ def n2n_online(
                 "workflow": "n2n-online",
                 "command": command,
                 "base_model": str(Path(model_path).resolve()),
+                "domain": _study_domain(record.provenance, to_canonical(h1)).to_json(),
                 "halves": [str(Path(half1).resolve()), str(Path(half2).resolve())],
                 "full": str(Path(full).resolve()) if full is not None else "mean of the halves",
                 "config": cfg.to_dict(),

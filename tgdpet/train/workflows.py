@@ -13,6 +13,7 @@ import torch
 from .. import __version__, tgd
 from ..checkpoint import load_model
 from ..data import Manifest, PatchDataset, Study, load_manifest, load_studies
+from ..domain import Domain, domain_of, training_domain
 from ..errors import TgdpetError
 from ..models import DnCNN, build_model
 from . import ddp
@@ -69,9 +70,12 @@ def build_method(
         return LastBlocks(model, 3)
     if cfg.method == "tgd":
         masks = saved["masks"] if saved else tgd.build_masks(model, cfg.phi, conv1=cfg.conv1)
+        revived = saved.get("revived", {}) if saved else {}
+        if cfg.revive and not saved:  # a resumed run's weights already hold its revived channels
+            revived = _revive(model, masks, patches, cfg.seed)
         return TGD(
             model, masks, mode=cfg.tgd_mode, phi=cfg.phi, conv1=cfg.conv1, bn_stats=cfg.bn_stats,
-            read_kernels=cfg.read_kernels,
+            read_kernels=cfg.read_kernels, revived=revived,
         )  # fmt: skip
     if saved:
         return EWC.from_state(model, saved, cfg.ewc_lambda)
@@ -82,6 +86,19 @@ def build_method(
     )
     fisher = {k: ddp.mean_over_ranks(v, env) for k, v in empirical_fisher(model, loader, device).items()}
     return EWC(model, fisher, cfg.ewc_lambda)
+
+
+def _revive(model: DnCNN, masks: dict, patches: PatchDataset, seed: int) -> dict[int, int]:
+    """:func:`tgd.revive` the retrained channels that are silent on the first 256 patches of epoch 0.
+
+    Under torchrun every rank draws its own patches and new kernels; DistributedDataParallel then
+    starts every rank from rank 0's weights.
+    """
+    patches.set_epoch(0)
+    inputs, _ = patches.__getitems__(list(range(min(256, len(patches)))))
+    device = next(model.parameters()).device
+    silent = tgd.silent_channels(model, inputs.to(device))
+    return tgd.revive(model, masks, silent, generator=torch.Generator().manual_seed(seed))
 
 
 def _open_run(
@@ -116,6 +133,24 @@ def _data(manifest: Manifest) -> tuple[list[Study], list[Study], dict]:
     return train_studies, val, info
 
 
+def _union(base: Domain | None, new: Domain) -> Domain:
+    """A fine-tuned model's range: its base's and the new data's (TGD keeps the old task)."""
+    return new if base is None else base.union(new)
+
+
+def data_domain(manifest: Manifest, studies: list[Study]) -> Domain:
+    """The range of images ``studies`` cover: their voxel sizes and units, and the protocols and count
+    levels the manifest's ``meta`` names (``tgdpet simulate`` writes them)."""
+    meta = {e.id: e.meta for e in manifest.studies}
+    return training_domain(
+        [s.voxel_mm for s in studies if s.voxel_mm is not None],
+        [s.units for s in studies if s.units],
+        protocols=[str(meta[s.id]["protocol"]) for s in studies if meta[s.id].get("protocol")],
+        count_levels_s=[float(t) for s in studies for t in meta[s.id].get("count_levels_s", ())],
+        tracer=next((str(meta[s.id]["tracer"]) for s in studies if meta[s.id].get("tracer")), None),
+    )
+
+
 def train(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -141,7 +176,10 @@ def train(
     patches = patch_dataset(train_studies, model, cfg, env)
     run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
     method = ChannelSparsity(model, cfg.channel_penalty) if cfg.channel_penalty else Method(model)
-    outputs = Outputs(run, preset=cfg.preset, provenance={"workflow": "train", "command": command, **info})
+    domain = data_domain(manifest, train_studies + val).to_json()
+    outputs = Outputs(
+        run, preset=cfg.preset, provenance={"workflow": "train", "command": command, "domain": domain, **info}
+    )
     result = fit(
         model, method, patches, cfg,
         device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
@@ -193,6 +231,7 @@ def finetune(
             "command": command,
             "base_model": str(Path(model_path).resolve()),
             "base_provenance": {k: record.provenance.get(k) for k in ("workflow", "data", "base_model")},
+            "domain": _union(domain_of(record.provenance), data_domain(manifest, train_studies + val)).to_json(),
             **info,
         },
     )
