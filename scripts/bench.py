@@ -89,6 +89,35 @@ def interleaved_medians(
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+# --------------------------------------------------------------------------- voxel sizes
+
+
+def bench_voxel_sizes(device: torch.device, quick: bool, repeats: int) -> list[dict]:
+    """The built-in model on whole-body volumes (512 x 512 x 576 mm) of 4 and 2 mm voxels, in the automatic
+    precision: at 2 mm on the model's 4 mm grid (what ``tgdpet denoise`` does) and on the input's own grid."""
+    from tgdpet.infer import load_denoiser
+
+    denoiser = load_denoiser(None, device=device, precision="auto")
+    shapes = {4.0: (144, 128, 128), 2.0: (288, 256, 256)}
+    if quick:
+        shapes = {4.0: (36, 128, 128), 2.0: (72, 256, 256)}
+    volumes = {v: synthetic_volume(shape) for v, shape in shapes.items()}
+
+    def run(voxel: float, resample: bool) -> Callable[[], object]:
+        def go() -> object:
+            denoiser.resample = resample
+            return denoiser(volumes[voxel], voxel_mm=(voxel,) * 3)
+        return go
+
+    variants = {"4 mm": run(4.0, True), "2 mm, on the model's grid": run(2.0, True), "2 mm, own grid": run(2.0, False)}
+    medians = interleaved_medians(variants, repeats, device)
+    rows = []
+    for name, seconds in medians.items():
+        shape = shapes[2.0 if name.startswith("2") else 4.0]
+        rows.append({"volume": name, "shape": list(shape), "seconds": seconds, "vs 4 mm": seconds / medians["4 mm"]})
+    return rows
+
+
 # --------------------------------------------------------------------------- peaks
 
 
@@ -500,6 +529,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shrink everything to finish in under a minute")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--voxel-sizes", action="store_true",
+                        help="only time the built-in model on 4 and 2 mm whole-body volumes")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -508,6 +539,12 @@ def main() -> None:
         return
 
     device = resolve_device(args.device)
+    if args.voxel_sizes:
+        print(machine(device))
+        print("Built-in model, whole-body volumes (medians of interleaved runs; seconds, ratio to 4 mm)")
+        for r in bench_voxel_sizes(device, args.quick, 3 if args.quick else 5):
+            print(f"  {r['volume']:<28}{' x '.join(map(str, r['shape'])):>16}{r['seconds']:>9.2f} s{r['vs 4 mm']:>7.1f}x")
+        return
     gpu = device.type == "cuda"
     if gpu:  # fp32 rows mean fp32, as in torch.mm; cuDNN would otherwise run fp32 convs in TF32
         torch.backends.cudnn.allow_tf32 = False
