@@ -77,3 +77,15 @@ def test_a_study_tree_report_keeps_the_warnings(tmp_path, four_mm_model):
     assert len(by_name["a.nii.gz"]["warnings"]) == 1 and "coarser" in by_name["a.nii.gz"]["warnings"][0]
     assert by_name["b.nii.gz"]["warnings"] == []
     assert "warning: a.nii.gz:" in result.output
+
+
+@pytest.mark.parametrize("damaged", [{"voxel_min_mm": [4.0, 4.0]}, {"voxel_min_mm": "4 mm"}, "4 mm"])
+def test_a_damaged_domain_record_is_refused_with_one_sentence_and_nothing_written(tmp_path, damaged):
+    model = save_model(tmp_path / "m.safetensors", trained_like_model(), preset="tiny",
+                       provenance={"domain": damaged})  # fmt: skip
+    image = write_test_nifti(tmp_path / "in.nii.gz", make_volume(shape=(6, 12, 12)))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _denoise(str(image), "--model", str(model))
+    assert result.exit_code == 2 and "record of what it was trained on ('domain') is damaged" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .errors import TgdpetError
+
 #: Units that measure activity concentration (DICOM Units terms; ``SUV`` is tgdpet's name for ``GML``).
 CONCENTRATION_UNITS = frozenset({"BQML", "SUV"})
 
@@ -69,6 +71,9 @@ class Domain:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "Domain":
         levels = raw.get("count_levels_s")
+        for key in ("voxel_min_mm", "voxel_max_mm"):
+            if len(raw[key]) != 3 or not all(float(v) > 0 for v in raw[key]):
+                raise ValueError(f"{key} must be three positive sizes")
         return cls(
             voxel_min_mm=tuple(float(v) for v in raw["voxel_min_mm"]),  # type: ignore[arg-type]
             voxel_max_mm=tuple(float(v) for v in raw["voxel_max_mm"]),  # type: ignore[arg-type]
@@ -128,8 +133,14 @@ class Domain:
 def domain_of(provenance: dict[str, Any]) -> Domain | None:
     """The model's recorded range; for files from before it was recorded, built from ``voxel_size_mm``."""
     raw = provenance.get("domain")
-    if isinstance(raw, dict):
-        return Domain.from_json(raw)
+    if raw is not None:
+        try:
+            return Domain.from_json(raw)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+            raise TgdpetError(
+                "the model file's record of what it was trained on ('domain') is damaged; use the file it was "
+                "copied from, or fine-tune or train the model again."
+            ) from None
     size = provenance.get("voxel_size_mm")
     if size:
         voxel = tuple(float(v) for v in size)[::-1]  # recorded as (x, y, z)

@@ -130,8 +130,10 @@ class N2NResult:
 
 
 def _study_domain(base_provenance: dict, study: "Volume") -> Domain:
-    """The fine-tuned model's range: its base's and the one study's (in the canonical frame)."""
-    new = training_domain([study.spacing[::-1]], [study.units])
+    """The fine-tuned model's range: its base's and the one study's."""
+    from ..io.orientation import canonical_voxel_mm
+
+    new = training_domain([canonical_voxel_mm(study)], [study.units])
     base = domain_of(base_provenance)
     return new if base is None else base.union(new)
 
@@ -199,7 +201,7 @@ def n2n_online(
                 "workflow": "n2n-online",
                 "command": command,
                 "base_model": str(Path(model_path).resolve()),
-                "domain": _study_domain(record.provenance, to_canonical(h1)).to_json(),
+                "domain": _study_domain(record.provenance, h1).to_json(),
                 "halves": [str(Path(half1).resolve()), str(Path(half2).resolve())],
                 "full": str(Path(full).resolve()) if full is not None else "mean of the halves",
                 "config": cfg.to_dict(),
