@@ -25,10 +25,12 @@ library API (the equivalent ``tgdpet`` commands are written to the report):
    v1-net's kernels by KSE after every epoch (flagged fraction against
    training length); then, with each of ``seeds`` fine-tuning seeds,
    fine-tune v1-net on ``finetune``: FT-net (last three conv blocks),
-   TGD-net (phi = 0.3) and EWC-net; TGD²-net = that seed's TGD-net
-   fine-tuned by TGD on ``third``.
+   TGD-net (phi = 0.3), EWC-net, the paper-literal TGD and TGD with
+   ``--revive``; TGD²-net = that seed's TGD-net fine-tuned by TGD on
+   ``third`` (TGD²-net with ``--revive`` likewise from TGD-net with it).
 3. Online learning on the OOD study (phi = 0.4), per seed: TGD-N2N from
-   v2-net and TGD²-N2N from that seed's TGD-net.
+   v2-net (tgdpet's default, paper-literal, with ``--revive``) and TGD²-N2N
+   from that seed's TGD-net.
 4. BatchNorm after TGD: on fine-tuning patches, how far each frozen
    channel's batch statistics are from the running statistics TGD kept,
    and TGD-net (BN re-est.) with them re-estimated.
@@ -49,7 +51,8 @@ Interruptions. A medium run takes hours, so every finished step is recorded in
 ``OUT/progress.json`` and ``--resume`` continues a killed run: it reuses the
 datasets (if their ``simulation.json`` matches), continues each training run
 from its last complete epoch (``tgdpet train --resume``), and skips the
-online-learning runs and evaluations already recorded. A resumed run gives the
+online-learning runs and evaluations already recorded (a network added to the
+run since is evaluated alone and its rows join the recorded ones). A resumed run gives the
 numbers of an uninterrupted one (tests/test_reproduce.py kills one to check).
 """
 
@@ -97,9 +100,11 @@ DROP_PHIS = (0.3, 0.4, 0.5, 0.6)
 #: The paper's TGD taken literally, kept as its own rows beside tgdpet's default TGD: activation-gradient
 #: masking, conv1's meaningless kernels retrained, frozen channels normalised by batch statistics while training.
 PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch", "read_kernels": "freeze"}
+#: tgdpet's TGD with ``--revive``: retrained channels that are silent on the new data re-initialised (docs/tgd.md).
+REVIVE = {"revive": True}
 #: The fine-tuned networks of Table 1, then the online-learning ones, in table order.
-FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net")
-ONLINE = ("TGD-N2N", "TGD2-N2N", "TGD-paper-N2N")
+FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net", "TGD-revive-net", "TGD2-revive-net")
+ONLINE = ("TGD-N2N", "TGD2-N2N", "TGD-paper-N2N", "TGD-revive-N2N")
 #: TGD-net with its frozen channels' BN running statistics re-estimated on the fine-tuning data.
 BN_REESTIMATED = "TGD-net-BN"
 MODELS = ("v1-net", "v2-net", *FINETUNED, BN_REESTIMATED, *ONLINE)
@@ -172,7 +177,8 @@ SCALES = {
         size=128, slices=144, levels_s=(30, 45, 60, 90, 120, 180), realisations=10, n_train=20, n_finetune=7,
         n_third=4, preset="small", batch_size=64, patch_size=32, epochs=MEDIUM_EPOCHS, n2n_epochs=60, seeds=3,
         test_studies=3, channel_penalty=CHANNEL_PENALTY,
-        every_seed=("FT-net", "TGD-net", "TGD-paper-net", "TGD-N2N", "TGD-paper-N2N"),
+        every_seed=("FT-net", "TGD-net", "TGD-paper-net", "TGD-revive-net", "TGD-N2N", "TGD-paper-N2N",
+                    "TGD-revive-N2N"),
     ),
     "paper": Scale(
         "paper", "a GPU: the paper's 20 + 7 studies, its network and 500 / 150 epochs, 2.7 mm voxels",
@@ -510,6 +516,8 @@ def train_networks(run: Run) -> None:
         ("EWC-net", "v1-net", "finetune", s.n_finetune, {"method": "ewc"}),
         ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
         ("TGD-paper-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **PAPER_LITERAL}),
+        ("TGD-revive-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **REVIVE}),
+        ("TGD2-revive-net", "TGD-revive-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE, **REVIVE}),
     )
     for seed in run.seeds:
         for name, base, dataset, n, method in finetunes:
@@ -543,6 +551,7 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
             ("TGD-N2N", "v2-net", None, {}),
             ("TGD2-N2N", "TGD-net", seed, {}),
             ("TGD-paper-N2N", "v2-net", None, PAPER_LITERAL),
+            ("TGD-revive-N2N", "v2-net", None, REVIVE),
         ):
             if not s.trains(name, seed, run.seeds):
                 continue
@@ -655,10 +664,17 @@ def evaluate_all(run: Run, manifest: Manifest, studies: dict[str, list[StudyEntr
     for key, entries in studies.items():
         results[key] = []
         for study in entries:
-            results[key].append(run.once(f"evaluate {key} ({study.id})", lambda: evaluate_models(
-                models, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study),
+            step = f"evaluate {key} ({study.id})"
+            earlier = run.done.pop(step, None)  # a resumed run scores only the networks added since
+            todo = {k: p for k, p in models.items() if earlier is None or k not in earlier["rows"]}
+            result = run.once(step, lambda: evaluate_models(
+                todo, study, label_codes=manifest.label_codes, truth=truth_path(manifest, study),
                 device=run.device, precision=precision,
-            )))  # fmt: skip
+            ) if todo else earlier)  # fmt: skip
+            if earlier is not None and result is not earlier:
+                result["rows"] = {**earlier["rows"], **result["rows"]}
+                run.save_progress()
+            results[key].append(result)
             run.commands[f"evaluate {key} {study.id}"] = cli(
                 "evaluate", manifest.path.parent, *[f"--model={n}={p}" for n, p in models.items()], study=study.id,
                 device=run.device_arg, precision=precision,

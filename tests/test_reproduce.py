@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from tgdpet import reproduce as rp
 from tgdpet.checkpoint import load_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
-MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net", "TGD-net-BN", "TGD-N2N",
-          "TGD2-N2N", "TGD-paper-N2N")
+MODELS = ("v1-net", "v2-net", "FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net", "TGD-revive-net",
+          "TGD2-revive-net", "TGD-net-BN", "TGD-N2N", "TGD2-N2N", "TGD-paper-N2N", "TGD-revive-N2N")
 RESULT_FILES = ("table1.md", "fig4.md", "fig4.png", "fig5.png", "fig6.png", "results.json", "README.md")
 CELL = re.compile(r"^(-?[\d,]+(?:\.\d+)?)(?: ± ([\d,]+(?:\.\d+)?))? \((\d+)\)$")
 
@@ -169,13 +170,16 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert _markdown_tables(readme)[1] == table  # the README's Table 1 is the same table
 
     # Verdicts: one per method pair, task and figure, and the README shows each one.
-    assert len(results["verdicts"]) == 5 * 4  # five method pairs, two figures of two tasks each
-    assert {(v["a"], v["b"]) for v in results["verdicts"]} >= {("TGD-net", "FT-net"), ("TGD-net", "TGD-paper-net")}
+    assert len(results["verdicts"]) == 8 * 4  # eight method pairs, two figures of two tasks each
+    assert {(v["a"], v["b"]) for v in results["verdicts"]} >= {
+        ("TGD-net", "FT-net"), ("TGD-net", "TGD-paper-net"), ("TGD-revive-net", "FT-net"), ("TGD-revive-net", "TGD-net")
+    }  # fmt: skip
     verdict_table = next(t for t in _markdown_tables(readme) if t[0][0] == "A vs B")
     assert len(verdict_table) - 1 == len(results["verdicts"])
     for row, v in zip(verdict_table[1:], results["verdicts"]):
         assert row[3].startswith(f"{v['diff']:+.2f}") and row[4] == f"{v['n']} (fine-tuning seeds)"
-    assert len(results["answers"]) == 4
+    assert len(results["answers"]) == 5  # the knowledge question asked of TGD-net and of TGD-net (revive)
+    assert "**Does TGD-net (revive) keep v1 knowledge" in results["answers"][1]
     assert "## Answers, from the measured numbers" in readme
     assert "tgdpet tgd-finetune" in readme and "--seed 3" in readme
     assert f"; evaluation in {precision} (" in readme
@@ -232,6 +236,33 @@ def test_a_killed_reproduction_resumes_to_the_numbers_of_an_uninterrupted_one(ti
     assert results["steps"]["TGD-net@3"]["continued"] is True and "continued" not in results["steps"]["FT-net@3"]
     readme = (out / "README.md").read_text()
     assert "Interrupted and resumed with `--resume` (2 attempts" in readme and "TGD-net@3 (*continued*" in readme
+
+
+@pytest.mark.slow
+def test_a_network_added_to_a_finished_run_is_evaluated_alone(tiny_run, tmp_path, device):
+    """--resume after a network's evaluation rows are gone (as when a network joins the run): only it is scored,
+    its rows come back as the uninterrupted run's, the other rows are the recorded ones."""
+    out = tmp_path / "results"
+    shutil.copytree(tiny_run[0], out)
+    progress = json.loads((out / "progress.json").read_text())
+    added = "TGD-revive-net@3"
+    for step, result in progress["done"].items():
+        if step.startswith("evaluate "):
+            del result["rows"][added]
+            result["rows"]["FT-net@3"]["marker"] = 1.0  # a recorded row must be kept, not scored again
+    (out / "progress.json").write_text(json.dumps(progress))
+    command = [sys.executable, str(SCRIPT), "--scale", "tiny", "--out", str(out), "--device", str(device), "--seed", "3"]
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "TGD-revive-net@3: done by an earlier attempt" in resumed.stdout
+
+    whole = json.loads((tiny_run[0] / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    for study, entries in whole["evaluation"].items():
+        for before, after in zip(entries, results["evaluation"][study], strict=True):
+            assert after["rows"][added] == before["rows"][added]
+            assert after["rows"]["FT-net@3"] == {**before["rows"]["FT-net@3"], "marker": 1.0}
+            assert set(after["rows"]) == set(before["rows"])
 
 
 def _script(monkeypatch):

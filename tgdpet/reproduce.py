@@ -64,6 +64,9 @@ LABELS: dict[str, str] = {
     "TGD-net-BN": "TGD-net (BN re-est.)",
     "TGD-paper-net": "TGD-net (paper-literal)",
     "TGD-paper-N2N": "TGD-N2N (paper-literal)",
+    "TGD-revive-net": "TGD-net (revive)",
+    "TGD2-revive-net": "TGD²-net (revive)",
+    "TGD-revive-N2N": "TGD-N2N (revive)",
 }
 
 #: Table 1 columns: (key in a row, heading, decimals). Keys are ``<study>_<figure>`` or training facts.
@@ -222,7 +225,8 @@ TASKS = {"old": "keep the old task (high-BMI study, v1 knowledge)", "new": "lear
 #: The method pairs the verdicts compare (a, b): a difference a - b below 0 means a is better.
 VERDICT_PAIRS: tuple[tuple[str, str], ...] = (
     ("TGD-net", "FT-net"), ("TGD-net", "EWC-net"), ("EWC-net", "FT-net"), ("TGD-net", "TGD-paper-net"),
-    ("TGD-paper-net", "FT-net"),
+    ("TGD-paper-net", "FT-net"), ("TGD-revive-net", "FT-net"), ("TGD-revive-net", "EWC-net"),
+    ("TGD-revive-net", "TGD-net"),
 )  # fmt: skip
 #: A difference counts when its magnitude exceeds this many standard errors.
 SE_MULTIPLE = 2.0
@@ -519,20 +523,22 @@ def _pct_change(new: float, old: float) -> float:
     return (new - old) / abs(old) * 100 if old else math.inf
 
 
-def answer_knowledge_kept(rows: Mapping[str, Mapping], items: Sequence[Mapping]) -> str:
-    """Does TGD-net keep v1-net's knowledge on the high-BMI study better than FT-net and EWC-net? (the verdicts decide)."""
-    if not any(v["a"] == "TGD-net" and v["task"] == "old" for v in items):
-        return "**v1 knowledge on the high-BMI study:** not measurable (TGD-net or the methods it is compared with did not run)."
+def answer_knowledge_kept(rows: Mapping[str, Mapping], items: Sequence[Mapping], tgd: str = "TGD-net") -> str:
+    """Does ``tgd`` (a TGD variant) keep v1-net's knowledge on the high-BMI study better than FT-net and EWC-net?
+    (the verdicts decide)."""
+    name = LABELS[tgd]
+    if not any(v["a"] == tgd and v["task"] == "old" for v in items):
+        return f"**v1 knowledge on the high-BMI study:** not measurable ({name} or the methods it is compared with did not run)."
     against = [
-        f"against {LABELS[b]}: {task_verdict(items, 'TGD-net', b, 'old')}"
+        f"against {LABELS[b]}: {task_verdict(items, tgd, b, 'old')}"
         for b in ("FT-net", "EWC-net")
-        if any(v["a"] == "TGD-net" and v["b"] == b for v in items)
+        if any(v["a"] == tgd and v["b"] == b for v in items)
     ]
-    shown = [m for m in ("TGD-net", "FT-net", "EWC-net", "v1-net", "v2-net") if m in rows]
+    shown = [m for m in (tgd, "FT-net", "EWC-net", "v1-net", "v2-net") if m in rows]
     cov = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_liver_cov_pct')}" for m in shown)
     bias = ", ".join(f"{LABELS[m]} {cell(rows[m], 'high_bmi_lesion_bias_pct')}" for m in shown)
     return (
-        "**Does TGD-net keep v1 knowledge on the high-BMI study better than FT-net and EWC-net?** "
+        f"**Does {name} keep v1 knowledge on the high-BMI study better than FT-net and EWC-net?** "
         + "; ".join(against)
         + f". High-BMI liver CoV %: {cov}. High-BMI lesion bias %: {bias}. Neither fine-tuning saw a high-BMI "
         "study, so the liver noise and the lesion bias left on it measure how much of v1-net's high-BMI denoising "
@@ -623,6 +629,7 @@ def answer_online_learning(rows: Mapping[str, Mapping]) -> str:
             _n2n_pair(rows, "v2-net", "TGD-N2N"),
             _n2n_pair(rows, "TGD-net", "TGD2-N2N"),
             _n2n_pair(rows, "v2-net", "TGD-paper-N2N"),
+            _n2n_pair(rows, "v2-net", "TGD-revive-N2N"),
         )
         if s
     ]
@@ -642,14 +649,16 @@ def answer_online_learning(rows: Mapping[str, Mapping]) -> str:
 def answers(
     rows: Sequence[Mapping], training: Mapping[str, Mapping], items: Sequence[Mapping], n_train: int, n_finetune: int
 ) -> list[str]:
-    """The four answers of the report, each generated from the measured numbers.
+    """The answers of the report, each generated from the measured numbers.
 
     ``training`` maps a model name to the training record of one of its
     instances (the first seed's); ``items`` are the :func:`verdicts`.
     """
     by_model = {r["model"]: r for r in rows}
+    revive = [answer_knowledge_kept(by_model, items, "TGD-revive-net")] if "TGD-revive-net" in by_model else []
     return [
         answer_knowledge_kept(by_model, items),
+        *revive,
         answer_close_to_v2(by_model),
         answer_compute_saved(training, n_train, n_finetune),
         answer_online_learning(by_model),
@@ -767,7 +776,10 @@ notation allows; TGD²-N2N is the paper's TGD-net + online learning. TGD-net, TG
 tgdpet's TGD (parameter-gradient masking, the kernels reading a retrained map retrained too, conv1 frozen, frozen
 channels on their stored BatchNorm statistics; docs/tgd.md); TGD-net (paper-literal) and TGD-N2N (paper-literal)
 take the paper literally (activation-gradient masking, conv1's meaningless kernels retrained, frozen channels on
-batch statistics while training, every kernel of a frozen channel frozen).
+batch statistics while training, every kernel of a frozen channel frozen). TGD-net, TGD²-net and TGD-N2N (revive)
+are tgdpet's TGD with `--revive`: retrained channels whose maps are silent on the new data re-initialised, with the
+kernels reading them zeroed so the output is unchanged at the start (docs/tgd.md); TGD²-net (revive) is TGD-net
+(revive) fine-tuned again on `third` with `--revive`.
 
 {nets}
 
