@@ -8,7 +8,7 @@
   multiply-adds (``DnCNNConfig.macs_per_voxel() * 2`` per output voxel);
 - one training step with and without TGD attached (``bench_tgd_step.py``);
 - one training step of each preset in fp32 and in the device's reduced
-  precision (what ``amp`` chooses by default, ``tgdpet.train.loop.amp_dtype``);
+  precision (what ``amp`` chooses by default, ``tgdpet.precision.amp_dtype``);
 - the training data pipeline (drawing one batch of patches) against one
   training step of the small preset, the share the loop spends on data, and
   the share of an epoch that re-estimating BatchNorm's statistics costs;
@@ -47,12 +47,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tgdpet.data import intensity_scale, stack_indices  # noqa: E402
+from tgdpet.inputs import intensity_scale, stack_indices  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.infer import Denoiser, denoise_array  # noqa: E402
 from tgdpet.models import DnCNN, build_model  # noqa: E402
-from tgdpet.runtime import autocast_dtype, resolve_device  # noqa: E402
-from tgdpet.train.config import LoopConfig  # noqa: E402
+from tgdpet.precision import autocast_dtype  # noqa: E402
+from tgdpet.runtime import resolve_device  # noqa: E402
+from tgdpet.config import LoopConfig  # noqa: E402
 
 GIB = 2**30
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -95,7 +96,7 @@ def interleaved_medians(
 def bench_voxel_sizes(device: torch.device, quick: bool, repeats: int) -> list[dict]:
     """The built-in model on whole-body volumes (512 x 512 x 576 mm) of 4 and 2 mm voxels, in the automatic
     precision: at 2 mm on the model's 4 mm grid (what ``tgdpet denoise`` does) and on the input's own grid."""
-    from tgdpet.infer import load_denoiser
+    from tgdpet.denoise import load_denoiser
 
     denoiser = load_denoiser(None, device=device, precision="auto")
     shapes = {4.0: (144, 128, 128), 2.0: (288, 256, 256)}

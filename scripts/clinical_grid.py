@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tgdpet.evaluate import evaluate_manifest  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
-from tgdpet.infer import pretrained_model_path  # noqa: E402
+from tgdpet.builtin import pretrained_model_path  # noqa: E402
 from tgdpet.simulate import SimulationConfig, cohort, write_dataset  # noqa: E402
 from tgdpet.simulate.grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM  # noqa: E402
 

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from tgdpet import metrics  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
-from tgdpet.infer import load_denoiser  # noqa: E402
+from tgdpet.denoise import load_denoiser  # noqa: E402
 from tgdpet.simulate import PROTOCOLS, Grid, Phantom, PhantomSpec, ScannerModel, projector_for, reconstruct  # noqa: E402
 from tgdpet.simulate.grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM  # noqa: E402
 from tgdpet.simulate.scanner import acquire, count_rates, split  # noqa: E402

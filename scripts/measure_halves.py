@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from tgdpet.data import body_mask  # noqa: E402
+from tgdpet.inputs import body_mask  # noqa: E402
 from tgdpet.simulate.dataset import SimulationConfig, StudySpec, simulate_study  # noqa: E402
 from tgdpet.train.n2n import halves_agreement  # noqa: E402
 

@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from tgdpet import tgd  # noqa: E402
 from tgdpet.checkpoint import load_model  # noqa: E402
-from tgdpet.data import intensity_scale, read_canonical, stack_indices  # noqa: E402
+from tgdpet.data import read_canonical  # noqa: E402
+from tgdpet.inputs import intensity_scale, stack_indices  # noqa: E402
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ epoch, as the reproduction's v1-net):
 - dead channels: feature maps whose group norm (:func:`tgdpet.train.methods.channel_groups`)
   is below 5 % of the largest in its layer;
 - the share of parameters KSE flags at each phi, and how much dropping them
-  changes the denoised ``--volume`` (the paper's Fig. 4; :func:`tgdpet.tgd.drop_study`);
+  changes the denoised ``--volume`` (the paper's Fig. 4; :func:`tgdpet.drop.drop_study`);
 - per layer, the rank correlation between KSE and each channel's importance,
   measured by ablation (the relative RMS change of the denoised slab when that
   channel alone is zeroed). Positive: KSE ranks like importance; near zero or
@@ -35,13 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tgdpet.checkpoint import load_model  # noqa: E402
+from tgdpet.drop import drop_study, relative_rms_change, zero_channels  # noqa: E402
 from tgdpet.infer import denoise_array  # noqa: E402
 from tgdpet.io import read_volume  # noqa: E402
 from tgdpet.kse import score_network  # noqa: E402
 from tgdpet.metrics import psnr  # noqa: E402
 from tgdpet.models import DnCNN  # noqa: E402
-from tgdpet.reproduce import write_text  # noqa: E402
-from tgdpet.tgd import drop_study, relative_rms_change, zero_channels  # noqa: E402
+from tgdpet.paper.report import write_text  # noqa: E402
 from tgdpet.train import TrainConfig, resolve_config, train  # noqa: E402
 from tgdpet.train.methods import channel_groups  # noqa: E402
 
@@ -104,14 +104,12 @@ def kse_against_ablation(model: DnCNN, slab: np.ndarray, device: torch.device) -
 def measure(path: Path, volume: np.ndarray, target: np.ndarray | None, slab: np.ndarray, device) -> dict:
     model = load_model(path, device).model.eval()
     dead, maps = dead_channels(model)
-    drops = drop_study(model, PHIS, volume)
-    denoised = denoise_array(model, volume, device=device, precision="fp32")
+    denoised, drops = drop_study(model, PHIS, lambda net: denoise_array(net, volume, device=device, precision="fp32"))
     return {
         "psnr_db": psnr(denoised, target) if target is not None else None,
         "dead_channels": dead,
         "feature_maps": maps,
-        "drop": [{"phi": d.phi, "fraction_dropped": d.fraction_dropped, "output_change": d.output_change}
-                 for d in drops],  # fmt: skip
+        "drop": [d.to_dict() for d in drops],
         "kse_vs_ablation": kse_against_ablation(model, slab, device),
     }
 

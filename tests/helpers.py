@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from tgdpet.inputs import intensity_scale
 from tgdpet.io import Volume, write_volume
 from tgdpet.models import DnCNN, build_model
 
@@ -123,3 +124,51 @@ def lying_nifti(path: Path, shape: tuple[int, ...]) -> Path:
     with opener(path, "wb") as f:
         f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 4096)
     return path
+
+
+def stats_model(seed: int = 0) -> DnCNN:
+    """A tiny DnCNN with random biases and BatchNorm statistics, so that "unchanged" is a real claim."""
+    torch.manual_seed(seed)
+    model = build_model("tiny")
+    with torch.no_grad():
+        for conv in model.convs:
+            conv.bias.uniform_(-0.1, 0.1)
+        for bn in model.bns:
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        model.convs[-1].weight.normal_(0, 0.1)
+    return model
+
+
+def random_batch(seed: int = 1, n: int = 4, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (3 slices) and noisy targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    return x, x + 0.1 * torch.randn(n, 3, size, size, generator=g)
+
+
+def alternating_masks(model: DnCNN) -> dict[int, torch.Tensor]:
+    """Every layer but the last has both retrained (even) and frozen (odd) channels."""
+    masks = {i: torch.arange(c.out_channels) % 2 == 0 for i, c in enumerate(model.convs)}
+    masks[len(model.convs) - 1] = torch.zeros(model.convs[-1].out_channels, dtype=torch.bool)
+    return masks
+
+
+def reference_denoise(model, volume: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """The definition: per slice, the centre of model(edge-replicated stack / s) * s, eager fp32."""
+    s = intensity_scale(volume) if normalize else 1.0
+    r = model.config.in_slices // 2
+    padded = np.pad(volume, ((r, r), (0, 0), (0, 0)), mode="edge")
+    out = np.empty_like(volume)
+    with torch.no_grad():
+        for k in range(volume.shape[0]):
+            stack = torch.from_numpy(padded[k : k + 2 * r + 1] / s)[None]
+            out[k] = model(stack)[0, r].numpy() * s
+    return out
+
+
+def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
+    """Relative RMS difference of ``a`` from ``b``."""
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2) / np.mean(np.asarray(b, np.float64) ** 2)))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import tgdpet.builtin
 from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
-from tgdpet.infer import pretrained_model_path
+from tgdpet.builtin import pretrained_model_path
 from tgdpet.models import build_model
 
 

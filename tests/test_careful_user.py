@@ -65,7 +65,7 @@ def test_interrupting_denoise_does_not_suggest_resume(tmp_path, model, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tgdpet.infer.Denoiser.denoise_volume", interrupted)
+    monkeypatch.setattr("tgdpet.denoise.denoise_volume", interrupted)
     result = run_cli([*DENOISE, "--model", str(model), "scan.nii.gz"], tmp_path)
     assert result.exit_code == 130
     assert "Interrupted" in result.stderr and "--resume" not in result.stderr, result.stderr

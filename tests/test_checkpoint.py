@@ -22,7 +22,7 @@ from tgdpet.checkpoint import (
     save_model,
     save_training_state,
 )
-from tgdpet.data import NORMALIZATION
+from tgdpet.inputs import NORMALIZATION
 from tgdpet.errors import TgdpetError
 from tgdpet.models import build_model
 from tgdpet.tgd import build_masks

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tgdpet.checkpoint import load_model
 from tgdpet.cli import main
 from tgdpet.demo import _body_box, _edge_labels
-from tgdpet.infer import pretrained_model_path
+from tgdpet.builtin import pretrained_model_path
 from tgdpet.io import read_volume
 from tgdpet.simulate.grid import Grid
 

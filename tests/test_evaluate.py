@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from tgdpet import metrics
 from tgdpet.checkpoint import load_model, save_model
 from tgdpet.cli import main
-from tgdpet.data import intensity_scale, load_manifest
+from tgdpet.data import load_manifest
+from tgdpet.inputs import intensity_scale
 from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import COLUMNS, evaluate_manifest, evaluate_models
 from tgdpet.io import Volume, read_volume, write_volume

@@ -260,7 +260,7 @@ def test_cli_json_and_conv1_freeze(model_file):
 def test_cli_drop_study_with_volume(model_file, tmp_path):
     import json
 
-    from tgdpet.tgd import drop_kernels
+    from tgdpet.drop import drop_kernels
 
     from tgdpet.io import Volume, write_volume
 

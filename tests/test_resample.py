@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import make_volume, trained_like_model
 
+from tgdpet.denoise import denoise_volume
 from tgdpet.domain import Domain
 from tgdpet.infer import Denoiser
 from tgdpet.io.orientation import canonical_voxel_mm, to_canonical
@@ -68,12 +69,12 @@ def test_denoiser_runs_the_network_on_the_models_grid(spacing):
     seen = []
     full = denoiser._full
     denoiser._full = lambda a, progress: seen.append(a.shape) or full(a, progress)
-    out = denoiser.denoise_volume(volume)
+    out = denoise_volume(denoiser, volume)
     z, y, x = canonical_voxel_mm(volume)
     assert (z, y, x) == (spacing[2], spacing[1], spacing[0])
     expected = tuple(n if v >= 3.4 else n // 2 for n, v in zip(to_canonical(volume).shape, (z, y, x)))
     assert seen == [expected] and out.shape == volume.shape and np.isfinite(out).all()
     denoiser.resample = False
     seen.clear()
-    denoiser.denoise_volume(volume)
+    denoise_volume(denoiser, volume)
     assert seen == [to_canonical(volume).shape]

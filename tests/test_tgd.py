@@ -1,57 +1,25 @@
-"""TGD masks, the gradient-masking engine, parameter counts and the kernel-drop study."""
+"""TGD masks, the gradient-masking engine, parameter counts, silent channels and --revive."""
 
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import alternating_masks, random_batch, stats_model
+
 from tgdpet.kse import kse_scores, score_network
-from tgdpet.models import DnCNN, build_model, count_parameters
+from tgdpet.models import DnCNN, count_parameters
 from tgdpet.tgd import (
     attach,
     build_masks,
     check_masks,
     count_retrained,
-    drop_kernels,
-    drop_study,
-    relative_rms_change,
     revive,
     silent_channels,
-    zero_channels,
 )
-
-
-def _model(seed: int = 0) -> DnCNN:
-    torch.manual_seed(seed)
-    model = build_model("tiny")
-    # Non-trivial BN statistics and biases, so that "unchanged" is a real claim.
-    with torch.no_grad():
-        for conv in model.convs:
-            conv.bias.uniform_(-0.1, 0.1)
-        for bn in model.bns:
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
-        model.convs[-1].weight.normal_(0, 0.1)
-    return model
-
-
-def _batch(seed: int = 1, n: int = 4, size: int = 12):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, size, size, generator=g)
-    return x, x + 0.1 * torch.randn(n, 3, size, size, generator=g)
-
-
-def _alternating_masks(model: DnCNN) -> dict[int, torch.Tensor]:
-    """Every layer but the last has both retrained (even) and frozen (odd) channels."""
-    masks = {i: torch.arange(c.out_channels) % 2 == 0 for i, c in enumerate(model.convs)}
-    masks[len(model.convs) - 1] = torch.zeros(model.convs[-1].out_channels, dtype=torch.bool)
-    return masks
 
 
 def _channel_tensors(model: DnCNN, i: int) -> dict[str, torch.Tensor]:
@@ -71,7 +39,7 @@ def _train(model, masks, make_opt, steps=4, mode="activation", restore="hook", l
     opt = make_opt(model.parameters(), lr)
     engine = attach(model, masks, mode=mode, optimizer=opt if restore == "hook" else None, bn_stats=bn_stats,
                     read_kernels=read_kernels)
-    x, y = _batch()
+    x, y = random_batch()
     for _ in range(steps):
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
@@ -92,12 +60,12 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("train, bn_stats", [(True, "batch"), (False, "batch"), (False, "stored")])
 def test_forward_is_bit_identical(mode, train, bn_stats):
     """The engine changes no forward pass, except what stored statistics change in training mode (below)."""
-    plain = _model()
+    plain = stats_model()
     tgd = copy.deepcopy(plain)
     plain.train(train)
     tgd.train(train)
-    x, _ = _batch()
-    with attach(tgd, _alternating_masks(tgd), mode=mode, bn_stats=bn_stats):
+    x, _ = random_batch()
+    with attach(tgd, alternating_masks(tgd), mode=mode, bn_stats=bn_stats):
         assert torch.equal(tgd(x), plain(x))
 
 
@@ -111,15 +79,15 @@ def _bn_by_hand(x: torch.Tensor, mean, var, bn) -> torch.Tensor:
 
 def test_stored_statistics_normalise_frozen_channels_as_at_test_time():
     """In training mode, frozen channels use the running statistics and retrained ones the batch's."""
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     bn = model.bns[1]  # after convs[2]
     seen = {}
     mean, var = bn.running_mean.clone(), bn.running_var.clone()  # training-mode BN updates the buffers
     model.train()
     with attach(model, masks):  # the defaults: parameter mode, stored statistics
         handle = bn.register_forward_hook(lambda m, i, o: seen.update(x=i[0].detach(), y=o.detach()))
-        model(_batch()[0])
+        model(random_batch()[0])
         handle.remove()
     x, keep = seen["x"], masks[2]
     stored = _bn_by_hand(x, mean, var, bn)
@@ -134,11 +102,11 @@ def test_a_frozen_channel_fed_by_frozen_channels_computes_the_same_before_and_af
     """conv1 frozen (the default), conv2's frozen channels read only frozen maps: their output is bit-identical
     at test time after fine-tuning; with stored statistics also in training mode, where batch statistics
     would make it depend on the batch."""
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     masks[0] = torch.zeros_like(masks[0])
     frozen = ~masks[1]
-    x, _ = _batch(seed=5)
+    x, _ = random_batch(seed=5)
     seen = {}
     hook = lambda m, i, o: seen.__setitem__("y", o.detach()[:, frozen].clone())  # noqa: E731
 
@@ -166,8 +134,8 @@ def test_read_kernels_of_retrained_maps_train_and_every_other_entry_stays_bit_id
     """read_kernels='retrain' (the parameter mode's default): convs[i].weight[n, c] trains when output channel n is
     retrained or input map c (an output of convs[i - 1]) is; every other entry, and every per-channel tensor of a
     frozen channel, comes out bit-identical. Worked out here from the masks alone."""
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     masks[2] = torch.zeros_like(masks[2])  # conv3 frozen whole: its weight trains only where it reads conv2's maps
     before = copy.deepcopy(model)
     _train(model, masks, OPTIMIZERS[opt], steps=4, mode="parameter", read_kernels="retrain")
@@ -190,8 +158,8 @@ def test_read_kernels_of_retrained_maps_train_and_every_other_entry_stays_bit_id
 
 
 def test_read_kernels_need_parameter_mode_and_count_as_retrained():
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     with pytest.raises(ValueError, match="parameter"):
         attach(model, masks, mode="activation", read_kernels="retrain")
     with attach(model, masks, mode="activation") as engine:
@@ -207,9 +175,9 @@ def test_read_kernels_need_parameter_mode_and_count_as_retrained():
 def test_parameter_mode_gives_retrained_kernels_the_true_gradient():
     """Parameter mode (with batch statistics, the plain forward pass): retrained entries get exactly the plain
     network's gradient, frozen entries none."""
-    model = _model()
-    masks = _alternating_masks(model)
-    x, y = _batch()
+    model = stats_model()
+    masks = alternating_masks(model)
+    x, y = random_batch()
     model.train()
     plain = _grads(model, x, y)
     with attach(model, masks, mode="parameter", bn_stats="batch", read_kernels="freeze"):
@@ -227,8 +195,8 @@ def test_parameter_mode_gives_retrained_kernels_the_true_gradient():
 @pytest.mark.parametrize("mode", ["activation", "parameter"])
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 def test_frozen_entries_stay_bit_identical(opt, mode, restore):
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     before = copy.deepcopy(model)
     _train(model, masks, OPTIMIZERS[opt], mode=mode, restore=restore)
     for i in range(len(model.convs)):
@@ -245,14 +213,14 @@ def test_frozen_entries_stay_bit_identical(opt, mode, restore):
 @pytest.mark.parametrize("mode", ["activation", "parameter"])
 def test_tgd_under_bf16_autocast_keeps_frozen_entries_and_masks_gradients(mode):
     """Mixed precision as the training loop runs it (autocast bf16 forward, fp32 loss and master weights)."""
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     before = copy.deepcopy(model)
     model.train()
     opt = OPTIMIZERS["adamw_wd"](model.parameters(), 1e-2)
     dtypes = []
     model.convs[2].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-    x, y = _batch()
+    x, y = random_batch()
     with attach(model, masks, mode=mode, optimizer=opt, read_kernels="freeze"):
         for _ in range(4):
             opt.zero_grad()
@@ -281,13 +249,13 @@ def test_tgd_under_bf16_autocast_keeps_frozen_entries_and_masks_gradients(mode):
 
 def test_without_restore_weight_decay_moves_frozen_entries():
     # The trap the restore step exists for: AdamW decays parameters whose gradient is masked to 0.
-    model = _model()
-    masks = _alternating_masks(model)
+    model = stats_model()
+    masks = alternating_masks(model)
     before = copy.deepcopy(model)
     model.train()
     opt = OPTIMIZERS["adamw_wd"](model.parameters(), 1e-2)
     with attach(model, masks, read_kernels="freeze") as engine:
-        x, y = _batch()
+        x, y = random_batch()
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
         frozen_w = ~masks[2]
@@ -324,9 +292,9 @@ def _reference_tgd_grads(model: DnCNN, masks, x, y) -> dict[str, torch.Tensor]:
 
 
 def test_activation_mode_matches_written_out_tgd_layer():
-    model = _model()
-    masks = _alternating_masks(model)
-    x, y = _batch()
+    model = stats_model()
+    masks = alternating_masks(model)
+    x, y = random_batch()
     model.train()
     expected = _reference_tgd_grads(copy.deepcopy(model), masks, x, y)
     with attach(model, masks, mode="activation", bn_stats="batch"):
@@ -337,9 +305,9 @@ def test_activation_mode_matches_written_out_tgd_layer():
 
 def test_conv_and_bn_output_gradients_of_frozen_channels_are_exactly_zero():
     """Both TGD layers of a block (after the conv and after the BN) see zero gradient in frozen channels."""
-    model = _model()
-    masks = _alternating_masks(model)
-    x, y = _batch()
+    model = stats_model()
+    masks = alternating_masks(model)
+    x, y = random_batch()
     model.train()
     seen: dict[str, torch.Tensor] = {}
 
@@ -364,9 +332,9 @@ def test_conv_and_bn_output_gradients_of_frozen_channels_are_exactly_zero():
 
 def test_masked_gradients_stay_channels_last():
     """The gradient leaving a TGD layer keeps the network's channels-last layout (no layout conversions)."""
-    model = _model().to(memory_format=torch.channels_last)
-    masks = _alternating_masks(model)
-    x, y = (t.contiguous(memory_format=torch.channels_last) for t in _batch())
+    model = stats_model().to(memory_format=torch.channels_last)
+    masks = alternating_masks(model)
+    x, y = (t.contiguous(memory_format=torch.channels_last) for t in random_batch())
     model.train()
     seen: list[torch.Tensor] = []
     with attach(model, masks, mode="activation"):
@@ -382,11 +350,11 @@ def test_masked_gradients_stay_channels_last():
 
 
 def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode_does_not():
-    model = _model()
+    model = stats_model()
     masks = {i: torch.ones(c.out_channels, dtype=torch.bool) for i, c in enumerate(model.convs)}
     masks[3] = torch.zeros(model.convs[3].out_channels, dtype=torch.bool)  # conv4 entirely frozen
     masks[7] = torch.zeros(model.convs[7].out_channels, dtype=torch.bool)
-    x, y = _batch()
+    x, y = random_batch()
     model.train()
     with attach(model, masks, mode="activation"):
         act = _grads(model, x, y)
@@ -405,12 +373,12 @@ def test_activation_mode_blocks_gradient_through_frozen_layer_but_parameter_mode
 
 
 def test_detach_restores_plain_training():
-    model = _model()
-    x, y = _batch()
+    model = stats_model()
+    x, y = random_batch()
     model.train()
     expected = _grads(copy.deepcopy(model), x, y)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine = attach(model, _alternating_masks(model), optimizer=opt, read_kernels="freeze")
+    engine = attach(model, alternating_masks(model), optimizer=opt, read_kernels="freeze")
     engine.detach()
     assert all(torch.equal(g, expected[n]) for n, g in _grads(model, x, y).items())
     before = model.convs[2].weight.detach().clone()
@@ -419,7 +387,7 @@ def test_detach_restores_plain_training():
 
 
 def test_build_masks_follow_kse_of_next_layer_and_freeze_last():
-    model = _model()
+    model = stats_model()
     phi = 0.5
     masks = build_masks(model, phi, conv1="retrain")
     assert sorted(masks) == list(range(len(model.convs)))
@@ -433,7 +401,7 @@ def test_build_masks_follow_kse_of_next_layer_and_freeze_last():
 
 
 def test_conv1_option():
-    model = _model()
+    model = stats_model()
     retrain = build_masks(model, 1.0, conv1="retrain")  # phi = 1 flags every channel but the best one
     freeze = build_masks(model, 1.0, conv1="freeze")
     assert int(retrain[0].sum()) == model.convs[0].out_channels - 1
@@ -447,7 +415,7 @@ def test_conv1_option():
 
 
 def test_check_masks_validates_and_freezes_missing_layers():
-    model = _model()
+    model = stats_model()
     masks = check_masks(model, {1: [1, 0, 1, 0, 1, 0, 1, 0]})
     assert masks[1].dtype == torch.bool and masks[1].tolist() == [True, False] * 4
     assert not masks[0].any() and not masks[7].any()
@@ -470,7 +438,7 @@ def _independent_count(model: DnCNN, masks) -> int:
 
 
 def test_count_retrained_against_independent_count():
-    model = _model()
+    model = stats_model()
     masks = build_masks(model, 0.6)
     count = count_retrained(model, masks)
     assert count.retrained_parameters == _independent_count(model, masks)
@@ -480,7 +448,7 @@ def test_count_retrained_against_independent_count():
 
 
 def test_tgd_squared_scores_the_finetuned_weights():
-    model = _model()
+    model = stats_model()
     masks1 = build_masks(model, 0.5)
     scores_before = [ls.scores for ls in score_network(model, 0.5)]
     _train(model, masks1, OPTIMIZERS["adam_wd"], steps=5, lr=5e-2).detach()
@@ -497,62 +465,14 @@ def test_tgd_squared_scores_the_finetuned_weights():
         assert torch.equal(model.convs[i].weight[~masks2[i]], before.convs[i].weight[~masks2[i]])
 
 
-def test_zero_channels_removes_feature_maps_exactly():
-    model = _model().eval()
-    masks = _alternating_masks(model)
-    dropped = zero_channels(model, masks)
-    captured = {}
-    for j, bn in enumerate(dropped.bns):
-        bn.register_forward_hook(lambda m, i, o, j=j: captured.__setitem__(j, o))
-    relu1 = {}
-    dropped.convs[0].register_forward_hook(lambda m, i, o: relu1.__setitem__(0, torch.relu(o)))
-    x, _ = _batch()
-    with torch.no_grad():
-        dropped(x)
-    assert torch.count_nonzero(relu1[0][:, ~masks[0]]) > 0 and torch.count_nonzero(relu1[0][:, masks[0]]) == 0
-    for j, out in captured.items():
-        assert torch.count_nonzero(out[:, masks[j + 1]]) == 0
-    assert torch.equal(model.convs[0].weight, _model().convs[0].weight)  # the original is untouched
-
-
-def test_drop_fraction_against_independent_count():
-    model = _model()
-    for phi in (0.3, 0.6, 1.0):
-        dropped, fraction = drop_kernels(model, phi)
-        zeroed = sum(
-            int(((p != 0) & (q == 0)).sum()) for p, q in zip(model.parameters(), dropped.parameters())
-        )
-        assert fraction == pytest.approx(zeroed / count_parameters(model))
-    assert drop_kernels(model, 0.0)[1] == 0.0
-
-
-def test_relative_rms_change():
-    ref = np.array([3.0, 4.0])  # RMS = sqrt(12.5)
-    assert relative_rms_change(ref, ref) == 0.0
-    assert relative_rms_change(ref, ref + np.array([1.0, -1.0])) == pytest.approx(1 / np.sqrt(12.5))
-    assert relative_rms_change(np.zeros(2), np.zeros(2)) == 0.0
-
-
-def test_drop_study_output_change_grows_from_zero():
-    model = _model()
-    vol = np.random.default_rng(1).gamma(2.0, 3.0, size=(4, 12, 12)).astype(np.float32)
-    results = drop_study(model, [0.0, 0.5, 1.0], vol)
-    assert [r.phi for r in results] == [0.0, 0.5, 1.0]
-    assert results[0].fraction_dropped == 0.0 and results[0].output_change == 0.0
-    assert results[2].output_change > 0.0
-    fractions = [r.fraction_dropped for r in results]
-    assert fractions == sorted(fractions)
-    assert drop_study(model, [0.3])[0].output_change is None
-
-
 @pytest.mark.parametrize("mode", ["activation", "parameter"])
 def test_engine_on_device(device, mode):
-    model = _model().to(device)
+    model = stats_model().to(device)
     masks = build_masks(model, 0.6)
     before = copy.deepcopy(model)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-1)
-    x, y = (t.to(device) for t in _batch())
+    x, y = (t.to(device) for t in random_batch())
     with attach(model, masks, mode=mode, optimizer=opt, bn_stats="batch", read_kernels="freeze"):
         assert torch.equal(model(x), copy.deepcopy(before).train()(x))
         for _ in range(3):
@@ -576,9 +496,9 @@ def _silence(model: DnCNN, i: int, c: int) -> None:
 
 
 def test_silent_channels_are_found_and_revived_without_changing_the_output():
-    model = _model().eval()
+    model = stats_model().eval()
     _silence(model, 2, 1)
-    x, y = _batch()
+    x, y = random_batch()
     silent = silent_channels(model, x)
     assert [int(i) for i in silent[2].nonzero().flatten()] == [1]
     assert all(not bool(silent[i].any()) for i in silent if i != 2)

@@ -19,8 +19,9 @@ from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, ddp, finetune, resolve_config, train
-from tgdpet.train.config import to_yaml
-from tgdpet.train.loop import amp_dtype, calibrate_batchnorm, learning_rate, training_loss, validate
+from tgdpet.config import to_yaml
+from tgdpet.precision import amp_dtype
+from tgdpet.train.loop import calibrate_batchnorm, learning_rate, training_loss, validate
 from tgdpet.train.workflows import patch_dataset
 
 FAST = dict(device="cpu", amp=False, patch_size=16, batch_size=16, patches_per_epoch=64, seed=0)

@@ -20,7 +20,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 An archive export or a study folder holds PET next to CT, localisers and
 reports. :func:`denoise_tree` finds every image (:func:`tgdpet.io.inspect.find_images`),
-denoises each readable PET series with :func:`tgdpet.infer.denoise_file`
+denoises each readable PET series with :func:`tgdpet.denoise.denoise_file`
 into a mirror of the tree, and writes ``tgdpet-report.json`` beside the
 outputs: per input, the output path (or why it was skipped), the units, the
 SUV factor, the largest error the output's storage adds, and how much the
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 from .io import DENOISED
 from .io.inspect import ImageSeries, describe, find_images
+from .precision import precision_name
 
 if TYPE_CHECKING:
     from .infer import Denoiser
@@ -113,10 +113,10 @@ def run_record(denoiser: "Denoiser", model_path: str | os.PathLike | None) -> di
     The hash identifies the weights even when a file is renamed or replaced
     under the same name.
     """
-    from .infer import pretrained_model_path
+    from .builtin import pretrained_model_path  # reads model files: loaded only when a report is made
 
     path = Path(model_path) if model_path is not None else pretrained_model_path()
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[denoiser.dtype]
+    precision = precision_name(denoiser.dtype)
     return {
         "model": {"name": path.stem, "path": str(path.resolve()), "sha256": _sha256(path),
                   "built_in": model_path is None},
@@ -139,7 +139,7 @@ def storage_error(written: Path) -> float:
 
 def body_mean_change(before: np.ndarray, after: np.ndarray) -> float:
     """Relative change (%) of the mean activity inside the body mask of the input."""
-    from .data import body_mask
+    from .inputs import body_mask
 
     mask = body_mask(before)
     mean_before = float(before[mask].mean())
@@ -190,13 +190,13 @@ def denoise_tree(
         out_root: the folder for the outputs and ``tgdpet-report.json``; created here once
             there is something to denoise; an existing one only with ``overwrite``.
         denoise: ``denoise(input, output) -> written`` for one image, e.g. a partial of
-            :func:`tgdpet.infer.denoise_file` with a loaded denoiser.
+            :func:`tgdpet.denoise.denoise_file` with a loaded denoiser.
         frame: the time frame of dynamic inputs.
         overwrite: write into an existing ``out_root`` (``denoise`` decides about each output).
         echo: where one line per input is printed.
         run: what denoises (:func:`run_record`: model, device, precision), recorded in the report.
         check: ``check(volume) -> sentences`` naming how an input lies outside the model's training
-            range (:meth:`tgdpet.infer.Denoiser.domain_warnings`); printed and kept in its entry.
+            range (:func:`tgdpet.denoise.domain_warnings`); printed and kept in its entry.
 
     A series tgdpet cannot read, or that is not PET, is skipped with the
     sentence it would be refused with; one that fails while denoising is

@@ -12,10 +12,26 @@ from pathlib import Path
 
 from .checkpoint import load_model
 from .domain import domain_of
+from .errors import TgdpetError
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 UNKNOWN = "unknown"
+
+
+#: The model ``denoise`` uses when no ``--model`` is given.
+DEFAULT_MODEL = "dncnn-v1-uniform64.safetensors"
+
+
+def pretrained_model_path() -> Path:
+    """The model file shipped with tgdpet and used when no ``--model`` is given."""
+    path = PRETRAINED_DIR / DEFAULT_MODEL
+    if not path.is_file():
+        raise TgdpetError(
+            f"the built-in pretrained model {path} is missing from this installation; reinstall tgdpet or pass "
+            "--model with a model file of your own."
+        )
+    return path
 
 
 def builtin_model_paths() -> list[Path]:

@@ -42,7 +42,7 @@ import safetensors.torch
 import torch
 
 from . import __version__
-from .data import NORMALIZATION
+from .inputs import NORMALIZATION
 from .errors import TgdpetError
 from .files import atomic_file
 from .models import DnCNN, DnCNNConfig

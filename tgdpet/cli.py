@@ -8,11 +8,14 @@ as one sentence on stderr with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import sys
+import typing
 
 import click
 
 from . import __version__
+from .config import FinetuneConfig, N2NConfig, TrainConfig, command_settings, resolve_config
 from .errors import TgdpetError
+from .precision import PRECISIONS
 
 
 class _Group(click.Group):
@@ -132,21 +135,23 @@ def _print_drop_table(results: list[dict]) -> None:
 def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
     """Score MODEL's feature maps with KSE and show which kernels TGD would retrain at --phi."""
     import json
-    from dataclasses import asdict
 
     from .checkpoint import load_model
     from .data import read_canonical
+    from .drop import drop_study
+    from .infer import denoise_array
     from .kse import check_phi
     from .runtime import resolve_device
-    from .tgd import drop_study, retrain_summary
+    from .tgd import retrain_summary
 
     phi = check_phi(phi)
     phi_list = [check_phi(p) for p in _parse_phis(phis)] if (drop or volume) else []
     record = load_model(model, device=resolve_device(device) if phi_list else "cpu")
     summary = retrain_summary(record.model, phi, conv1)
     if phi_list:
-        vol = read_canonical(volume) if volume else None
-        summary["drop"] = [asdict(r) for r in drop_study(record.model, phi_list, vol)]
+        vol, dev = (read_canonical(volume) if volume else None), next(record.model.parameters()).device
+        denoise = (lambda net: denoise_array(net, vol, device=dev, precision="fp32")) if volume else None
+        summary["drop"] = [r.to_dict() for r in drop_study(record.model, phi_list, denoise)[1]]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -166,93 +171,47 @@ def _stacked(options: list):
     return decorate
 
 
-def _loop_options(command: str, epochs: int, patches_per_epoch: int):
-    """Options shared by train, tgd-finetune and n2n-online.
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else ("none" if value is None else str(value))
 
-    The defaults are the command's config dataclass's (tests/test_cli_help.py
-    checks that the help says the same); ``None`` reaches the config, which
-    then applies them.
+
+def config_options(cls, command: str):
+    """The command's ``--config`` and one option per setting of its config dataclass (:func:`config.setting`).
+
+    Help text, choices and the default shown all come from the dataclass, so
+    each default is written once. The options default to None: a setting left
+    out keeps the value of ``--config``'s file, or else the dataclass's.
     """
     from .configs import names_for
 
-    names = ", ".join(names_for(command))
+    hints = typing.get_type_hints(cls)
     options = [
         click.option("--config", "config",
-                     help=f"YAML settings: a shipped config by name ({names}) or a file; command-line options "
-                     "override it  [default: none, the defaults shown here]"),
-        click.option("--device", help="auto, cpu, cuda or cuda:N  [default: auto]"),
-        click.option("--amp/--no-amp", default=None,
-                     help="Mixed precision (bf16/fp16)  [default: on for CUDA, and on CPUs with bf16 units "
-                     "for wide networks such as the paper preset]"),
-        click.option("--seed", type=int, help="Seed of weights and patch sampling  [default: 0]"),
-        click.option("--epochs", type=int, help=f"Epochs of --patches-per-epoch patches  [default: {epochs}]"),
-        click.option("--iterations", type=int,
-                     help="Optimiser steps in total (overrides --epochs)  [default: none, --epochs decides]"),
-        click.option("--patches-per-epoch", type=int, help=f"Random patches per epoch  [default: {patches_per_epoch}]"),
-        click.option("--batch-size", type=int, help="Patches per step (all processes together)  [default: 64]"),
-        click.option("--patch-size", type=int, help="Patch height and width in pixels  [default: 32]"),
-        click.option("--lr", type=float, help="Adam learning rate  [default: 0.001]"),
-        click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]),
-                     help="Constant learning rate (the paper), or cosine decay to 0 over the run  [default: constant]"),
-        click.option("--structure-fraction", type=float,
-                     help="Share of patches centred where the target has detail (lesions, edges)  [default: 0.5]"),
-        click.option("--detail-weight", type=float,
-                     help="Extra loss weight per unit of the target's local detail, which keeps lesions' uptake  "
-                     "[default: 0, plain MSE]"),
-        click.option("--noise-relative-loss/--absolute-loss", default=None,
-                     help="Divide each patch's squared error by its input's own noise power, so clean and noisy "
-                     "inputs count by the share of their noise left  [default: absolute]"),
-        click.option("--bn-batches", type=int,
-                     help="Batches of training patches over which BatchNorm statistics are re-estimated at the end "
-                     "of every epoch, at that epoch's final weights (0: PyTorch's running averages)  [default: 16]"),
-        click.option("--workers", type=int, help="DataLoader worker processes  [default: 0 on CPU, 4 on CUDA]"),
-        click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."),
-    ]
-
+                     help=f"YAML settings: a shipped config by name ({', '.join(names_for(command))}) or a file; "
+                     "command-line options override it  [default: none, the defaults shown here]"),
+    ]  # fmt: skip
+    for f in command_settings(cls):
+        meta = f.metadata
+        text = f"{meta['help']}  [default: {meta['shown'] or _shown(f.default)}]"
+        if meta["flag"]:
+            options.append(click.option(meta["flag"], f.name, default=None, help=text))
+            continue
+        kind = click.Choice(meta["choices"]) if meta["choices"] else next(
+            t for t in (int, float, str) if t in typing.get_args(hints[f.name]) or t is hints[f.name]
+        )  # fmt: skip
+        options.append(click.option("--" + f.name.replace("_", "-"), f.name, type=kind, help=text))
+    options.append(click.option("--no-progress", is_flag=True, help="No progress bars (for logs)."))
     return _stacked(options)
 
 
-def _finetune_options(phi: float):
-    """How to fine-tune: TGD (default) or a baseline; ``phi`` is the command's default threshold."""
-    options = [
-        click.option("--phi", type=float,
-                     help=f"KSE threshold: kernels whose maps score below it are retrained  [default: {phi}]"),
-        click.option("--method", type=click.Choice(["tgd", "all", "last3", "ewc"]),
-                     help="tgd, or a baseline: all layers, the last three conv blocks, EWC  [default: tgd]"),
-        click.option("--conv1", type=click.Choice(["freeze", "retrain"]),
-                     help="Freeze conv1 (no BatchNorm there, where KSE misranks channels), or retrain its "
-                     "meaningless kernels like every other layer's  [default: freeze]"),
-        click.option("--tgd-mode", type=click.Choice(["parameter", "activation"]),
-                     help="Mask only parameter gradients, so retrained kernels get the true gradient, or also "
-                     "activation gradients (the paper's literal TGD layer)  [default: parameter]"),
-        click.option("--bn-stats", type=click.Choice(["stored", "batch"]),
-                     help="Normalise frozen channels with their stored BatchNorm statistics while training, as at "
-                     "test time, or with the batch's (the paper's)  [default: stored]"),
-        click.option("--read-kernels", type=click.Choice(["retrain", "freeze"]),
-                     help="Also retrain the kernels of frozen channels (and of the last layer) that read a "
-                     "retrained map, or freeze every kernel of a frozen channel (the paper's masks; needed with "
-                     "--tgd-mode activation)  [default: retrain with --tgd-mode parameter, freeze with activation]"),
-        click.option("--revive/--no-revive", default=None,
-                     help="Re-initialise the retrained channels whose maps are exactly zero on the new data (they "
-                     "cannot learn otherwise; the output is unchanged at the start)  [default: no-revive]"),
-        click.option("--ewc-lambda", type=float, help="EWC penalty weight (Fisher scaled to mean 1)  [default: 1]"),
-    ]
-
-    return _stacked(options)
-
-
-_LOOP_KEYS = (
-    "device", "amp", "seed", "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "lr_schedule", "workers",
-    "structure_fraction", "detail_weight", "noise_relative_loss", "bn_batches",
-)  # fmt: skip
-_FINETUNE_KEYS = ("phi", "method", "conv1", "tgd_mode", "bn_stats", "read_kernels", "revive", "ewc_lambda")
+def _settings(cls, options: dict) -> dict:
+    """The command-line values of ``cls``'s settings (None where not given)."""
+    return {f.name: options[f.name] for f in command_settings(cls)}
 
 
 def _run_config(cls, config, out, resume: bool, **options):
     """Settings of a train/tgd-finetune run: a resumed run starts from its own config.yaml."""
     from pathlib import Path
-
-    from .train import resolve_config
 
     if config is None and resume and (Path(out) / "config.yaml").is_file():
         config = Path(out) / "config.yaml"
@@ -282,37 +241,22 @@ def _report_run(result, out) -> None:
 @click.option(
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
 )
-@click.option("--preset", help="Network preset: paper, uniform64, small or tiny  [default: small]")
-@click.option(
-    "--in-slices", type=int,
-    help="Adjacent axial slices the network sees, an odd number; more give it more 3D context  [default: 3]",
-)  # fmt: skip
-@click.option(
-    "--channel-penalty", type=float,
-    help="Group-lasso weight on each feature map's parameters, which leaves channels the task does not need "
-    "empty for TGD to retrain later (docs/tgd.md; 0: no penalty)  [default: 0]",
-)  # fmt: skip
-@_loop_options("train", epochs=20, patches_per_epoch=4096)
+@config_options(TrainConfig, "train")
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
 )  # fmt: skip
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")
-def train_command(
-    data, out, preset, in_slices, channel_penalty, config, no_progress, resume, overwrite, **options
-) -> None:
+def train_command(data, out, config, no_progress, resume, overwrite, **options) -> None:
     """Train a DnCNN from scratch on the train studies of DATA (a manifest or its folder).
 
     \b
     Multi-GPU:
       torchrun --nproc_per_node N -m tgdpet.cli train DATA --out RUN
     """
-    from .train import TrainConfig, train
+    from .train import train
 
-    cfg = _run_config(
-        TrainConfig, config, out, resume, preset=preset, in_slices=in_slices, channel_penalty=channel_penalty,
-        **{k: options[k] for k in _LOOP_KEYS},
-    )
+    cfg = _run_config(TrainConfig, config, out, resume, **_settings(TrainConfig, options))
     result = train(
         data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,
         echo=click.echo, command=_command_line(),
@@ -326,8 +270,7 @@ def train_command(
 @click.option(
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
 )
-@_finetune_options(phi=0.3)
-@_loop_options("tgd-finetune", epochs=10, patches_per_epoch=4096)
+@config_options(FinetuneConfig, "tgd-finetune")
 @click.option(
     "--resume", is_flag=True,
     help="Continue the run in --out from its last complete epoch (settings default to its config.yaml).",
@@ -344,9 +287,9 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
     Multi-GPU:
       torchrun --nproc_per_node N -m tgdpet.cli tgd-finetune MODEL DATA --out RUN
     """
-    from .train import FinetuneConfig, finetune
+    from .train import finetune
 
-    cfg = _run_config(FinetuneConfig, config, out, resume, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
+    cfg = _run_config(FinetuneConfig, config, out, resume, **_settings(FinetuneConfig, options))
     result = finetune(
         model, data, out, cfg, resume=resume, overwrite=overwrite, progress_bar=not no_progress,
         echo=click.echo, command=_command_line(),
@@ -367,8 +310,7 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
 @click.option("--skip-halves-check", is_flag=True,
               help="Use halves that fail the one-scan check (correlation and mean uptake); very low-count halves "
               "of one scan can.")
-@_finetune_options(phi=0.4)
-@_loop_options("n2n-online", epochs=10, patches_per_epoch=1024)
+@config_options(N2NConfig, "n2n-online")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def n2n_online_command(
     model, half1, half2, out, full, save_model, skip_halves_check, config, no_progress, overwrite, **options
@@ -382,9 +324,9 @@ def n2n_online_command(
     uptake) are refused. The adapted weights are those after the last step:
     with one study there is no held-out data to pick an epoch by.
     """
-    from .train import N2NConfig, n2n_online, resolve_config
+    from .train import n2n_online
 
-    cfg = resolve_config(N2NConfig, config, **{k: options[k] for k in _LOOP_KEYS + _FINETUNE_KEYS})
+    cfg = resolve_config(N2NConfig, config, **_settings(N2NConfig, options))
     result = n2n_online(
         model, half1, half2, out, cfg, full=full, skip_halves_check=skip_halves_check, save_model_path=save_model,
         overwrite=overwrite, progress_bar=not no_progress, echo=click.echo, command=_command_line(),
@@ -404,7 +346,7 @@ def n2n_online_command(
               help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first  "
               "[default: none; a dynamic input is refused]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
 @click.option("--batch-slices", type=click.IntRange(min=1), help="Slices per forward pass  [default: per device]")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (faster after a slow first call).")
@@ -423,60 +365,14 @@ def denoise_command(
     skipped with a reason, and a report written there (tgdpet-report.json);
     the exit status is then 3 if anything was skipped.
     """
-    from pathlib import Path
+    from .batch import SKIPPED_EXIT
+    from .denoise import denoise_inputs
 
-    from .batch import SKIPPED_EXIT, denoise_tree, is_study_tree, run_record
-    from .files import check_can_write
-    from .infer import check_denoise_output, default_output_path, denoise_file, load_denoiser
-    from .io import check_output_name
-
-    if out and (len(inputs) > 1 or out_dir):
-        raise TgdpetError("-o/--out names the output of a single input; use --out-dir for several inputs.")
-    for path in inputs:
-        if not Path(path).exists():
-            raise TgdpetError(f"{path} does not exist; check the path.")
-    outputs = [Path(out)] if out else [default_output_path(p, out_dir) for p in inputs]
-    if len({o.resolve() for o in outputs}) < len(outputs):
-        raise TgdpetError(
-            "two inputs would be written to the same output name; denoise them into separate --out-dir folders."
-        )
-    denoiser = load_denoiser(  # a bad model is named before any clash with earlier outputs
-        model_path, device=device, precision=precision, batch_slices=batch_slices, compile=compile_, tta=tta
-    )
-    if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
-    new_out_dir = bool(out_dir) and not Path(out_dir).exists()
-    trees = [is_study_tree(src) for src in inputs]
-    for src, o, tree in zip(inputs, outputs, trees):  # refuse before denoising anything, not after the first volumes
-        if new_out_dir:
-            check_output_name(o)
-        elif tree:
-            check_can_write(o, overwrite)
-        else:
-            check_denoise_output(src, o, overwrite)
-    if new_out_dir:
-        try:
-            Path(out_dir).mkdir(parents=True)  # created once the inputs and the model have been accepted
-        except OSError as e:
-            raise TgdpetError(
-                f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
-            ) from None
-    skipped = 0
-    for src, dest, tree in zip(inputs, outputs, trees):
-        if tree:  # every PET series in it, and a report
-            report = denoise_tree(
-                src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
-                frame=frame, overwrite=overwrite, echo=click.echo, run=run_record(denoiser, model_path),
-                check=denoiser.domain_warnings,
-            )  # fmt: skip
-            click.echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
-            skipped += report["skipped"]
-            continue
-        written = denoise_file(
-            denoiser, src, dest, overwrite=overwrite, progress=not no_progress, frame=frame,
-            warn=lambda message: click.echo(f"warning: {message}", err=True),
-        )  # fmt: skip
-        click.echo(f"Wrote {written}.")
+    skipped = denoise_inputs(
+        inputs, out=out, out_dir=out_dir, model_path=model_path, frame=frame, overwrite=overwrite,
+        progress=not no_progress, echo=click.echo, warn=lambda message: click.echo(message, err=True),
+        device=device, precision=precision, batch_slices=batch_slices, compile=compile_, tta=tta,
+    )  # fmt: skip
     if skipped:  # done, but not everything: scripts must be able to tell
         click.echo(
             f"{skipped} image(s) skipped, each with its reason in tgdpet-report.json (exit status {SKIPPED_EXIT})."
@@ -571,7 +467,7 @@ def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--study", "study_id", help="Evaluate this study only  [default: every study with split 'test']")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results here as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Network precision; fp32 keeps the figures free of rounding (bf16 moves outputs by ~0.2 %).")
 @click.option("--dilation", type=click.IntRange(min=0), default=2, show_default=True,
               help="Voxels around catheter and bladder included in the hallucination score.")

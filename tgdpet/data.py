@@ -1,11 +1,8 @@
-"""Datasets for training: manifests, intensity normalisation and 2.5D patches.
+"""Datasets for training: manifests, studies in memory and 2.5D patches.
 
-Intensity: PET values (Bq/mL or SUV) differ by orders of magnitude between
-studies, tracers and doses. The network works on a dose- and weight-free
-scale: every volume is divided by :func:`intensity_scale` of the network's
-*input* (the noisy image), and the output multiplied back. The same rule is
-used in training (both input and target divided by the input's scale) and in
-denoising, and it is recorded in every model file as ``normalization``.
+Intensity: every volume is divided by :func:`tgdpet.inputs.intensity_scale`
+of the network's *input* (the noisy image), the rule denoising applies too
+(:mod:`tgdpet.inputs`).
 
 Memory: training keeps every volume of the chosen split in memory as float32
 (a 128x128x184 study with six count levels and its target is about 100 MB;
@@ -40,83 +37,11 @@ import torch
 
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
-
-NORMALIZATION = {"method": "object_mean", "threshold": 0.05, "percentile": 90.0}
+from .inputs import body_mask, intensity_scale, stack_indices
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = "tgdpet-manifest"
 MANIFEST_VERSION = 1
-
-
-def _values(volume: np.ndarray | torch.Tensor) -> np.ndarray:
-    x = volume.detach().float().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-    return x.astype(np.float32, copy=False)
-
-
-def _percentile_of_sorted(values: np.ndarray, q: float) -> float:
-    """numpy's default (linear) percentile of an already sorted 1-D array."""
-    pos = q / 100.0 * (values.size - 1)
-    lo = int(np.floor(pos))
-    hi = min(lo + 1, values.size - 1)
-    return float(values[lo] + (pos - lo) * (values[hi] - values[lo]))
-
-
-def _object_threshold_and_mean(volume: np.ndarray | torch.Tensor) -> tuple[float, float]:
-    """The object threshold (see :func:`object_threshold`) and the mean of the voxels above it."""
-    x = _values(volume)
-    values = np.sort(x[np.isfinite(x) & (x > 0)]).astype(np.float64)
-    if values.size == 0:
-        raise TgdpetError(
-            "the image has no positive voxels, so tgdpet finds no object to normalise by; "
-            "check that it is a PET image in activity units (Bq/mL, SUV or counts)."
-        )
-    t, q = NORMALIZATION["threshold"], NORMALIZATION["percentile"]
-    start, level = 0, _percentile_of_sorted(values, q)
-    while True:  # each pass drops the voxels below t * level: the level only rises, and stops exactly
-        start = int(np.searchsorted(values, t * level, side="right"))
-        new_level = _percentile_of_sorted(values[start:], q)
-        if new_level <= level:
-            break
-        level = new_level
-    return t * level, float(values[start:].mean())
-
-
-def object_threshold(volume: np.ndarray | torch.Tensor) -> float:
-    """The activity above which a voxel belongs to the imaged object (a body, a head, a phantom).
-
-    The threshold is ``t * h`` (``t`` = 5 %), ``h`` being the 90th percentile
-    *of the object itself*: the least fixed point of ``h = P90({x > t h})``
-    above the 90th percentile of all positive voxels, found by iterating up
-    (each step drops voxels below the threshold, so ``h`` only rises, and the
-    iteration stops exactly). Zero padding is never among the positive
-    voxels, and air below the final threshold leaves the fixed point, so the
-    result depends on the object, not on how much empty space was stored
-    around it (tgdpet 0.1 took a percentile of the whole field of view, which
-    fell with every row of padding). A hot organ moves ``h`` only if it fills
-    over 10 % of the object; positive air noise, only if it outnumbers the
-    object's voxels about tenfold.
-
-    Raises:
-        TgdpetError: no voxel is positive, so there is no object to find.
-    """
-    return _object_threshold_and_mean(volume)[0]
-
-
-def intensity_scale(volume: np.ndarray | torch.Tensor) -> float:
-    """Mean uptake of the imaged object: the mean of the voxels above :func:`object_threshold`.
-
-    Robust to the hottest voxels, independent of the empty space around the
-    object (padding, a large field of view), and nearly the same at every
-    count level of a study (a mean, unlike a weighted median, is not biased
-    by noise), so all count levels of a study land on one scale.
-    """
-    return _object_threshold_and_mean(volume)[1]
-
-
-def body_mask(volume: np.ndarray) -> np.ndarray:
-    """Voxels of the imaged object (above :func:`object_threshold`), the same rule as :func:`intensity_scale`."""
-    x = np.asarray(volume)
-    return x > object_threshold(x)
 
 
 #: Half-width (voxels) of the neighbourhood :func:`detail_map` compares each voxel with.
@@ -145,18 +70,6 @@ def box_detail(x: torch.Tensor) -> torch.Tensor:
     pool = torch.nn.functional.avg_pool2d if spatial == 2 else torch.nn.functional.avg_pool3d
     padded = torch.nn.functional.pad(x, (DETAIL_RADIUS,) * (2 * spatial), mode="replicate")
     return (x - pool(padded, 2 * DETAIL_RADIUS + 1, stride=1)).abs()
-
-
-def stack_indices(centres: np.ndarray | int, depth: int, in_slices: int) -> np.ndarray:
-    """Slice indices of the ``in_slices`` stack around each centre, edge slices replicated.
-
-    ``stack_indices([0, 5], 6, 3)`` is ``[[0, 0, 1], [4, 5, 5]]``: at the
-    ends of the volume the missing neighbours repeat the edge slice, the
-    project-wide convention (docs/architecture.md).
-    """
-    half = in_slices // 2
-    offsets = np.arange(-half, half + 1)
-    return np.clip(np.asarray(centres)[..., None] + offsets, 0, depth - 1)
 
 
 # --------------------------------------------------------------------------- manifests

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_dir, check_can_write, check_replaceable
-from .infer import load_denoiser
+from .denoise import load_denoiser
 from .io import Volume, write_volume
 from .simulate.dataset import SimulationConfig, StudySpec, simulate_study
 

@@ -60,7 +60,8 @@ from .data import Manifest, StudyEntry, load_manifest, read_canonical
 from .domain import domain_of
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
-from .infer import Denoiser, load_denoiser
+from .denoise import load_denoiser
+from .infer import Denoiser
 from .runtime import resolve_device
 
 FORMAT = "tgdpet-evaluation"

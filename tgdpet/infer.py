@@ -2,8 +2,8 @@
 
 The result is defined by the plain network: output slice ``k`` is the centre
 slice of ``model(stack_k / s) * s``, where ``stack_k`` holds the ``in_slices``
-slices around ``k`` (edge slices replicated, :func:`tgdpet.data.stack_indices`)
-and ``s`` is :func:`tgdpet.data.intensity_scale` of the input volume. The fast
+slices around ``k`` (edge slices replicated, :func:`tgdpet.inputs.stack_indices`)
+and ``s`` is :func:`tgdpet.inputs.intensity_scale` of the input volume. The fast
 path computes the same thing with:
 
 - **BatchNorm folded** into the preceding conv (:func:`fold_batchnorm`): one
@@ -33,25 +33,19 @@ output image by 1e-3 to 3e-3 when the noise estimate is 30-70 % of the image;
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import intensity_scale, stack_indices
-from .domain import Domain, domain_of
+from .inputs import intensity_scale, stack_indices
+from .domain import Domain
 from .errors import TgdpetError
 from .models import DnCNN, DnCNNConfig, bn_after
 from .resample import denoise_on_model_grid
-from .runtime import autocast_dtype, resolve_device
-
-if TYPE_CHECKING:
-    from .io import Volume
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
+from .precision import resolve_precision
+from .runtime import resolve_device
 
 def _transpose_xy(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 2, 1)
@@ -92,17 +86,6 @@ BF16_TOLERANCE = 5e-3
 _ACTIVATION_BUDGET = {"cpu": 4 * 2**20, "cuda": 2**29}
 
 _MAX_BATCH_SLICES = 64
-
-
-def pretrained_model_path() -> Path:
-    """The model file shipped with tgdpet and used when no ``--model`` is given."""
-    path = Path(__file__).parent / "pretrained" / "dncnn-v1-uniform64.safetensors"
-    if not path.is_file():
-        raise TgdpetError(
-            f"the built-in pretrained model {path} is missing from this installation; reinstall tgdpet or pass "
-            "--model with a model file of your own."
-        )
-    return path
 
 
 class FoldedDnCNN(nn.Module):
@@ -153,26 +136,6 @@ def fold_batchnorm(model: DnCNN) -> FoldedDnCNN:
             convs.append(conv.to(src.weight.device))
     folded = FoldedDnCNN(model.config, convs).eval()
     return folded.requires_grad_(False)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
-
-    ``auto`` picks what pays on the hardware (:func:`tgdpet.runtime.autocast_dtype`).
-    """
-    if precision not in PRECISIONS:
-        raise TgdpetError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if precision == "auto":
-        return autocast_dtype(device)
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise TgdpetError("fp16 is for CUDA GPUs; on the CPU use --precision bf16 or fp32.")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise TgdpetError(f"the GPU {torch.cuda.get_device_name(device)} has no bf16 support; use --precision fp16.")
-    return torch.bfloat16
 
 
 def default_batch_slices(
@@ -242,7 +205,7 @@ class Denoiser:
             own orientation preferences (gain measured in docs/benchmarks.md).
         domain: what the model was trained on (:mod:`tgdpet.domain`); volumes
             with finer voxels are denoised on its grid (:mod:`tgdpet.resample`)
-            and :meth:`domain_warnings` compares images with it.
+            and :func:`tgdpet.denoise.domain_warnings` compares images with it.
         resample: denoise finer volumes on the model's grid (the default where
             the domain is known); False runs the network on the input's own grid.
     """
@@ -293,8 +256,8 @@ class Denoiser:
         """Denoise a ``(z, y, x)`` array as it lies (no reorientation); a new float32 array of the same shape.
 
         The array must already be in the canonical frame the models are trained
-        in (:mod:`tgdpet.io.orientation`); :meth:`denoise_volume` takes care of
-        that for a :class:`~tgdpet.io.Volume`. With its voxel size ``voxel_mm``
+        in (:mod:`tgdpet.io.orientation`); :func:`tgdpet.denoise.denoise_volume`
+        takes care of that for a :class:`~tgdpet.io.Volume`. With its voxel size ``voxel_mm``
         ``(z, y, x)`` and a known domain, axes finer than the model's are
         denoised on the model's grid (:func:`tgdpet.resample.denoise_on_model_grid`).
         """
@@ -304,14 +267,6 @@ class Denoiser:
             model_mm = self.domain.voxel_min_mm
             return denoise_on_model_grid(volume_zyx, voxel_mm, model_mm, lambda a: self._full(a, progress))
         return self._full(volume_zyx, progress)
-
-    def domain_warnings(self, volume: "Volume") -> list[str]:
-        """One sentence per way ``volume`` lies outside what the model was trained on (none if unknown)."""
-        from .io.orientation import canonical_voxel_mm
-
-        if self.domain is None:
-            return []
-        return self.domain.warnings(canonical_voxel_mm(volume), volume.units)
 
     def _full(self, volume_zyx: np.ndarray, progress: bool) -> np.ndarray:
         """The network (with TTA if asked) over a whole array on its own grid."""
@@ -323,18 +278,6 @@ class Denoiser:
             out = self._denoise(forward(volume_zyx), scale, progress, f"denoising {k + 1}/8")
             total += backward(out)
         return (total / len(IN_PLANE_DIHEDRAL)).astype(np.float32)
-
-    def denoise_volume(self, volume: "Volume", *, progress: bool = False) -> np.ndarray:
-        """Denoise a volume in the canonical frame, whatever its storage order; the result in its storage order.
-
-        The same anatomy stored flipped, rotated, feet-first or with its axes
-        permuted gives the same network input, so the same result.
-        """
-        from .io.orientation import from_canonical, to_canonical
-
-        canonical = to_canonical(volume)
-        voxel_mm = canonical.spacing[::-1]
-        return from_canonical(self(canonical.data, voxel_mm=voxel_mm, progress=progress), volume)
 
     def _denoise(self, volume_zyx: np.ndarray, scale: float, progress: bool, desc: str) -> np.ndarray:
         """The network over every slice stack of an array, batch by batch, with a known intensity scale."""
@@ -390,100 +333,3 @@ def denoise_array(
         tta=tta,
     )
     return denoiser(volume_zyx, progress=progress)
-
-
-def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
-    """A :class:`Denoiser` for a model file (default: the built-in pretrained model).
-
-    ``options`` are :class:`Denoiser`'s; the domain comes from the file. Refuses a model trained with another
-    intensity normalisation than the one this tgdpet applies, since its
-    output would be silently mis-scaled.
-    """
-    from .checkpoint import load_model  # safetensors and the TGD masks are only needed here
-
-    path = Path(model_path) if model_path is not None else pretrained_model_path()
-    record = load_model(path, device="cpu")
-    record.check_normalization(str(path))
-    return Denoiser(record.model, domain=domain_of(record.provenance), **options)
-
-
-def default_output_path(input_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Where ``tgdpet denoise`` writes by default: ``<stem>_denoised.nii.gz``, or ``<folder>_denoised/`` for DICOM.
-
-    ECAT inputs, which tgdpet does not write, get ``<stem>_denoised.nii.gz`` too.
-
-    Next to the input, or in ``out_dir``. A DICOM series may be named by its
-    folder or by one of its files; either way the output is a sibling folder.
-    """
-    from .io.ecat import is_ecat
-    from .io.nifti import is_nifti_name
-
-    src = Path(input_path)
-    if src.is_file() and is_ecat(src):  # ECAT is read, never written: its result is NIfTI
-        out = src.with_name(f"{src.stem}_denoised.nii.gz")
-    elif is_nifti_name(src):
-        name = src.name[: -len(".nii.gz")] if src.name.lower().endswith(".gz") else src.stem
-        out = src.with_name(f"{name}_denoised.nii.gz")
-    else:
-        series = src if src.is_dir() else src.parent
-        out = series.resolve().with_name(f"{series.resolve().name}_denoised")
-    return Path(out_dir) / out.name if out_dir is not None else out
-
-
-def check_output_format(input_path: str | Path, output_path: str | Path) -> None:
-    """Refuse a DICOM output for a NIfTI or ECAT input: results keep the input's format.
-
-    A name without an extension is a DICOM series folder; writing a NIfTI
-    image there would invent a patient and a study for it.
-    """
-    from .io.ecat import is_ecat
-    from .io.nifti import is_nifti_name
-
-    src, out = Path(input_path), Path(output_path)
-    if src.is_file() and (is_nifti_name(src) or is_ecat(src)) and not is_nifti_name(out):
-        raise TgdpetError(
-            f"{src.name} is {'a NIfTI' if is_nifti_name(src) else 'an ECAT'} file, so its result is NIfTI: name the "
-            f"output {out.name}.nii.gz (a name without an extension is a DICOM series folder, for DICOM inputs)."
-        )
-
-
-def check_denoise_output(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
-    """Everything about an output that can be refused before denoising: name, format, clash, folder, ownership."""
-    from .files import check_can_write
-    from .io import check_output_name, check_replaceable_output
-
-    check_output_name(output_path)
-    check_output_format(input_path, output_path)
-    check_can_write(output_path, overwrite)
-    if overwrite:
-        check_replaceable_output(output_path)
-
-
-def denoise_file(
-    denoiser: Denoiser,
-    input_path: str | Path,
-    output_path: str | Path,
-    *,
-    overwrite: bool = False,
-    progress: bool = False,
-    frame: int | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> Path:
-    """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
-
-    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`). ``warn``
-    receives one sentence per way the image lies outside the model's training range.
-
-    The output is refused before any work if it exists (without ``overwrite``)
-    and is written atomically, so a failure leaves nothing under its name; the
-    input is never modified.
-    """
-    from .io import read_volume, write_volume
-
-    check_denoise_output(input_path, output_path, overwrite)
-    volume = read_volume(input_path, frame=frame)
-    if warn is not None:
-        for message in denoiser.domain_warnings(volume):
-            warn(f"{Path(input_path).name}: {message}")
-    denoised = denoiser.denoise_volume(volume, progress=progress)
-    return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)

@@ -16,7 +16,7 @@ network. Presets are registered by name, timm-style, in :data:`PRESETS`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

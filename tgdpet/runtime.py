@@ -1,4 +1,4 @@
-"""Where and how tensors run: device choice, seeding, precision.
+"""Where tensors run: the device a user names, or the best one visible.
 
 ``--device auto|cpu|cuda[:N]`` everywhere; ``auto`` takes the first visible
 CUDA device (CUDA_VISIBLE_DEVICES is honoured by torch) and falls back to CPU.
@@ -31,28 +31,3 @@ def resolve_device(spec: str = "auto") -> torch.device:
             f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible."
         )
     return torch.device("cuda", index)
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True when this CPU has bf16 matrix units (AMX or AVX512-BF16) that oneDNN uses."""
-    try:
-        caps = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # pragma: no cover - very old torch
-        return False
-    if "AMX" in caps.upper():
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision that pays on this device, or None for plain fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16_matmul():
-        return torch.bfloat16
-    return None

@@ -6,8 +6,9 @@ Three steps, each a function here:
    mask per conv layer, over its output channels: True = retrain, False = freeze.
 2. :func:`attach` hooks the masks into a model for fine-tuning and returns a
    :class:`TGDEngine`; the model's forward pass is unchanged.
-3. :func:`count_retrained` and the kernel-drop study (:func:`drop_kernels`,
-   :func:`drop_study`, paper Fig. 4) say what a threshold ``phi`` implies.
+3. :func:`count_retrained` says what a threshold ``phi`` implies (the
+   kernel-drop study of paper Fig. 4, which drops instead of retraining, is
+   :mod:`tgdpet.drop`).
 
 What belongs to output channel ``n`` of ``convs[i]``: the kernel
 ``weight[n]``, ``bias[n]`` and, when a BatchNorm follows the conv, its
@@ -22,17 +23,13 @@ kept in the model file (``masks`` and ``masks_history``, :mod:`tgdpet.checkpoint
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from .infer import denoise_array
 from .kse import LayerScore, channel_parameter_count, conv_name, score_network
 from .models import DnCNN, bn_after, count_parameters
 
@@ -270,7 +267,7 @@ def revive(model: DnCNN, masks: Masks, silent: Masks, generator: torch.Generator
 # --------------------------------------------------------------------------- engine
 
 
-def _channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.Tensor]:
+def channel_tensors(model: DnCNN, i: int, buffers: bool = False) -> list[torch.Tensor]:
     """The tensors whose first axis runs over the output channels of ``convs[i]``.
 
     Conv weight and bias, the following BN's gamma and beta, and with
@@ -453,7 +450,7 @@ class TGDEngine:
         # Parameter mode masks every parameter; activation mode the last conv's, since its output is the
         # prediction and masking that gradient would stop all learning.
         params = {id(p) for p in self.model.parameters()}
-        last_conv = {id(t) for t in _channel_tensors(self.model, last)}
+        last_conv = {id(t) for t in channel_tensors(self.model, last)}
         for t, keep in self._entries:
             if id(t) in params and (self.mode == "parameter" or id(t) in last_conv):
                 self._handles.append(t.register_hook(_zero_masked(keep)))
@@ -516,85 +513,3 @@ def attach(
     call it yourself after every ``optimizer.step()``.
     """
     return TGDEngine(model, masks, mode=mode, optimizer=optimizer, bn_stats=bn_stats, read_kernels=read_kernels)
-
-
-# --------------------------------------------------------------------------- kernel-drop study
-
-
-def zero_channels(model: DnCNN, masks: dict) -> DnCNN:
-    """A copy of ``model`` with the channels where ``masks`` is True dropped (set to zero).
-
-    Dropping output channel ``n`` of ``convs[i]`` zeroes its kernel
-    ``weight[n]``, ``bias[n]`` and, when a BN follows, BN gamma ``[n]`` and
-    beta ``[n]``. Zeroing the BN affine parameters too makes the feature map
-    exactly zero after BN and ReLU (zeroing the kernel alone would leave a
-    constant map ``beta - gamma * mean / std``), so the channel is truly
-    removed. The dropped parameters are thus the same set TGD would retrain.
-    """
-    masks = check_masks(model, masks)
-    dropped = copy.deepcopy(model)
-    with torch.no_grad():
-        for i, drop in masks.items():
-            if not bool(drop.any()):
-                continue
-            for p in _channel_tensors(dropped, i):
-                p[drop.to(p.device)] = 0
-    return dropped
-
-
-def drop_kernels(model: DnCNN, phi: float, k: int = 5, alpha: float = 1.0) -> tuple[DnCNN, float]:
-    """Paper Fig. 4: a copy of ``model`` without its meaningless kernels, and the fraction of parameters dropped.
-
-    Meaningless kernels are those of every channel with KSE < ``phi``
-    (conv1 included; the last layer is never dropped); see
-    :func:`zero_channels` for what is zeroed. The fraction is over all
-    trainable parameters of the network.
-    """
-    masks = build_masks(model, phi, conv1="retrain", k=k, alpha=alpha)
-    return zero_channels(model, masks), count_retrained(model, masks).fraction
-
-
-def relative_rms_change(reference: np.ndarray, other: np.ndarray) -> float:
-    """``RMS(other - reference) / RMS(reference)``; against an all-zero reference, the plain RMS difference."""
-    ref = np.asarray(reference, dtype=np.float64)
-    diff = np.asarray(other, dtype=np.float64) - ref
-    denom = math.sqrt(float(np.mean(ref**2)))
-    num = math.sqrt(float(np.mean(diff**2)))
-    return num / denom if denom > 0 else num
-
-
-@dataclass
-class DropResult:
-    """One point of the kernel-drop study."""
-
-    phi: float
-    fraction_dropped: float
-    output_change: float | None  # relative RMS change of the denoised volume; None without a volume
-
-
-def drop_study(
-    model: DnCNN,
-    phis: Sequence[float],
-    volume: np.ndarray | None = None,
-    k: int = 5,
-    alpha: float = 1.0,
-) -> list[DropResult]:
-    """Paper Fig. 4 over several thresholds: parameters dropped and, given a volume, how much the output changes.
-
-    ``volume`` is a ``(z, y, x)`` array, denoised by :func:`tgdpet.infer.denoise_array`
-    on the model's device in fp32, so that the change measured is the
-    dropped kernels' and not reduced-precision rounding.
-    """
-
-    def denoise(net: DnCNN) -> np.ndarray:
-        return denoise_array(net, volume, device=next(net.parameters()).device, precision="fp32")
-
-    reference = denoise(model) if volume is not None else None
-    results = []
-    for phi in phis:
-        dropped, fraction = drop_kernels(model, phi, k=k, alpha=alpha)
-        change = None
-        if reference is not None:
-            change = relative_rms_change(reference, denoise(dropped))
-        results.append(DropResult(phi=float(phi), fraction_dropped=fraction, output_change=change))
-    return results

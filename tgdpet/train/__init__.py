@@ -11,7 +11,7 @@ and the run-folder layout of :mod:`.outputs`; ``train`` and ``finetune`` also
 run under ``torchrun`` (:mod:`.ddp`).
 """
 
-from .config import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, resolve_config
+from ..config import FinetuneConfig, LoopConfig, N2NConfig, TrainConfig, resolve_config
 from .loop import FitResult, Progress, fit, validate
 from .methods import EWC, TGD, AllLayers, LastBlocks, Method, empirical_fisher
 from .n2n import N2NResult, n2n_online

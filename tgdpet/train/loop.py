@@ -28,46 +28,17 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import capture_rng_state, restore_rng_state, save_model
-from ..data import NORMALIZATION, PatchDataset, Study, box_detail, stack_indices
+from ..data import PatchDataset, Study, box_detail
+from ..inputs import NORMALIZATION, stack_indices
 from ..errors import TgdpetError
-from ..models import DnCNN, DnCNNConfig
-from ..runtime import autocast_dtype
+from ..models import DnCNN
+from ..precision import amp_dtype, precision_name
 from . import ddp
-from .config import LoopConfig
+from ..config import LoopConfig
 from .methods import Method
 from .outputs import BEST, LAST, RunFolder
 
 Echo = Callable[[str], None]
-
-
-#: On CPUs, bf16 is the default only for wide networks. tgdpet 0.2.0 measured the small preset slower in
-#: bf16 (~310 vs ~180 patches/s on 2 cores); measured again with interleaved steps (docs/benchmarks.md) a
-#: small-preset bf16 step took 2.8x (2 threads) to 4x (1 thread) less time than fp32, the tiny preset's 1.6x.
-#: The default stays fp32 below this width until the two precisions are compared on image quality: the small
-#: model of tests/test_end_to_end.py, trained in bf16 in one run, took the liver noise to 0.93x, not below 0.90x.
-CPU_BF16_MIN_MACS_PER_VOXEL = 500_000
-
-
-def amp_dtype(amp: bool | None, device: torch.device, config: DnCNNConfig) -> torch.dtype | None:
-    """The autocast dtype to train in, or None for fp32.
-
-    ``amp=None`` (the default) turns it on where it pays: on CUDA (bf16, or
-    fp16 with loss scaling on GPUs without bf16), and on CPUs with bf16 units
-    for networks of at least :data:`CPU_BF16_MIN_MACS_PER_VOXEL`. ``amp=True``
-    forces it (bf16 on any CPU: correct, if slower); ``amp=False`` is fp32.
-    """
-    if amp is False:
-        return None
-    best = autocast_dtype(device)
-    if amp is None:
-        wide = config.macs_per_voxel() >= CPU_BF16_MIN_MACS_PER_VOXEL
-        return best if device.type == "cuda" or wide else None
-    return best or torch.bfloat16
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """``fp32``, ``bf16`` or ``fp16``: what a model file records it was trained in."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def detail_weights(target: torch.Tensor, detail_weight: float) -> torch.Tensor:
@@ -359,6 +330,90 @@ def _epoch_line(row: dict, total_epochs: int, improved: bool) -> str:
     )
 
 
+@dataclass
+class Step:
+    """One optimiser step on a batch: forward under autocast, loss plus the method's penalty, backward, update.
+
+    Holds what every step of a run shares (the network as trained, possibly
+    DDP-wrapped; the optimiser; the fp16 loss scaler, if any), so that
+    :func:`fit` reads as the loop it is.
+    """
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    method: Method
+    cfg: LoopConfig
+    device: torch.device
+    dtype: torch.dtype | None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Train on ``(x, y)`` as step ``step`` (0-based); returns the detached total loss and penalty."""
+        cfg = self.cfg
+        x, y = _to_device(x, self.device, cfg.channels_last), _to_device(y, self.device, cfg.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.net(x)
+        loss = training_loss(out.float(), y, cfg.detail_weight, x if cfg.noise_relative_loss else None)
+        penalty = self.method.penalty()
+        total = loss if penalty is None else loss + penalty
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+        self.method.after_step()
+        return total.detach(), None if penalty is None else penalty.detach()
+
+
+def _train_epoch(
+    step: Step, batches: Iterable, steps: int, progress: Progress, env: ddp.DistEnv, epoch: int, show: bool
+) -> None:
+    """``steps`` steps over ``batches``, counted into ``progress``; a non-finite loss stops the run here."""
+    cfg = step.cfg
+    with tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=not show) as bar:
+        for x, y in batches:
+            total, penalty = step(x, y, progress.step)
+            value = float(ddp.mean_over_ranks(total, env))
+            if not math.isfinite(value):
+                raise TgdpetError(
+                    f"training diverged: the loss became {value} at step {progress.step + 1}; nothing of epoch "
+                    f"{epoch + 1} was saved. Lower --lr, try --no-amp, or check the training images."
+                )
+            progress.epoch_loss += value
+            if penalty is not None:
+                progress.epoch_penalty += float(ddp.mean_over_ranks(penalty, env))
+            progress.epoch_steps += 1
+            progress.step += 1
+            progress.patches_seen += cfg.batch_size
+            bar.update()
+            bar.set_postfix(loss=f"{value:.3e}", refresh=False)
+
+
+def _epoch_row(
+    progress: Progress, epoch: int, patches_per_s: float, optimizer: torch.optim.Optimizer, method: Method
+) -> dict:
+    """The epoch's line of metrics.jsonl (validation figures filled in by the caller)."""
+    row = {
+        "epoch": epoch + 1,
+        "step": progress.step,
+        "patches_seen": progress.patches_seen,
+        "train_loss": progress.epoch_loss / progress.epoch_steps,
+        "val_loss": None,
+        "val_psnr": None,
+        "lr": optimizer.param_groups[0]["lr"],
+        "time_s": round(progress.elapsed_s, 3),
+        "patches_per_s": round(patches_per_s, 2),
+    }
+    if method.has_penalty:
+        row["penalty"] = progress.epoch_penalty / progress.epoch_steps
+    return row
+
+
 def fit(
     model: DnCNN,
     method: Method,
@@ -412,6 +467,7 @@ def fit(
 
     rank_batch = cfg.batch_size // env.world_size
     workers = worker_count(cfg.workers, device)
+    step = Step(net, optimizer, scaler, method, cfg, device, dtype)
     while progress.step < cfg.total_steps:
         epoch, skip = divmod(progress.step, cfg.steps_per_epoch)
         steps = min(cfg.steps_per_epoch, cfg.total_steps - epoch * cfg.steps_per_epoch) - skip
@@ -422,40 +478,7 @@ def fit(
             progress.start_epoch()
         method.set_train_mode()
         t0 = time.perf_counter()
-        show = progress_bar and env.is_main
-        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.total_epochs}", leave=False, disable=not show) as bar:
-            for x, y in itertools.islice(loader, steps):
-                x, y = _to_device(x, device, cfg.channels_last), _to_device(y, device, cfg.channels_last)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out = net(x)
-                loss = training_loss(out.float(), y, cfg.detail_weight, x if cfg.noise_relative_loss else None)
-                penalty = method.penalty()
-                total = loss if penalty is None else loss + penalty
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, progress.step)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    total.backward()
-                    optimizer.step()
-                method.after_step()
-                value = float(ddp.mean_over_ranks(total.detach(), env))
-                if not math.isfinite(value):
-                    raise TgdpetError(
-                        f"training diverged: the loss became {value} at step {progress.step + 1}; nothing of epoch "
-                        f"{epoch + 1} was saved. Lower --lr, try --no-amp, or check the training images."
-                    )
-                progress.epoch_loss += value
-                if penalty is not None:
-                    progress.epoch_penalty += float(ddp.mean_over_ranks(penalty.detach(), env))
-                progress.epoch_steps += 1
-                progress.step += 1
-                progress.patches_seen += cfg.batch_size
-                bar.update()
-                bar.set_postfix(loss=f"{value:.3e}", refresh=False)
+        _train_epoch(step, itertools.islice(loader, steps), steps, progress, env, epoch, progress_bar and env.is_main)
         if cfg.bn_batches:  # the epoch's first patches again, at its final weights
             first = range(min(cfg.bn_batches * rank_batch, len(patches)))
             calibration = _batches(patches, first, rank_batch, workers, device)
@@ -466,19 +489,7 @@ def fit(
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - t0
         progress.elapsed_s += epoch_time
-        row = {
-            "epoch": epoch + 1,
-            "step": progress.step,
-            "patches_seen": progress.patches_seen,
-            "train_loss": progress.epoch_loss / progress.epoch_steps,
-            "val_loss": None,
-            "val_psnr": None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "time_s": round(progress.elapsed_s, 3),
-            "patches_per_s": round(steps * cfg.batch_size / epoch_time, 2),
-        }
-        if method.has_penalty:
-            row["penalty"] = progress.epoch_penalty / progress.epoch_steps
+        row = _epoch_row(progress, epoch, steps * cfg.batch_size / epoch_time, optimizer, method)
         if val and env.is_main:
             row["val_loss"], row["val_psnr"] = validate(
                 model, val, device=device, dtype=dtype, max_slices=cfg.val_max_slices, detail_weight=cfg.detail_weight

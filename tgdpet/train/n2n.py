@@ -31,12 +31,13 @@ import numpy as np
 
 from .. import __version__
 from ..checkpoint import load_model, save_model
-from ..data import NORMALIZATION, Study, body_mask, detail_map
+from ..data import Study, detail_map
+from ..inputs import NORMALIZATION, body_mask
 from ..domain import Domain, domain_of, training_domain
 from ..errors import TgdpetError
 from ..files import check_can_write
 from ..runtime import resolve_device
-from .config import N2NConfig
+from ..config import N2NConfig
 from .ddp import DistEnv
 from .loop import Echo, FitResult, Outputs, fit
 from .workflows import build_method, patch_dataset, prepare_model
@@ -160,7 +161,8 @@ def n2n_online(
     :func:`check_halves` unless ``skip_halves_check`` (their grids must match
     regardless).
     """
-    from ..infer import Denoiser, check_denoise_output
+    from ..denoise import check_denoise_output, denoise_volume
+    from ..infer import Denoiser
     from ..io import read_volume, write_volume
     from ..io.orientation import to_canonical
 
@@ -189,7 +191,7 @@ def n2n_online(
     result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
     method.close()
     precision = "fp32" if cfg.amp is False else "auto"
-    denoised = Denoiser(model, device=device, precision=precision).denoise_volume(target, progress=progress_bar)
+    denoised = denoise_volume(Denoiser(model, device=device, precision=precision), target, progress=progress_bar)
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)
     if save_model_path is not None:
         save_model(

@@ -17,8 +17,9 @@ from ..domain import Domain, domain_of, training_domain
 from ..errors import TgdpetError
 from ..models import DnCNN, build_model
 from . import ddp
-from .config import FinetuneConfig, LoopConfig, TrainConfig, check_resumable, to_yaml
-from .loop import Echo, FitResult, Outputs, amp_dtype, fit
+from ..config import FinetuneConfig, LoopConfig, TrainConfig, check_resumable, to_yaml
+from ..precision import amp_dtype
+from .loop import Echo, FitResult, Outputs, fit
 from .methods import EWC, TGD, AllLayers, ChannelSparsity, LastBlocks, Method, empirical_fisher
 from .outputs import CONFIG, RunFolder
 

@@ -25,10 +25,8 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
-from ..configs import find_config
-from ..errors import TgdpetError
-from ..kse import check_phi
-from ..models import PRESETS
+from .configs import find_config
+from .errors import TgdpetError
 
 METHODS = ("tgd", "all", "last3", "ewc")
 CONV1_OPTIONS = ("retrain", "freeze")
@@ -39,6 +37,22 @@ LR_SCHEDULES = ("constant", "cosine")
 
 # Settings a resumed run may change: how long to train and where, not what is trained.
 RESUME_MUTABLE = frozenset({"epochs", "iterations", "device", "workers"})
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+            shown: str | None = None) -> Any:
+    """A config field that the command line offers as an option, its help text written here once.
+
+    ``flag`` names a switch (``--amp/--no-amp``); ``shown`` replaces the default in the help where the default
+    is a rule rather than a value (``None``: decided per device). See :func:`tgdpet.cli.config_options`.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
+                                                        "shown": shown})  # fmt: skip
+
+
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of ``cls`` with another default (its help kept), for a command whose default differs."""
+    return dataclasses.field(default=default, metadata=next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -52,23 +66,41 @@ def _positive(cfg: Any, *names: str) -> None:
 class LoopConfig:
     """Settings of the training loop shared by ``train``, ``tgd-finetune`` and ``n2n-online``."""
 
-    epochs: int = 20
-    iterations: int | None = None  # total optimiser steps; overrides epochs when set
-    patches_per_epoch: int = 4096
-    batch_size: int = 64
-    patch_size: int = 32
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant (the paper) or cosine; see loop.learning_rate
-    seed: int = 0
+    epochs: int = setting(20, "Epochs of --patches-per-epoch patches")
+    iterations: int | None = setting(
+        None, "Optimiser steps in total (overrides --epochs)", shown="none, --epochs decides"
+    )
+    patches_per_epoch: int = setting(4096, "Random patches per epoch")
+    batch_size: int = setting(64, "Patches per step (all processes together)")
+    patch_size: int = setting(32, "Patch height and width in pixels")
+    lr: float = setting(1e-3, "Adam learning rate")
+    lr_schedule: str = setting(
+        "constant", "Constant learning rate (the paper), or cosine decay to 0 over the run",
+        choices=LR_SCHEDULES,
+    )  # fmt: skip
+    seed: int = setting(0, "Seed of weights and patch sampling")
     flips: bool = True
-    structure_fraction: float = 0.5  # share of patch centres drawn where the target has detail (lesions, edges)
-    detail_weight: float = 0.0  # extra loss weight where the target has detail; see loop.training_loss
-    noise_relative_loss: bool = False  # each patch's error divided by its input's noise; see loop.noise_power
-    bn_batches: int = 16  # batches that re-estimate BatchNorm statistics each epoch; 0 = running averages; see loop
-    device: str = "auto"
-    amp: bool | None = None  # None: on where it pays (CUDA; wide nets on CPUs with bf16 units), see loop.amp_dtype
+    structure_fraction: float = setting(0.5, "Share of patches centred where the target has detail (lesions, edges)")
+    detail_weight: float = setting(
+        0.0, "Extra loss weight per unit of the target's local detail, which keeps lesions' uptake",
+        shown="0, plain MSE",
+    )  # fmt: skip
+    noise_relative_loss: bool = setting(
+        False, "Divide each patch's squared error by its input's own noise power, so clean and noisy inputs count "
+        "by the share of their noise left", flag="--noise-relative-loss/--absolute-loss",
+        shown="absolute",
+    )  # fmt: skip
+    bn_batches: int = setting(
+        16, "Batches of training patches over which BatchNorm statistics are re-estimated at the end of every "
+        "epoch, at that epoch's final weights (0: PyTorch's running averages)",
+    )  # fmt: skip
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool | None = setting(
+        None, "Mixed precision (bf16/fp16)", flag="--amp/--no-amp",
+        shown="on for CUDA, and on CPUs with bf16 units for wide networks such as the paper preset",
+    )  # fmt: skip
     channels_last: bool = True
-    workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
+    workers: int | None = setting(None, "DataLoader worker processes", shown="0 on CPU, 4 on CUDA")
     val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice
 
     def __post_init__(self) -> None:
@@ -113,11 +145,18 @@ class LoopConfig:
 class TrainConfig(LoopConfig):
     """``tgdpet train``: a DnCNN from scratch."""
 
-    preset: str = "small"
-    in_slices: int = 3  # adjacent axial slices the network sees (2.5D); more slices, more 3D context
-    channel_penalty: float = 0.0  # group-lasso weight that leaves spare channels for TGD; see methods.channel_penalty
+    preset: str = setting("small", "Network preset: paper, uniform64, small or tiny")
+    in_slices: int = setting(
+        3, "Adjacent axial slices the network sees, an odd number; more give it more 3D context"
+    )
+    channel_penalty: float = setting(
+        0.0, "Group-lasso weight on each feature map's parameters, which leaves channels the task does not need "
+        "empty for TGD to retrain later (docs/tgd.md; 0: no penalty)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        from .models import PRESETS  # torch: loaded when a config is made, not when the CLI starts
+
         super().__post_init__()
         if self.channel_penalty < 0:
             raise TgdpetError(f"channel-penalty must be 0 or positive, got {self.channel_penalty}.")
@@ -131,18 +170,39 @@ class TrainConfig(LoopConfig):
 class FinetuneConfig(LoopConfig):
     """``tgdpet tgd-finetune``: adapt a trained model to new data by TGD or a baseline."""
 
-    epochs: int = 10
-    method: str = "tgd"
-    phi: float = 0.3
-    conv1: str = "freeze"  # see tgd.build_masks
-    tgd_mode: str = "parameter"  # see tgd.attach; docs/tgd.md has the measured comparison
-    bn_stats: str = "stored"  # frozen channels' BatchNorm statistics while training; see tgd.attach
-    read_kernels: str | None = None  # None: retrain in parameter mode, freeze in activation; tgd.trainable_entries
-    revive: bool = False  # re-initialise retrained channels whose maps are silent on the new data; tgd.revive
-    ewc_lambda: float = 1.0
+    epochs: int = redefault(LoopConfig, "epochs", 10)
+    phi: float = setting(0.3, "KSE threshold: kernels whose maps score below it are retrained")
+    method: str = setting(
+        "tgd", "tgd, or a baseline: all layers, the last three conv blocks, EWC", choices=METHODS
+    )
+    conv1: str = setting(
+        "freeze", "Freeze conv1 (no BatchNorm there, where KSE misranks channels), or retrain its meaningless "
+        "kernels like every other layer's", choices=CONV1_OPTIONS,
+    )  # fmt: skip
+    tgd_mode: str = setting(
+        "parameter", "Mask only parameter gradients, so retrained kernels get the true gradient, or also "
+        "activation gradients (the paper's literal TGD layer; docs/tgd.md)", choices=TGD_MODES,
+    )  # fmt: skip
+    bn_stats: str = setting(
+        "stored", "Normalise frozen channels with their stored BatchNorm statistics while training, as at test "
+        "time, or with the batch's (the paper's)", choices=BN_STATS_OPTIONS,
+    )  # fmt: skip
+    read_kernels: str | None = setting(
+        None, "Also retrain the kernels of frozen channels (and of the last layer) that read a retrained map, or "
+        "freeze every kernel of a frozen channel (the paper's masks; needed with --tgd-mode activation)",
+        choices=READ_KERNELS_OPTIONS, shown="retrain with --tgd-mode parameter, freeze with activation",
+    )  # fmt: skip
+    revive: bool = setting(
+        False, "Re-initialise the retrained channels whose maps are exactly zero on the new data (they cannot "
+        "learn otherwise; the output is unchanged at the start)", flag="--revive/--no-revive",
+        shown="no-revive",
+    )  # fmt: skip
+    ewc_lambda: float = setting(1.0, "EWC penalty weight (Fisher scaled to mean 1)")
     ewc_patches: int = 1024  # patches of the new data the EWC Fisher is estimated on
 
     def __post_init__(self) -> None:
+        from .kse import check_phi
+
         super().__post_init__()
         for name, value, choices in (
             ("method", self.method, METHODS),
@@ -168,9 +228,13 @@ class FinetuneConfig(LoopConfig):
 class N2NConfig(FinetuneConfig):
     """``tgdpet n2n-online``: TGD with Noise2Noise pairs on one study (paper: phi 0.4)."""
 
-    epochs: int = 10
-    patches_per_epoch: int = 1024
-    phi: float = 0.4
+    patches_per_epoch: int = redefault(LoopConfig, "patches_per_epoch", 1024)
+    phi: float = redefault(FinetuneConfig, "phi", 0.4)
+
+
+def command_settings(cls: type) -> list[dataclasses.Field]:
+    """The settings of ``cls`` a command line offers (those with help), in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
 C = TypeVar("C", bound=LoopConfig)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -16,7 +15,11 @@ import pytest
 import torch
 from helpers import trained_like_model
 
-from tgdpet import reproduce as rp
+from tgdpet.paper.analyses import bn_input_statistics, bn_mismatch, flagged_fractions, reestimate_frozen_bn
+from tgdpet.paper.report import duration
+from tgdpet.paper.table import LABELS, table1_markdown, table1_rows
+from tgdpet.paper.verdicts import answer_knowledge_kept, answer_online_learning, compare, task_verdict, verdicts
+from tgdpet.paper.runner import main as reproduce_main
 from tgdpet.checkpoint import load_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
@@ -56,7 +59,7 @@ def _check_table1_against_evaluation(table: list[list[str]], results: dict) -> i
         "high-BMI lesion bias %": ("high_bmi", "lesion_bias_pct"), "high-BMI liver CoV %": ("high_bmi", "liver_cov_pct"),
         "OOD halluc. bladder %": ("ood", "hallucination_bladder_pct"), "OOD liver CoV %": ("ood", "liver_cov_pct"),
     }  # fmt: skip
-    label_to_model = {rp.LABELS[m]: m for m in ("input", *MODELS)}
+    label_to_model = {LABELS[m]: m for m in ("input", *MODELS)}
     checked = 0
     for row in table[1:]:
         model = label_to_model[row[0]]
@@ -164,7 +167,7 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
 
     # Table 1 in table1.md, results.json and the README: every cell recomputed from the raw evaluation.
     table = _markdown_tables((out / "table1.md").read_text())[0]
-    assert [r[0] for r in table[1:]] == [rp.LABELS[m] for m in ("input", *MODELS)]
+    assert [r[0] for r in table[1:]] == [LABELS[m] for m in ("input", *MODELS)]
     assert _check_table1_against_evaluation(table, results) == 6 * (1 + len(MODELS))
     readme = (out / "README.md").read_text()
     assert _markdown_tables(readme)[1] == table  # the README's Table 1 is the same table
@@ -183,7 +186,7 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
     assert "## Answers, from the measured numbers" in readme
     assert "tgdpet tgd-finetune" in readme and "--seed 3" in readme
     assert f"; evaluation in {precision} (" in readme
-    assert f"this run took {rp.duration(results['total_s'])} in all on {results['versions']['device']}." in readme
+    assert f"this run took {duration(results['total_s'])} in all on {results['versions']['device']}." in readme
     assert results["git"]["commit"] in readme
     # The docs copy links to the figures in the results folder.
     assert "(../results/fig5.png)" in docs.read_text()
@@ -265,21 +268,11 @@ def test_a_network_added_to_a_finished_run_is_evaluated_alone(tiny_run, tmp_path
             assert set(after["rows"]) == set(before["rows"])
 
 
-def _script(monkeypatch):
-    """reproduce_paper.py as a module, to call its main() in-process (registered for the test only)."""
-    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsys, monkeypatch):
-    script = _script(monkeypatch)
+def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsys):
     out = tmp_path / "results"
-    assert script.main(["--scale", "tiny", "--out", str(out), "--resume"]) == 2
+    assert reproduce_main(["--scale", "tiny", "--out", str(out), "--resume"]) == 2
     assert "no run to resume" in capsys.readouterr().err and not out.exists()
-    assert script.main(["--scale", "tiny", "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert reproduce_main(["--scale", "tiny", "--out", str(out), "--resume", "--overwrite"]) == 2
     assert "pass one of them" in capsys.readouterr().err and not out.exists()
 
     out.mkdir()
@@ -287,23 +280,22 @@ def test_resume_refuses_a_folder_without_a_run_or_of_another_run(tmp_path, capsy
                 "done": {}}  # fmt: skip
     (out / "progress.json").write_text(json.dumps(progress))
     before = (out / "progress.json").read_bytes()
-    assert script.main(["--scale", "tiny", "--seed", "4", "--out", str(out), "--resume"]) == 2
+    assert reproduce_main(["--scale", "tiny", "--seed", "4", "--out", str(out), "--resume"]) == 2
     assert "--scale tiny --seed 3" in capsys.readouterr().err
-    assert script.main(["--scale", "small", "--seed", "3", "--out", str(out), "--resume"]) == 2
+    assert reproduce_main(["--scale", "small", "--seed", "3", "--out", str(out), "--resume"]) == 2
     assert "resume it with those options" in capsys.readouterr().err
     (out / "progress.json").write_text("{")
-    assert script.main(["--scale", "tiny", "--seed", "3", "--out", str(out), "--resume"]) == 2
+    assert reproduce_main(["--scale", "tiny", "--seed", "3", "--out", str(out), "--resume"]) == 2
     assert "not readable" in capsys.readouterr().err
     (out / "progress.json").write_bytes(before)
     assert sorted(p.name for p in out.iterdir()) == ["progress.json"]  # refused before anything was written
 
 
-def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys, monkeypatch):
-    script = _script(monkeypatch)
+def test_report_only_refuses_a_missing_or_foreign_results_file(tmp_path, capsys):
     for content, words in ((None, "does not exist"), ("{", "not a readable"), ('{"format": "x"}', "not a results file")):
         if content is not None:
             (tmp_path / "results.json").write_text(content)
-        assert script.main(["--report-only", "--out", str(tmp_path)]) == 2
+        assert reproduce_main(["--report-only", "--out", str(tmp_path)]) == 2
         assert words in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing written
 
@@ -333,14 +325,14 @@ def test_compare_decides_on_paired_differences_and_two_standard_errors():
         "TGD-net": [[10.0, 20.0], [10.0, 30.0], [10.0, 40.0]],
         "FT-net": [[11.0, 21.0], [12.0, 32.0], [13.0, 43.0]],
     })  # fmt: skip
-    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    v = compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
     assert v["n"] == 3 and v["over"] == "fine-tuning seeds"
     assert v["diff"] == pytest.approx(-2.0) and v["se"] == pytest.approx(1 / 3**0.5)
     assert v["verdict"] == "TGD-net better"
 
     # Differences -1, +1, -3: mean -1, sd 2, SE 1.155: within two standard errors.
     evaluation, instances = _evaluation({"TGD-net": [[10.0], [10.0], [10.0]], "FT-net": [[11.0], [9.0], [13.0]]})
-    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    v = compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
     assert v["diff"] == pytest.approx(-1.0) and v["se"] == pytest.approx(2 / 3**0.5)
     assert v["verdict"] == "no significant difference"
 
@@ -348,15 +340,15 @@ def test_compare_decides_on_paired_differences_and_two_standard_errors():
     evaluation, instances = _evaluation(
         {"TGD-net": [[-5.0], [-5.5], [-4.5]], "FT-net": [[2.0], [2.0], [2.0]]}, "lesion_bias_pct"
     )
-    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "lesion_bias_pct", "abs")
+    v = compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "lesion_bias_pct", "abs")
     assert v["diff"] == pytest.approx(3.0) and v["verdict"] == "FT-net better"
 
     # One seed: the test studies are the units; one seed and one study decide nothing.
     evaluation, instances = _evaluation({"TGD-net": [[10.0, 10.0, 10.0]], "FT-net": [[12.0, 12.5, 11.5]]})
-    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    v = compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
     assert v["n"] == 3 and v["over"] == "test studies" and v["verdict"] == "TGD-net better"
     evaluation, instances = _evaluation({"TGD-net": [[10.0]], "FT-net": [[12.0]]})
-    v = rp.compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
+    v = compare(evaluation, instances, "TGD-net", "FT-net", "high_bmi", "liver_cov_pct", "value")
     assert v["n"] == 1 and v["verdict"] == "not decidable (n = 1)"
 
 
@@ -365,10 +357,10 @@ def test_task_verdict_needs_a_significant_gain_and_no_significant_loss():
         return {"a": "TGD-net", "b": "FT-net", "task": "old", "figure": figure, "n": 3, "verdict": verdict}
 
     better, worse, same = "TGD-net better", "FT-net better", "no significant difference"
-    assert rp.task_verdict([item("a", better), item("b", same)], "TGD-net", "FT-net", "old") == "yes, TGD-net is better"
-    assert rp.task_verdict([item("a", same), item("b", worse)], "TGD-net", "FT-net", "old") == "no, FT-net is better"
-    assert rp.task_verdict([item("a", better), item("b", worse)], "TGD-net", "FT-net", "old").startswith("mixed")
-    assert rp.task_verdict([item("a", same), item("b", same)], "TGD-net", "FT-net", "old") == (
+    assert task_verdict([item("a", better), item("b", same)], "TGD-net", "FT-net", "old") == "yes, TGD-net is better"
+    assert task_verdict([item("a", same), item("b", worse)], "TGD-net", "FT-net", "old") == "no, FT-net is better"
+    assert task_verdict([item("a", better), item("b", worse)], "TGD-net", "FT-net", "old").startswith("mixed")
+    assert task_verdict([item("a", same), item("b", same)], "TGD-net", "FT-net", "old") == (
         "no significant difference at this scale"
     )
 
@@ -381,8 +373,8 @@ def test_knowledge_answer_follows_the_verdicts_not_the_raw_difference():
     for r in evaluation["high_bmi"]:
         for row in r["rows"].values():
             row["lesion_bias_pct"] = -5.0
-    rows = {r["model"]: r for r in rp.table1_rows({**evaluation, "ood": []}, instances, {}, list(scores))}
-    text = rp.answer_knowledge_kept(rows, rp.verdicts(evaluation, instances))
+    rows = {r["model"]: r for r in table1_rows({**evaluation, "ood": []}, instances, {}, list(scores))}
+    text = answer_knowledge_kept(rows, verdicts(evaluation, instances))
     assert "against FT-net: no significant difference at this scale" in text
     assert "against EWC-net: yes, TGD-net is better" in text
     assert "TGD-net 10.00 ± 2.00 (3)" in text
@@ -396,7 +388,7 @@ def test_online_learning_answer_states_each_verdict_from_the_numbers():
     rows = _rows(**{
         "v2-net": _ood(20.0, 10.0), "TGD-N2N": _ood(12.0, 10.5), "TGD-net": _ood(18.0, 8.0), "TGD2-N2N": _ood(19.0, 10.0),
     })  # fmt: skip
-    text = rp.answer_online_learning(rows)
+    text = answer_online_learning(rows)
     assert "bladder 20.00 -> 12.00 % (lower, -40 %)" in text
     assert "liver CoV 10.00 -> 10.50 % (kept, +5 %)" in text
     assert "bladder 18.00 -> 19.00 % (not lower, +6 %)" in text
@@ -405,7 +397,7 @@ def test_online_learning_answer_states_each_verdict_from_the_numbers():
 
 
 def test_run_durations_read_as_hours_and_minutes():
-    assert [rp.duration(s) for s in (14984.1, 3600, 3629, 725, 29)] == [
+    assert [duration(s) for s in (14984.1, 3600, 3629, 725, 29)] == [
         "4 h 10 min", "1 h 00 min", "1 h 00 min", "12 min", "under a minute"
     ]
 
@@ -418,8 +410,8 @@ def test_table1_cells_are_mean_sd_and_n_with_dashes_for_missing_figures():
     record = {"wall_s": 12.0, "patches_seen": 640, "method": {"retrained_fraction": 1.0}}
     instances = {"v1-net": {"model": "v1-net", "seed": None}}
     evaluation = {"low_bmi": [study, other], "high_bmi": [study], "ood": [study]}
-    rows = rp.table1_rows(evaluation, instances, {"v1-net": record}, ["v1-net"])
-    text = rp.table1_markdown(rows)
+    rows = table1_rows(evaluation, instances, {"v1-net": record}, ["v1-net"])
+    text = table1_markdown(rows)
     # means and sds worked out by hand: (-1, -3) -> -2 ± 1.41; (-2, -4) -> -3 ± 1.41; (6, 8) -> 7 ± 1.41
     assert "| input (no denoising) | -2.00 ± 1.41 (2) | 5.00 ± 0.00 (2) | -1.00 (1) | 5.00 (1) | - | - | 5.00 (1) | - | - | - |" in text
     assert "| v1-net | -3.00 ± 1.41 (2) | 7.00 ± 1.41 (2) | -2.00 (1) | 6.00 (1) | - | - | 6.00 (1) | 12.0 (1) | 640 (1) | 100.0 (1) |" in text
@@ -439,7 +431,7 @@ def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_froze
             model(b)
     for h in hooks:
         h.remove()
-    stats = rp.bn_input_statistics(model, batches)
+    stats = bn_input_statistics(model, batches)
     assert set(stats) == set(seen)
     for i, (mean, var) in stats.items():
         x = torch.cat(seen[i]).double().permute(1, 0, 2, 3).reshape(mean.numel(), -1)
@@ -447,12 +439,12 @@ def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_froze
 
     # Running statistics equal to the data's: no mismatch. Then only the frozen channels move.
     masks = {i: torch.arange(c.out_channels) % 2 == 0 for i, c in enumerate(model.convs)}  # even channels retrained
-    matched = rp.reestimate_frozen_bn(model, {i: torch.zeros_like(m) for i, m in masks.items()}, stats)
-    zero = rp.bn_mismatch(matched, masks, stats)
+    matched = reestimate_frozen_bn(model, {i: torch.zeros_like(m) for i, m in masks.items()}, stats)
+    zero = bn_mismatch(matched, masks, stats)
     assert zero["frozen"]["mean_shift_sd"] == pytest.approx(0, abs=1e-6)
     assert zero["frozen"]["mean_abs_log_var_ratio"] == pytest.approx(0, abs=1e-5)
     assert zero["frozen"]["channels"] + zero["retrained"]["channels"] == sum(mean.numel() for mean, _ in stats.values())
-    half = rp.reestimate_frozen_bn(model, masks, stats)
+    half = reestimate_frozen_bn(model, masks, stats)
     for i in stats:
         before, after = bn_after(model, i), bn_after(half, i)
         keep = masks[i]
@@ -460,16 +452,16 @@ def test_bn_statistics_are_those_of_the_bn_inputs_and_reestimation_touches_froze
         assert torch.equal(after.running_var[keep], before.running_var[keep])
         assert torch.allclose(after.running_mean[~keep].double(), stats[i][0][~keep])
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), half.parameters()))
-    mismatch = rp.bn_mismatch(half, masks, stats)
+    mismatch = bn_mismatch(half, masks, stats)
     assert mismatch["frozen"]["mean_shift_sd"] == pytest.approx(0, abs=1e-6)
     assert mismatch["retrained"]["mean_shift_sd"] > 0.1  # the random running statistics are far off
 
 
 def test_flagged_fractions_match_the_kernel_drop_study_and_grow_with_phi():
-    from tgdpet.tgd import drop_kernels
+    from tgdpet.drop import drop_kernels
 
     model = trained_like_model()
-    fractions = rp.flagged_fractions(model, (0.3, 0.4, 0.5, 0.6))
+    fractions = flagged_fractions(model, (0.3, 0.4, 0.5, 0.6))
     assert list(fractions) == ["0.3", "0.4", "0.5", "0.6"]
     assert list(fractions.values()) == sorted(fractions.values())
     for phi, fraction in fractions.items():

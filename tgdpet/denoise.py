@@ -1,0 +1,212 @@
+"""Denoising files: a model file and PET images in, denoised images out, the way ``tgdpet denoise`` does it.
+
+:mod:`tgdpet.infer` denoises arrays and knows nothing of files. This module
+adds what files need, in the order it happens: which model (the built-in one
+by default, :func:`load_denoiser`), where each output goes
+(:func:`default_output_path`), refusing a bad output before any work
+(:func:`check_denoise_output`), the canonical frame and the voxel size
+(:func:`denoise_volume`), the warning when an image lies outside what the
+model knows (:func:`domain_warnings`), and the writing (:func:`denoise_file`).
+:func:`denoise_inputs` is the whole command: single files and series, or
+study trees (:mod:`tgdpet.batch`), every output refused or accepted before
+the first is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .batch import denoise_tree, is_study_tree, run_record
+from .builtin import pretrained_model_path
+from .checkpoint import load_model
+from .domain import domain_of
+from .errors import TgdpetError
+from .files import check_can_write
+from .infer import Denoiser
+from .io import Volume, check_output_name, check_replaceable_output, read_volume, write_volume
+from .io.ecat import is_ecat
+from .io.nifti import is_nifti_name
+from .io.orientation import canonical_voxel_mm, from_canonical, to_canonical
+
+Echo = Callable[[str], None]
+
+
+def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
+    """A :class:`~tgdpet.infer.Denoiser` for a model file (default: the built-in pretrained model).
+
+    ``options`` are :class:`~tgdpet.infer.Denoiser`'s; the domain comes from the file. Refuses a model trained
+    with another intensity normalisation than the one this tgdpet applies, since its output would be silently
+    mis-scaled.
+    """
+    path = Path(model_path) if model_path is not None else pretrained_model_path()
+    record = load_model(path, device="cpu")
+    record.check_normalization(str(path))
+    return Denoiser(record.model, domain=domain_of(record.provenance), **options)
+
+
+def denoise_volume(denoiser: Denoiser, volume: Volume, *, progress: bool = False) -> np.ndarray:
+    """Denoise a volume in the canonical frame, whatever its storage order; the result in its storage order.
+
+    The same anatomy stored flipped, rotated, feet-first or with its axes
+    permuted gives the same network input, so the same result. The voxel size
+    goes with it, so that finer voxels than the model's are denoised on the
+    model's grid (:class:`~tgdpet.infer.Denoiser`).
+    """
+    canonical = to_canonical(volume)
+    voxel_mm = canonical.spacing[::-1]
+    return from_canonical(denoiser(canonical.data, voxel_mm=voxel_mm, progress=progress), volume)
+
+
+def domain_warnings(denoiser: Denoiser, volume: Volume) -> list[str]:
+    """One sentence per way ``volume`` lies outside what the denoiser's model was trained on (none if unknown)."""
+    if denoiser.domain is None:
+        return []
+    return denoiser.domain.warnings(canonical_voxel_mm(volume), volume.units)
+
+
+def default_output_path(input_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where ``tgdpet denoise`` writes by default: ``<stem>_denoised.nii.gz``, or ``<folder>_denoised/`` for DICOM.
+
+    ECAT inputs, which tgdpet does not write, get ``<stem>_denoised.nii.gz`` too.
+
+    Next to the input, or in ``out_dir``. A DICOM series may be named by its
+    folder or by one of its files; either way the output is a sibling folder.
+    """
+    src = Path(input_path)
+    if src.is_file() and is_ecat(src):  # ECAT is read, never written: its result is NIfTI
+        out = src.with_name(f"{src.stem}_denoised.nii.gz")
+    elif is_nifti_name(src):
+        name = src.name[: -len(".nii.gz")] if src.name.lower().endswith(".gz") else src.stem
+        out = src.with_name(f"{name}_denoised.nii.gz")
+    else:
+        series = src if src.is_dir() else src.parent
+        out = series.resolve().with_name(f"{series.resolve().name}_denoised")
+    return Path(out_dir) / out.name if out_dir is not None else out
+
+
+def check_output_format(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuse a DICOM output for a NIfTI or ECAT input: results keep the input's format.
+
+    A name without an extension is a DICOM series folder; writing a NIfTI
+    image there would invent a patient and a study for it.
+    """
+    src, out = Path(input_path), Path(output_path)
+    if src.is_file() and (is_nifti_name(src) or is_ecat(src)) and not is_nifti_name(out):
+        raise TgdpetError(
+            f"{src.name} is {'a NIfTI' if is_nifti_name(src) else 'an ECAT'} file, so its result is NIfTI: name the "
+            f"output {out.name}.nii.gz (a name without an extension is a DICOM series folder, for DICOM inputs)."
+        )
+
+
+def check_denoise_output(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
+    """Everything about an output that can be refused before denoising: name, format, clash, folder, ownership."""
+    check_output_name(output_path)
+    check_output_format(input_path, output_path)
+    check_can_write(output_path, overwrite)
+    if overwrite:
+        check_replaceable_output(output_path)
+
+
+def denoise_file(
+    denoiser: Denoiser,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    frame: int | None = None,
+    warn: Echo | None = None,
+) -> Path:
+    """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
+
+    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`). ``warn``
+    receives one sentence per way the image lies outside the model's training range.
+
+    The output is refused before any work if it exists (without ``overwrite``)
+    and is written atomically, so a failure leaves nothing under its name; the
+    input is never modified.
+    """
+    check_denoise_output(input_path, output_path, overwrite)
+    volume = read_volume(input_path, frame=frame)
+    if warn is not None:
+        for message in domain_warnings(denoiser, volume):
+            warn(f"{Path(input_path).name}: {message}")
+    denoised = denoise_volume(denoiser, volume, progress=progress)
+    return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)
+
+
+def plan_outputs(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Path]:
+    """The output of each input (``out`` for a single one, else :func:`default_output_path`), or why not."""
+    if out and (len(inputs) > 1 or out_dir):
+        raise TgdpetError("-o/--out names the output of a single input; use --out-dir for several inputs.")
+    for path in inputs:
+        if not Path(path).exists():
+            raise TgdpetError(f"{path} does not exist; check the path.")
+    outputs = [Path(out)] if out else [default_output_path(p, out_dir) for p in inputs]
+    if len({o.resolve() for o in outputs}) < len(outputs):
+        raise TgdpetError(
+            "two inputs would be written to the same output name; denoise them into separate --out-dir folders."
+        )
+    return outputs
+
+
+def denoise_inputs(
+    inputs: Sequence[str],
+    *,
+    out: str | None = None,
+    out_dir: str | None = None,
+    model_path: str | None = None,
+    frame: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    echo: Echo = print,
+    warn: Echo = print,
+    **options,
+) -> int:
+    """``tgdpet denoise``: every input (a NIfTI/ECAT file, a DICOM series, or a study tree) denoised and written.
+
+    ``options`` are the :class:`~tgdpet.infer.Denoiser`'s (device, precision, batch_slices, compile, tta).
+    Every output is checked before the first is written, and ``out_dir`` is created only once the inputs and the
+    model have been accepted. ``echo`` receives what was written, ``warn`` the domain warnings. Returns how many
+    images of study trees were skipped (each with its reason in the tree's report).
+    """
+    outputs = plan_outputs(inputs, out, out_dir)
+    denoiser = load_denoiser(model_path, **options)  # a bad model is named before any clash with earlier outputs
+    if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
+    new_out_dir = bool(out_dir) and not Path(out_dir).exists()
+    trees = [is_study_tree(src) for src in inputs]
+    for src, dest, tree in zip(inputs, outputs, trees):  # refuse before denoising anything, not after the first
+        if new_out_dir:
+            check_output_name(dest)
+        elif tree:
+            check_can_write(dest, overwrite)
+        else:
+            check_denoise_output(src, dest, overwrite)
+    if new_out_dir:
+        try:
+            Path(out_dir).mkdir(parents=True)
+        except OSError as e:
+            raise TgdpetError(
+                f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
+            ) from None
+    skipped = 0
+    for src, dest, tree in zip(inputs, outputs, trees):
+        if tree:  # every PET series in it, and a report
+            report = denoise_tree(
+                src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
+                frame=frame, overwrite=overwrite, echo=echo, run=run_record(denoiser, model_path),
+                check=lambda volume: domain_warnings(denoiser, volume),
+            )  # fmt: skip
+            echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
+            skipped += report["skipped"]
+            continue
+        written = denoise_file(
+            denoiser, src, dest, overwrite=overwrite, progress=progress, frame=frame,
+            warn=lambda message: warn(f"warning: {message}"),
+        )  # fmt: skip
+        echo(f"Wrote {written}.")
+    return skipped
