@@ -28,9 +28,12 @@ python - "$work/run/best.safetensors" tgdpet/pretrained/dncnn-v1-uniform64.safet
 import sys
 
 from tgdpet.checkpoint import load_model, save_model
+from tgdpet.domain import Domain
 
 src, dest = sys.argv[1:]
 record = load_model(src)
+domain = Domain(voxel_min_mm=(4.0, 4.0, 4.0), voxel_max_mm=(4.0, 4.0, 4.0), units=("BQML",), protocols=("v1",),
+                count_levels_s=(30.0, 180.0), tracer="FDG")
 provenance = {
     **record.provenance,
     "tracer": "FDG (simulated: tgdpet's neck-to-pelvis FDG phantom)",
@@ -38,6 +41,7 @@ provenance = {
     "voxel_size_mm": [4.0, 4.0, 4.0],
     "training_data": "10 simulated whole-body studies with 40-60 lesions each (tgdpet simulate --studies 10 "
     "--protocols v1 --seed 1000 --dense-lesions), inputs of 30-180 s against 600 s targets",
+    "domain": domain.to_json(),  # what denoise compares inputs with (tgdpet.domain)
 }
 save_model(dest, record.model, preset=record.preset, masks_history=[], provenance=provenance,
            normalization=record.normalization)

@@ -358,9 +358,14 @@ def nifti_inf(root: Path) -> list[str]:
     return [*DENOISE, _with_voxel(root / "inf.nii", np.inf).name]
 
 
-@case("a 4-D NIfTI (2 frames)", "4-D with 2 frames; pick one with --frame N")
+@case("a frame a 4-D NIfTI does not have (--frame 2 of 2)", "frame 2 does not exist")
 def nifti_4d(root: Path) -> list[str]:
-    return [*DENOISE, _nifti(root / "dyn.nii.gz", (16, 16, 4, 2)).name]
+    return [*DENOISE, _nifti(root / "dyn.nii.gz", (16, 16, 4, 2)).name, "--frame", "2"]
+
+
+@case("a 5-D NIfTI", "5-D image")
+def nifti_5d(root: Path) -> list[str]:
+    return [*DENOISE, _nifti(root / "five.nii.gz", (16, 16, 4, 2, 2)).name]
 
 
 @case("a 2-D NIfTI", "2-D image")

@@ -21,7 +21,7 @@ LAYERS = (
     ("errors", "models", "inputs", "kse", "tgd", "drop", "precision", "runtime", "domain", "metrics", "resample",
      "infer"),
     ("io", "files", "checkpoint", "builtin", "data", "simulate", "config", "configs"),
-    ("denoise", "batch", "evaluate", "demo", "train"),
+    ("denoise", "batch", "bids", "evaluate", "demo", "train"),
     ("paper",),
     ("cli",),
 )  # fmt: skip

@@ -278,8 +278,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     except (KeyError, TypeError, ValueError) as e:
         raise TgdpetError(f"{path} records an invalid architecture ({e}); re-save the model.") from None
     with torch.device("meta"):  # shapes only: a forged architecture allocates nothing
-        _check_tensors_match(path, header, DnCNN(config))
-    model = DnCNN(config)
+        _check_tensors_match(path, header, DnCNN(config, init=False))
+    model = DnCNN(config, init=False)
     tensors = safetensors.torch.load_file(path)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

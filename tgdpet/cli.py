@@ -356,14 +356,19 @@ def n2n_online_command(
 def denoise_command(
     inputs, model_path, out, out_dir, frame, device, precision, batch_slices, compile_, tta, overwrite, no_progress
 ) -> None:
-    """Denoise PET volumes: NIfTI files or DICOM series folders, written in the same format.
+    """Denoise PET volumes: NIfTI files, DICOM series folders, study trees or PET-BIDS datasets.
 
-    Geometry and metadata are kept; the default output is <name>_denoised.nii.gz
-    (or <folder>_denoised/ for DICOM) next to each input. A study tree (a
-    folder with series in subfolders, or NIfTI files) is denoised PET series
-    by PET series into <folder>_denoised/, other series (and earlier results)
-    skipped with a reason, and a report written there (tgdpet-report.json);
-    the exit status is then 3 if anything was skipped.
+    Results keep the input's format, geometry and metadata; the default output
+    is <name>_denoised.nii.gz (or <folder>_denoised/ for DICOM) next to each
+    input. A 4-D NIfTI file is denoised frame by frame into one 4-D file
+    (--frame N picks one frame instead). A study tree (a folder with series in
+    subfolders, or NIfTI files) is denoised PET series by PET series into
+    <folder>_denoised/, other series (and earlier results) skipped with a
+    reason, and a report written there (tgdpet-report.json). A PET-BIDS
+    dataset (a folder with dataset_description.json and sub-* folders) is
+    denoised into the derivative dataset <dataset>/derivatives/tgdpet, with
+    desc-denoised file names and sidecars. The exit status is 3 if a tree or
+    dataset had images skipped.
     """
     from .batch import SKIPPED_EXIT
     from .denoise import denoise_inputs
@@ -545,11 +550,15 @@ def _seconds(text: str) -> tuple[float, ...]:
                    "(the OOD study always has them).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole dataset.")
 @click.option("--dicom", is_flag=True, help="Write the PET images as DICOM series instead of NIfTI.")
+@click.option("--bids", is_flag=True,
+              help="Write a PET-BIDS dataset instead: a static 60 s scan per --bmi class and a dynamic 0-62 min "
+                   "study (22 frames), reconstructed with the first of --protocols, with their truth in "
+                   "derivatives/phantom.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesions, dense_lesions, ood, test_study,
-                     realisations, halves, seed, dicom, device, overwrite, no_progress) -> None:
+                     realisations, halves, seed, dicom, bids, device, overwrite, no_progress) -> None:
     """Simulate a whole-body PET dataset into the folder OUT.
 
     \b
@@ -558,8 +567,16 @@ def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesio
     and the phantom truth. Writes OUT/v1/manifest.json and OUT/v2/manifest.json
     for train, tgd-finetune, n2n-online and evaluate.
     """
-    from .simulate import SimulationConfig, cohort, write_dataset
+    from .simulate import SimulationConfig, StudySpec, cohort, write_dataset
 
+    if bids:
+        from .simulate.bids_dataset import write_bids_dataset
+
+        statics = tuple(StudySpec("test", body, tumour=True) for body in _names(bmi))
+        config = SimulationConfig(studies=statics, size=size, slices=slices, protocols=_names(protocols)[:1],
+                                  seed=seed, device=device, progress=not no_progress)  # fmt: skip
+        click.echo(f"Wrote the PET-BIDS dataset {write_bids_dataset(out, config, overwrite=overwrite)}.")
+        return
     config = SimulationConfig(
         studies=cohort(n_studies, _names(bmi), lesions=lesions, test_studies=test_study,
                        ood=_names(ood), halves=halves, dense_lesions=dense_lesions),

@@ -7,9 +7,10 @@ by default, :func:`load_denoiser`), where each output goes
 (:func:`check_denoise_output`), the canonical frame and the voxel size
 (:func:`denoise_volume`), the warning when an image lies outside what the
 model knows (:func:`domain_warnings`), and the writing (:func:`denoise_file`).
-:func:`denoise_inputs` is the whole command: single files and series, or
-study trees (:mod:`tgdpet.batch`), every output refused or accepted before
-the first is written.
+:func:`denoise_inputs` is the whole command: single files and series
+(4-D NIfTI frame by frame, :func:`denoise_frames`), study trees
+(:mod:`tgdpet.batch`) or PET-BIDS datasets (:mod:`tgdpet.bids`), every
+output refused or accepted before the first is written.
 """
 
 from __future__ import annotations
@@ -20,15 +21,24 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .batch import denoise_tree, is_study_tree, run_record
+from .bids import PIPELINE, denoise_dataset, is_bids_dataset
 from .builtin import pretrained_model_path
 from .checkpoint import load_model
-from .domain import domain_of
+from .domain import domain_of, frame_warning
 from .errors import TgdpetError
 from .files import check_can_write
 from .infer import Denoiser
-from .io import Volume, check_output_name, check_replaceable_output, read_volume, write_volume
+from .io import (
+    Volume,
+    check_output_name,
+    check_replaceable_output,
+    frame_count,
+    read_volume,
+    write_frames,
+    write_volume,
+)
 from .io.ecat import is_ecat
-from .io.nifti import is_nifti_name
+from .io.nifti import is_nifti_name, nifti_units_note
 from .io.orientation import canonical_voxel_mm, from_canonical, to_canonical
 
 Echo = Callable[[str], None]
@@ -68,7 +78,8 @@ def domain_warnings(denoiser: Denoiser, volume: Volume) -> list[str]:
 
 
 def default_output_path(input_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Where ``tgdpet denoise`` writes by default: ``<stem>_denoised.nii.gz``, or ``<folder>_denoised/`` for DICOM.
+    """Where ``tgdpet denoise`` writes by default: ``<stem>_denoised.nii.gz``, ``<folder>_denoised/`` for DICOM
+    (and study trees), ``<dataset>/derivatives/tgdpet`` for a PET-BIDS dataset.
 
     ECAT inputs, which tgdpet does not write, get ``<stem>_denoised.nii.gz`` too.
 
@@ -76,6 +87,8 @@ def default_output_path(input_path: str | Path, out_dir: str | Path | None = Non
     folder or by one of its files; either way the output is a sibling folder.
     """
     src = Path(input_path)
+    if is_bids_dataset(src):  # a derivative dataset, inside the dataset as BIDS has it
+        return Path(out_dir) / PIPELINE if out_dir is not None else src / "derivatives" / PIPELINE
     if src.is_file() and is_ecat(src):  # ECAT is read, never written: its result is NIfTI
         out = src.with_name(f"{src.stem}_denoised.nii.gz")
     elif is_nifti_name(src):
@@ -119,23 +132,72 @@ def denoise_file(
     progress: bool = False,
     frame: int | None = None,
     warn: Echo | None = None,
+    frame_durations_s: Sequence[float] | None = None,
+    units: str | None = None,
 ) -> Path:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
 
-    ``frame`` picks one time frame of a dynamic input (:func:`tgdpet.io.read_volume`). ``warn``
-    receives one sentence per way the image lies outside the model's training range.
+    ``units`` and ``frame_durations_s`` say what the file itself may not (a BIDS sidecar's Units and
+    FrameDuration): the result is labelled in those units, and short frames are warned about.
+
+    A 4-D NIfTI file is denoised frame by frame into one 4-D output (:func:`denoise_frames`), unless
+    ``frame`` picks one time frame (of a dynamic NIfTI, DICOM or ECAT input; :func:`tgdpet.io.read_volume`).
+    ``warn`` receives one sentence per way the image lies outside the model's training range.
 
     The output is refused before any work if it exists (without ``overwrite``)
     and is written atomically, so a failure leaves nothing under its name; the
     input is never modified.
     """
     check_denoise_output(input_path, output_path, overwrite)
-    volume = read_volume(input_path, frame=frame)
+    if frame is None and frame_count(input_path) > 1:
+        return denoise_frames(denoiser, input_path, output_path, overwrite=overwrite, progress=progress, warn=warn,
+                              durations_s=frame_durations_s, units=units)  # fmt: skip
+    volume = _labelled(read_volume(input_path, frame=frame), units)
     if warn is not None:
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
     denoised = denoise_volume(denoiser, volume, progress=progress)
     return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)
+
+
+def _labelled(volume: Volume, units: str | None) -> Volume:
+    return volume if units is None else volume.with_data(volume.data, units=units)
+
+
+def denoise_frames(
+    denoiser: Denoiser,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    warn: Echo | None = None,
+    durations_s: Sequence[float] | None = None,
+    units: str | None = None,
+) -> Path:
+    """Denoise every frame of a 4-D NIfTI file, each on its own, into one 4-D NIfTI output (timing kept).
+
+    Each frame gets the domain warnings, and, given the frames' durations (a BIDS sidecar's FrameDuration),
+    a warning when it is shorter than the shortest scan the model was trained on
+    (:func:`tgdpet.domain.frame_warning`). One frame is read at a time; the result is written once, whole.
+    """
+    n = frame_count(input_path)
+    if durations_s is not None and len(durations_s) != n:
+        raise TgdpetError(
+            f"{Path(input_path).name} has {n} frames but {len(durations_s)} frame durations were given; "
+            "they must match."
+        )
+    name, frames, first = Path(input_path).name, [], None
+    for k in range(n):
+        volume = _labelled(read_volume(input_path, frame=k), units)
+        first = first or volume
+        messages = domain_warnings(denoiser, volume) if k == 0 else []
+        short = frame_warning(denoiser.domain, k, durations_s[k] if durations_s is not None else None)
+        for message in messages + ([short] if short else []):
+            if warn is not None:
+                warn(f"{name}: {message}")
+        frames.append(volume.with_data(denoise_volume(denoiser, volume, progress=progress)))
+    return write_frames(frames, output_path, like=first, overwrite=overwrite)
 
 
 def plan_outputs(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Path]:
@@ -178,11 +240,11 @@ def denoise_inputs(
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
-    trees = [is_study_tree(src) for src in inputs]
-    for src, dest, tree in zip(inputs, outputs, trees):  # refuse before denoising anything, not after the first
+    kinds = ["bids" if is_bids_dataset(src) else "tree" if is_study_tree(src) else "file" for src in inputs]
+    for src, dest, kind in zip(inputs, outputs, kinds):  # refuse before denoising anything, not after the first
         if new_out_dir:
             check_output_name(dest)
-        elif tree:
+        elif kind != "file":
             check_can_write(dest, overwrite)
         else:
             check_denoise_output(src, dest, overwrite)
@@ -194,8 +256,19 @@ def denoise_inputs(
                 f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
             ) from None
     skipped = 0
-    for src, dest, tree in zip(inputs, outputs, trees):
-        if tree:  # every PET series in it, and a report
+    for src, dest, kind in zip(inputs, outputs, kinds):
+        if kind == "bids":  # every PET image, a derivative dataset
+            report = denoise_dataset(
+                src, dest, lambda i, o, units, durations: denoise_file(
+                    denoiser, i, o, overwrite=overwrite, warn=lambda m: warn(f"warning: {m}"), units=units,
+                    frame_durations_s=durations),
+                lambda path: (frame_count(path), nifti_units_note(path)),
+                overwrite=overwrite, echo=echo, run=run_record(denoiser, model_path),
+            )  # fmt: skip
+            echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
+            skipped += report["skipped"]
+            continue
+        if kind == "tree":  # every PET series in it, and a report
             report = denoise_tree(
                 src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
                 frame=frame, overwrite=overwrite, echo=echo, run=run_record(denoiser, model_path),

@@ -130,6 +130,24 @@ class Domain:
         return out
 
 
+def frame_warning(domain: Domain | None, index: int, duration_s: float | None) -> str | None:
+    """A sentence when a dynamic frame is shorter than the shortest scan the model was trained on.
+
+    Duration stands in for counts: the training scans' count levels are recorded in seconds of the same
+    kind of whole-body scan, and a frame's noise grows as its duration shrinks. It is a rough guide (an early
+    frame also shows a distribution unlike any static scan's), so it warns rather than refuses.
+    """
+    if domain is None or domain.count_levels_s is None or duration_s is None:
+        return None
+    shortest = domain.count_levels_s[0]
+    if duration_s >= shortest:
+        return None
+    return (
+        f"frame {index} lasts {duration_s:g} s, shorter than the shortest scan the model was trained on "
+        f"({shortest:g} s), so it is likely noisier than any image the model knows: check the result."
+    )
+
+
 def domain_of(provenance: dict[str, Any]) -> Domain | None:
     """The model's recorded range; for files from before it was recorded, built from ``voxel_size_mm``."""
     raw = provenance.get("domain")
@@ -168,4 +186,4 @@ def training_domain(
     )
 
 
-__all__ = ["CONCENTRATION_UNITS", "COARSER_TOLERANCE", "Domain", "domain_of", "training_domain"]
+__all__ = ["CONCENTRATION_UNITS", "COARSER_TOLERANCE", "Domain", "domain_of", "frame_warning", "training_domain"]

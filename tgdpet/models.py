@@ -113,7 +113,9 @@ class DnCNN(nn.Module):
     modules by hooks, so the forward path here stays the plain network.
     """
 
-    def __init__(self, config: DnCNNConfig | None = None) -> None:
+    def __init__(self, config: DnCNNConfig | None = None, *, init: bool = True) -> None:
+        """``init=False`` skips the random initialisation, for a network whose weights are loaded next (drawing
+        them costs time, and on the meta device it pulls in torch's compiler stack: 1.7 s per model file)."""
         super().__init__()
         self.config = config or DnCNNConfig()
         c = self.config
@@ -126,7 +128,8 @@ class DnCNN(nn.Module):
         self.bns = nn.ModuleList(
             nn.BatchNorm2d(w, eps=c.bn_eps, momentum=c.bn_momentum) for w in c.widths[1:-1]
         )
-        self._init_weights()
+        if init:
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for conv in self.convs:

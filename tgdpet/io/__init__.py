@@ -22,7 +22,7 @@ from ..files import check_can_write, check_replaceable
 from .dicom_read import read_dicom_series
 from .dicom_write import is_tgdpet_slice, write_dicom_series
 from .ecat import is_ecat, read_ecat
-from .nifti import is_nifti_name, read_nifti, write_nifti
+from .nifti import is_nifti_name, nifti_frame_count, read_nifti, write_nifti, write_nifti_frames
 from .suv import convert_units, from_suv, suv_factor, to_suv
 from .volume import MAX_VOXELS, META_TAGS, Volume, check_finite
 
@@ -34,10 +34,12 @@ __all__ = [
     "check_output_name",
     "check_replaceable_output",
     "convert_units",
+    "frame_count",
     "from_suv",
     "read_volume",
     "suv_factor",
     "to_suv",
+    "write_frames",
     "write_volume",
 ]
 
@@ -177,4 +179,33 @@ def write_volume(
         write_nifti(volume, out, like=like, description=description)
     else:
         write_dicom_series(volume, out, like=like, description=description, dicom_meta=dicom_meta, overwrite=overwrite)
+    return out
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """Time frames of a NIfTI file (1 for a 3-D one); other formats count as 1 here (one frame is read with
+    ``read_volume(..., frame=N)``)."""
+    p = Path(path)
+    return nifti_frame_count(p) if p.is_file() and is_nifti_name(p) else 1
+
+
+def write_frames(
+    frames: list[Volume],
+    path: str | os.PathLike,
+    *,
+    like: Volume | None = None,
+    overwrite: bool = False,
+    description: str = DENOISED,
+) -> Path:
+    """Write the frames of a dynamic image as one 4-D NIfTI file (time last), atomically.
+
+    Dynamic results are written as NIfTI; a DICOM output name is refused.
+    """
+    out = check_output_name(path)
+    if not is_nifti_name(out):
+        raise TgdpetError(f"tgdpet writes a dynamic image as one 4-D NIfTI file; name the output {out.name}.nii.gz.")
+    check_can_write(out, overwrite)
+    for frame in frames:
+        _refuse_overwriting_source(frame, like, out)
+    write_nifti_frames(frames, out, like=like, description=description)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -188,3 +189,42 @@ def write_nifti(volume: Volume, path: Path, *, like: Volume | None, description:
             hdr.write_to(f)
             xyz = volume.data.transpose(2, 1, 0)  # a view: (z, y, x) C-order is (x, y, z) F-order
             array_to_file(xyz, f, hdr.get_data_dtype(), offset=int(hdr["vox_offset"]), order="F")
+
+
+def nifti_units_note(path: Path) -> str | None:
+    """The units a NIfTI file records in tgdpet's ``descrip`` note (``units=SUV``), or None when it has none."""
+    try:
+        header = nib.load(str(path)).header
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
+    note = _UNITS_NOTE.search(header["descrip"].tobytes().decode("latin-1"))
+    return note.group(1).upper() if note else None
+
+
+def nifti_frame_count(path: Path) -> int:
+    """How many time frames a NIfTI file holds (1 for a 3-D image), from its header alone."""
+    try:
+        shape = nib.load(str(path)).header.get_data_shape()
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def write_nifti_frames(frames: Sequence[Volume], path: Path, *, like: Volume | None, description: str) -> None:
+    """Write equally shaped frames as one 4-D float32 NIfTI (time last), atomically, with the source's header.
+
+    The source header's time step and units are kept (``pixdim[4]``, ``xyzt_units``); frame timing beyond
+    that lives where the source kept it (a BIDS sidecar, say).
+    """
+    first = frames[0]
+    if any(f.data.shape != first.data.shape for f in frames):
+        raise TgdpetError("the frames of a dynamic image must all have one shape; this is a bug, please report it.")
+    hdr = _output_header(first, like, description)
+    z, y, x = first.data.shape
+    hdr.set_data_shape((x, y, z, len(frames)))
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    with atomic_file(path, suffix=suffix) as tmp:
+        with ImageOpener(str(tmp), "wb") as f:
+            hdr.write_to(f)
+            xyzt = np.stack([fr.data.transpose(2, 1, 0) for fr in frames], axis=-1)
+            array_to_file(xyzt, f, hdr.get_data_dtype(), offset=int(hdr["vox_offset"]), order="F")

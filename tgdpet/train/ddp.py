@@ -38,6 +38,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (even as one process): the process group and DDP are used
 
     @property
     def is_main(self) -> bool:
@@ -45,7 +46,9 @@ class DistEnv:
 
     @property
     def is_distributed(self) -> bool:
-        return self.world_size > 1
+        """A process group joins the ranks: several processes, or one that torchrun started (so that a
+        one-GPU torchrun run exercises the same collective calls as a multi-GPU one)."""
+        return self.world_size > 1 or self.launched
 
 
 def env_from_environ() -> DistEnv:
@@ -58,26 +61,32 @@ def env_from_environ() -> DistEnv:
         raise TgdpetError(
             "RANK, WORLD_SIZE and LOCAL_RANK must be integers; start multi-GPU runs with torchrun."
         ) from None
-    return DistEnv(rank=rank, world_size=max(world, 1), local_rank=local)
+    return DistEnv(rank=rank, world_size=max(world, 1), local_rank=local, launched="WORLD_SIZE" in os.environ)
 
 
 def _rank_device(spec: str, env: DistEnv) -> torch.device:
-    """The user's device; under torchrun on CUDA, this rank's own GPU (``cuda:LOCAL_RANK``)."""
+    """The user's device; under torchrun on CUDA, this rank's own GPU (``cuda:LOCAL_RANK``).
+
+    A one-process torchrun run may name its GPU (``--device cuda:1``); with several processes each takes
+    its own, so naming one is refused.
+    """
     device = resolve_device(spec)
     if not env.is_distributed or device.type != "cuda":
         return device
-    if spec.strip().lower() not in ("auto", "cuda"):
+    named = spec.strip().lower() not in ("auto", "cuda")
+    if named and env.world_size > 1:
         raise TgdpetError(
             f"--device {spec} names one GPU, but torchrun started {env.world_size} processes; pass --device cuda "
             "(each process takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES."
         )
-    if env.local_rank >= torch.cuda.device_count():
+    index = device.index if named else env.local_rank
+    if index >= torch.cuda.device_count():
         raise TgdpetError(
-            f"process {env.rank} needs cuda:{env.local_rank} but only {torch.cuda.device_count()} GPU(s) are "
+            f"process {env.rank} needs cuda:{index} but only {torch.cuda.device_count()} GPU(s) are "
             "visible; start torchrun with --nproc_per_node at most the number of GPUs."
         )
-    torch.cuda.set_device(env.local_rank)
-    return torch.device("cuda", env.local_rank)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def distributed(device_spec: str) -> tuple[DistEnv, torch.device]:

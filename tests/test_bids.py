@@ -1,0 +1,181 @@
+"""PET-BIDS in and out, and dynamic images frame by frame (tgdpet.bids, tgdpet.simulate.dynamic, denoise).
+
+The raw dataset ``tgdpet simulate --bids`` writes is checked with the BIDS validator's own file-name rules
+(bids-validator, from the package registry); the derivative dataset, which that validator does not cover, is
+checked against the specification's derivative rules, written out here one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bids_validator import BIDSValidator
+from click.testing import CliRunner
+from helpers import trained_like_model, tree_snapshot
+
+from tgdpet.checkpoint import save_model
+from tgdpet.cli import main
+from tgdpet.domain import Domain
+from tgdpet.infer import denoise_array
+from tgdpet.simulate import SimulationConfig, StudySpec
+from tgdpet.simulate.bids_dataset import write_bids_dataset
+from tgdpet.simulate.dynamic import FRAME_DURATIONS_S, STATIC_TIME_S, blood_curve, frame_mean, region_curve
+
+#: PET-BIDS (1.9) sidecar fields that are REQUIRED for every PET image.
+REQUIRED_PET_FIELDS = (
+    "Manufacturer", "ManufacturersModelName", "Units", "TracerName", "TracerRadionuclide", "InjectedRadioactivity",
+    "InjectedRadioactivityUnits", "InjectedMass", "InjectedMassUnits", "SpecificRadioactivity",
+    "SpecificRadioactivityUnits", "ModeOfAdministration", "TimeZero", "ScanStart", "InjectionStart",
+    "FrameTimesStart", "FrameDuration", "AcquisitionMode", "ImageDecayCorrected", "ImageDecayCorrectionTime",
+    "ReconMethodName", "ReconMethodParameterLabels", "ReconMethodParameterUnits", "ReconMethodParameterValues",
+    "ReconFilterType", "ReconFilterSize", "AttenuationCorrection",
+)  # fmt: skip
+#: BIDS entity order (the specification's entity table) of the entities a PET file name may carry.
+ENTITY_ORDER = ("sub", "ses", "task", "trc", "rec", "run", "desc")
+STATIC, DYNAMIC = "sub-01/pet/sub-01_trc-FDG_rec-v1_pet.nii.gz", "sub-02/pet/sub-02_trc-FDG_rec-v1_pet.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bids") / "ds"
+    config = SimulationConfig(studies=(StudySpec("test", "normal", tumour=True),), size=32, slices=24,
+                              protocols=("v1",), seed=5, device="cpu", progress=False)  # fmt: skip
+    return write_bids_dataset(root, config)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A tiny model that says it was trained on 16 x 16 x 24 mm voxels in Bq/mL, scans of 30-180 s."""
+    domain = Domain(voxel_min_mm=(24.0, 16.0, 16.0), voxel_max_mm=(24.0, 16.0, 16.0), units=("BQML",),
+                    count_levels_s=(30.0, 180.0))  # fmt: skip
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_model(path, trained_like_model(), preset="tiny", provenance={"domain": domain.to_json()})
+
+
+def _files(root: Path) -> list[str]:
+    return sorted("/" + p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _entities(name: str) -> list[str]:
+    return [part.split("-")[0] for part in name.split(".")[0].split("_")[:-1]]
+
+
+def _denoise(dataset: Path, model: Path, *extra: str):
+    return CliRunner().invoke(main, ["denoise", str(dataset), "--model", str(model), "--device", "cpu",
+                                     "--precision", "fp32", "--no-progress", *extra])  # fmt: skip
+
+
+def test_the_simulated_dataset_passes_the_bids_validator(dataset):
+    validator = BIDSValidator()
+    raw = [f for f in _files(dataset) if not f.startswith("/derivatives/")]
+    assert raw and all(validator.is_bids(f) for f in raw), [f for f in raw if not validator.is_bids(f)]
+    for image in (STATIC, DYNAMIC):
+        sidecar = json.loads((dataset / image.replace(".nii.gz", ".json")).read_text())
+        assert set(REQUIRED_PET_FIELDS) <= set(sidecar), set(REQUIRED_PET_FIELDS) - set(sidecar)
+        frames = nib.load(dataset / image).shape[3] if nib.load(dataset / image).ndim == 4 else 1
+        assert len(sidecar["FrameDuration"]) == len(sidecar["FrameTimesStart"]) == frames
+    assert nib.load(dataset / DYNAMIC).shape[3] == len(FRAME_DURATIONS_S) == 22
+    description = json.loads((dataset / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "raw" and description["BIDSVersion"].startswith("1.")
+
+
+def test_the_dynamic_truth_follows_the_curves(dataset):
+    """Each frame's true liver activity is the static liver activity times the curve's mean over the frame."""
+    truth = np.asarray(nib.load(dataset / "derivatives/phantom" / DYNAMIC.replace("_pet", "_desc-truth_pet")).dataobj)
+    labels = np.asarray(nib.load(dataset / "derivatives/phantom/sub-02/pet/sub-02_desc-labels_dseg.nii.gz").dataobj)
+    liver = labels == 2
+    starts = np.concatenate([[0.0], np.cumsum(FRAME_DURATIONS_S)[:-1]])
+    static = truth[..., -1][liver].mean() / frame_mean("liver", starts[-1], FRAME_DURATIONS_S[-1])
+    for k, (start, seconds) in enumerate(zip(starts, FRAME_DURATIONS_S)):
+        assert truth[..., k][liver].mean() == pytest.approx(static * frame_mean("liver", start, seconds), rel=1e-4)
+    # The curves: 1 at the static time, no blood before the bolus, a peak 8-10x the late level, lesions rising.
+    for region in ("liver", "aorta", "lesion", "bladder", "body"):
+        assert region_curve(region, np.array(STATIC_TIME_S)) == pytest.approx(1.0)
+    assert blood_curve(np.array(20.0)) == 0.0 and 8 < blood_curve(np.linspace(30, 90, 61)).max() < 10
+    assert np.all(np.diff(region_curve("lesion", np.linspace(60, 3600, 50))) > 0)
+
+
+def test_a_dataset_in_a_derivative_dataset_out(dataset, model, tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    (ds / "sub-01" / "anat").mkdir()
+    shutil.copy(ds / STATIC, ds / "sub-01" / "anat" / "sub-01_T1w.nii.gz")  # not PET: skipped with a reason
+    before = tree_snapshot(ds)
+    result = _denoise(ds, model)
+    assert result.exit_code == 3, result.output  # done, but an image (the T1w) was skipped
+    assert "skipped: sub-01/anat/sub-01_T1w.nii.gz (not PET (datatype anat))" in result.output
+    assert {k: v for k, v in tree_snapshot(ds).items() if k in before} == before  # the raw data untouched
+    out = ds / "derivatives" / "tgdpet"
+
+    # Derivative rules: a dataset_description.json naming the pipeline, the raw layout mirrored, desc- entity.
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"].startswith("1.")
+    assert description["GeneratedBy"][0]["Name"] == "tgdpet" and description["GeneratedBy"][0]["Version"]
+    validator = BIDSValidator()
+    for image in (STATIC, DYNAMIC):
+        folder, name = image.rsplit("/", 1)
+        derived = sorted(p.name for p in (out / folder).iterdir() if p.name.endswith(".nii.gz"))
+        assert derived == [name.replace("_pet.nii.gz", "_desc-denoised_pet.nii.gz")]
+        entities = _entities(derived[0])
+        assert entities == sorted(entities, key=ENTITY_ORDER.index) and entities[-1] == "desc"
+        assert validator.is_bids("/" + folder + "/" + derived[0].replace("_desc-denoised", ""))  # raw-valid rest
+        sidecar = json.loads((out / folder / derived[0].replace(".nii.gz", ".json")).read_text())
+        source = json.loads((ds / image.replace(".nii.gz", ".json")).read_text())
+        assert {k: sidecar[k] for k in source} == source and sidecar["Sources"] == [f"bids:raw:{image}"]
+        assert sidecar["TgdpetModel"] == "tiny" and len(sidecar["TgdpetModelSHA256"]) == 64
+    report = json.loads((out / "tgdpet-report.json").read_text())
+    assert (report["denoised"], report["skipped"]) == (2, 1)
+    assert (out / ".bidsignore").read_text().split() == ["tgdpet-report.json"]
+
+    again = _denoise(ds, model)
+    assert again.exit_code == 2 and "--overwrite" in again.output  # an earlier derivative is not replaced
+
+
+def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
+    """Every output frame is the network's result on that frame alone (computed here from the array),
+    and frames shorter than the model's shortest training scan are warned about, one sentence each."""
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    result = _denoise(ds, model)
+    assert result.exit_code == 0, result.output
+    short = [line for line in result.output.splitlines() if "shorter than the shortest scan" in line]
+    assert len(short) == sum(d < 30 for d in FRAME_DURATIONS_S) == 6
+    assert "frame 5 lasts 10 s" in result.output and "frame 6 lasts" not in result.output
+    out = nib.load(ds / "derivatives/tgdpet" / DYNAMIC.replace("_pet", "_desc-denoised_pet"))
+    source = nib.load(ds / DYNAMIC)
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    net = trained_like_model()
+    data, result_data = np.asarray(source.dataobj), np.asarray(out.dataobj)
+    for k in (0, 7, 21):
+        # The simulator stores (x, y, z) in the canonical L, P, S frame: (z, y, x) is a transpose.
+        expected = denoise_array(net, np.ascontiguousarray(data[..., k].transpose(2, 1, 0)), device="cpu",
+                                 precision="fp32").transpose(2, 1, 0)  # fmt: skip
+        assert np.allclose(result_data[..., k], expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.update(FrameDuration=s["FrameDuration"][:-1]), "holds 22 frame(s) but its sidecar's FrameDuration"),
+        (lambda s: s.update(Units="kBq/mL"), "Units 'kBq/mL'"),
+        (lambda s: s.pop("FrameTimesStart"), "lacks FrameTimesStart"),
+    ],
+)  # fmt: skip
+def test_a_sidecar_that_contradicts_its_image_is_refused_and_the_rest_go_on(dataset, model, tmp_path, edit, message):
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    sidecar_path = ds / DYNAMIC.replace(".nii.gz", ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    edit(sidecar)
+    sidecar_path.write_text(json.dumps(sidecar))
+    result = _denoise(ds, model)
+    assert result.exit_code == 3, result.output
+    assert f"skipped: {DYNAMIC} (" in result.output and message in result.output
+    report = json.loads((ds / "derivatives/tgdpet/tgdpet-report.json").read_text())
+    assert (report["denoised"], report["skipped"]) == (1, 1)
+    assert not (ds / "derivatives/tgdpet" / DYNAMIC.replace("_pet", "_desc-denoised_pet")).exists()
