@@ -376,8 +376,8 @@ def test_knowledge_answer_follows_the_verdicts_not_the_raw_difference():
     rows = {r["model"]: r for r in table1_rows({**evaluation, "ood": []}, instances, {}, list(scores))}
     text = answer_knowledge_kept(rows, verdicts(evaluation, instances))
     assert "against FT-net: no significant difference at this scale" in text
-    assert "against EWC-net: yes, TGD-net is better" in text
-    assert "TGD-net 10.00 ± 2.00 (3)" in text
+    assert f"against EWC-net: yes, {LABELS['TGD-net']} is better" in text
+    assert f"{LABELS['TGD-net']} 10.00 ± 2.00 (3)" in text
 
 
 def _ood(bladder: float, cov: float) -> dict[str, float | None]:

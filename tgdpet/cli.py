@@ -171,7 +171,10 @@ def _stacked(options: list):
     return decorate
 
 
-def _shown(value) -> str:
+def _shown(value, flag: str | None = None) -> str:
+    """A default as the help shows it; for a switch, the side that is on (``--revive/--no-revive``: no-revive)."""
+    if flag and isinstance(value, bool):
+        return flag.split("/")[0 if value else 1].lstrip("-")
     return f"{value:g}" if isinstance(value, float) else ("none" if value is None else str(value))
 
 
@@ -192,7 +195,7 @@ def config_options(cls, command: str):
     ]  # fmt: skip
     for f in command_settings(cls):
         meta = f.metadata
-        text = f"{meta['help']}  [default: {meta['shown'] or _shown(f.default)}]"
+        text = f"{meta['help']}  [default: {meta['shown'] or _shown(f.default, meta['flag'])}]"
         if meta["flag"]:
             options.append(click.option(meta["flag"], f.name, default=None, help=text))
             continue

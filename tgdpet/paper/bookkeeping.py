@@ -146,6 +146,8 @@ def loop_options(cfg: LoopConfig) -> dict:
             options.pop(k)
     if method == "ewc":
         options["ewc_lambda"] = cfg.ewc_lambda
+    if method == "tgd":  # named either way: the default changed (docs/tgd.md)
+        options["revive" if cfg.revive else "no_revive"] = True
     if cfg.amp is not None:
         options["amp" if cfg.amp else "no_amp"] = True
     return options

@@ -124,7 +124,9 @@ take the paper literally (activation-gradient masking, conv1's meaningless kerne
 batch statistics while training, every kernel of a frozen channel frozen). TGD-net, TGD²-net and TGD-N2N (revive)
 are tgdpet's TGD with `--revive`: retrained channels whose maps are silent on the new data re-initialised, with the
 kernels reading them zeroed so the output is unchanged at the start (docs/tgd.md); TGD²-net (revive) is TGD-net
-(revive) fine-tuned again on `third` with `--revive`.
+(revive) fine-tuned again on `third` with `--revive`. This run made `--revive` the default of `tgd-finetune` (its
+rows keep the old task better than FT-net's); `n2n-online` keeps `--no-revive` as its default (TGD-N2N), since
+TGD-N2N (revive) raised the OOD study's liver CoV. The rows marked "no revive" are `tgd-finetune --no-revive`.
 
 {nets}
 

@@ -11,9 +11,11 @@ PHI_N2N = 0.4
 DROP_PHIS = (0.3, 0.4, 0.5, 0.6)
 #: The paper's TGD taken literally, kept as its own rows beside tgdpet's default TGD: activation-gradient
 #: masking, conv1's meaningless kernels retrained, frozen channels normalised by batch statistics while training.
-PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch", "read_kernels": "freeze"}
-#: tgdpet's TGD with ``--revive``: retrained channels that are silent on the new data re-initialised (docs/tgd.md).
-REVIVE = {"revive": True}
+PAPER_LITERAL = {"tgd_mode": "activation", "conv1": "retrain", "bn_stats": "batch", "read_kernels": "freeze",
+                 "revive": False}
+#: tgdpet's TGD with ``--revive`` (tgd-finetune's default since this reproduction; docs/tgd.md): retrained channels
+#: that are silent on the new data re-initialised; and without it (n2n-online's default), the rows named TGD-net.
+REVIVE, NO_REVIVE = {"revive": True}, {"revive": False}
 #: The fine-tuned networks of Table 1, then the online-learning ones, in table order.
 FINETUNED = ("FT-net", "TGD-net", "EWC-net", "TGD2-net", "TGD-paper-net", "TGD-revive-net", "TGD2-revive-net")
 ONLINE = ("TGD-N2N", "TGD2-N2N", "TGD-paper-N2N", "TGD-revive-N2N")

@@ -21,7 +21,7 @@ from ..train import finetune, n2n_online, train
 from ..train.outputs import STATE
 from .analyses import flagged_fractions
 from .bookkeeping import Run, cli, epoch_patches, fit_record, instance_key, loop_options
-from .scales import DROP_PHIS, EPOCH_LINE, FINETUNED, PAPER_LITERAL, PHI_FINETUNE, PHI_N2N, REVIVE, Scale
+from .scales import DROP_PHIS, EPOCH_LINE, FINETUNED, NO_REVIVE, PAPER_LITERAL, PHI_FINETUNE, PHI_N2N, REVIVE, Scale
 
 # --------------------------------------------------------------------------- 1. data
 
@@ -196,9 +196,9 @@ def train_networks(run: Run) -> None:
 
     finetunes = (
         ("FT-net", "v1-net", "finetune", s.n_finetune, {"method": "last3"}),
-        ("TGD-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE}),
+        ("TGD-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **NO_REVIVE}),
         ("EWC-net", "v1-net", "finetune", s.n_finetune, {"method": "ewc"}),
-        ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE}),
+        ("TGD2-net", "TGD-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE, **NO_REVIVE}),
         ("TGD-paper-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **PAPER_LITERAL}),
         ("TGD-revive-net", "v1-net", "finetune", s.n_finetune, {"method": "tgd", "phi": PHI_FINETUNE, **REVIVE}),
         ("TGD2-revive-net", "TGD-revive-net", "third", s.n_third, {"method": "tgd", "phi": PHI_FINETUNE, **REVIVE}),
@@ -232,8 +232,8 @@ def online_learning(run: Run, ood: StudyEntry) -> None:
     (run.out / "n2n").mkdir(exist_ok=True)
     for seed in run.seeds:
         for name, base, base_seed, how in (
-            ("TGD-N2N", "v2-net", None, {}),
-            ("TGD2-N2N", "TGD-net", seed, {}),
+            ("TGD-N2N", "v2-net", None, NO_REVIVE),
+            ("TGD2-N2N", "TGD-net", seed, NO_REVIVE),
             ("TGD-paper-N2N", "v2-net", None, PAPER_LITERAL),
             ("TGD-revive-N2N", "v2-net", None, REVIVE),
         ):

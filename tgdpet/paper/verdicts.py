@@ -174,7 +174,7 @@ def answer_knowledge_kept(rows: Mapping[str, Mapping], items: Sequence[Mapping],
     if not any(v["a"] == tgd and v["task"] == "old" for v in items):
         return f"**v1 knowledge on the high-BMI study:** not measurable ({name} or the methods it is compared with did not run)."
     against = [
-        f"against {LABELS[b]}: {task_verdict(items, tgd, b, 'old')}"
+        f"against {LABELS[b]}: {_labelled_sentence(task_verdict(items, tgd, b, 'old'))}"
         for b in ("FT-net", "EWC-net")
         if any(v["a"] == tgd and v["b"] == b for v in items)
     ]
