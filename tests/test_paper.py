@@ -161,8 +161,9 @@ def test_tiny_reproduction_writes_every_result(tiny_run, device):
 
     # BatchNorm after TGD: both groups measured for every seed; the re-estimated networks were evaluated.
     bn = results["bn"]
-    assert bn["patches"] > 0 and set(bn["mismatch"]) == {"v1-net", "TGD-net (seed 3)", "TGD-net (seed 4)"}
-    assert bn["mismatch"]["TGD-net (seed 3)"]["frozen"]["channels"] > 0
+    tgd = LABELS["TGD-net"]
+    assert bn["patches"] > 0 and set(bn["mismatch"]) == {"v1-net", f"{tgd} (seed 3)", f"{tgd} (seed 4)"}
+    assert bn["mismatch"][f"{tgd} (seed 3)"]["frozen"]["channels"] > 0
     assert len(bn["verdicts"]) == 4 and all(v["a"] == "TGD-net-BN" for v in bn["verdicts"])
 
     # Table 1 in table1.md, results.json and the README: every cell recomputed from the raw evaluation.
