@@ -143,3 +143,24 @@ def test_dcm2niix_reads_tgdpet_series_like_tgdpet_nifti(tmp_path, name):
     i, j, k = np.rint(ours_ijk).astype(int).T
     ours_data = np.asarray(ours.get_fdata())
     np.testing.assert_allclose(theirs_data[tuple(ijk.T)], ours_data[i, j, k], rtol=1e-5, atol=1e-2)
+
+
+def test_a_dynamic_series_denoised_whole_adds_no_error(tmp_path, model):
+    """A dynamic series (two frames told apart by FrameReferenceTime) denoised without --frame: one derived
+    series holding both frames, with no validator error its source does not have."""
+    files = write_test_series(tmp_path / "static")
+    (tmp_path / "dyn").mkdir()
+    for f in range(2):
+        for k, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.FrameReferenceTime = str(60000 * f)
+            ds.ActualFrameDuration = 60000
+            ds.NumberOfTimeSlices = 2
+            ds.SeriesType = ["DYNAMIC", "IMAGE"]
+            ds.InstanceNumber = ds.ImageIndex = f * len(files) + k + 1
+            ds.save_as(tmp_path / "dyn" / f"f{f}_{k}.dcm", enforce_file_format=True)
+    source_errors = validator_errors(tmp_path / "dyn")
+    denoise(model, tmp_path / "dyn", tmp_path / "denoised")
+    assert len(list((tmp_path / "denoised").iterdir())) == 2 * len(files)
+    assert validator_errors(tmp_path / "denoised") <= source_errors

@@ -388,7 +388,9 @@ def test_duplicated_slices_at_one_time_are_refused(source, tmp_path):
         read_volume(tmp_path / "dup")
 
 
-def test_dynamic_dicom_denoised_with_frame_option(source, tmp_path):
+def test_dynamic_dicom_is_denoised_whole_and_by_frame(source, tmp_path):
+    """Without --frame every frame is denoised into one dynamic series (one series UID, each frame's timing
+    kept); each of its frames equals that frame denoised alone with --frame into NIfTI."""
     from click.testing import CliRunner
     from helpers import trained_like_model
 
@@ -397,15 +399,23 @@ def test_dynamic_dicom_denoised_with_frame_option(source, tmp_path):
 
     _dynamic(source, tmp_path / "dyn", 2)
     model = save_model(tmp_path / "m.safetensors", trained_like_model(), preset="tiny")
+    base = ["--model", str(model), "--device", "cpu", "--precision", "fp32", "--no-progress"]
     runner = CliRunner()
-    refused = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "--model", str(model), "--device", "cpu"])
-    assert refused.exit_code == 2 and "dynamic series of 2 time frames" in refused.output
-    ok = runner.invoke(
-        main, ["denoise", str(tmp_path / "dyn"), "--frame", "1", "-o", str(tmp_path / "f1.nii.gz"),
-               "--model", str(model), "--device", "cpu", "--no-progress"],
-    )  # fmt: skip
-    assert ok.exit_code == 0, ok.output
-    assert read_volume(tmp_path / "f1.nii.gz").shape == (6, 32, 40)
+    whole = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "-o", str(tmp_path / "out"), *base])
+    assert whole.exit_code == 0, whole.output
+    files = sorted((tmp_path / "out").iterdir())
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert len(files) == 12 and len({h.SeriesInstanceUID for h in headers}) == 1
+    assert sorted(int(h.ImageIndex) for h in headers) == list(range(1, 13))
+    assert sorted({str(h.FrameReferenceTime) for h in headers}) == ["0", "60000"]
+    for f in range(2):
+        alone = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "--frame", str(f), "-o",
+                                     str(tmp_path / f"f{f}.nii.gz"), *base])  # fmt: skip
+        assert alone.exit_code == 0, alone.output
+        expected = read_volume(tmp_path / f"f{f}.nii.gz").data
+        got = read_volume(tmp_path / "out", frame=f).data
+        assert got.shape == (6, 32, 40)
+        np.testing.assert_allclose(got, expected, atol=np.abs(expected).max() / 2**14)  # int16 storage
 
 
 # ---------------------------------------------------------------- ECAT

@@ -88,7 +88,9 @@ def read_pet_image(root: Path, image: Path, frames: int, file_units: str | None)
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise TgdpetError(f"{image.name} has no sidecar {sidecar_path.name}, which PET-BIDS requires; add it.") from None
+        raise TgdpetError(
+            f"{image.name} has no sidecar {sidecar_path.name}, which PET-BIDS requires; add it."
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TgdpetError(f"{sidecar_path.name} is not readable JSON ({e}); fix the sidecar.") from None
     if not isinstance(sidecar, dict):

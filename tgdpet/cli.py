@@ -346,8 +346,8 @@ def n2n_online_command(
 @click.option("--out-dir", type=click.Path(file_okay=False),
               help="Folder for the outputs  [default: next to each input]")
 @click.option("--frame", type=click.IntRange(min=0),
-              help="Time frame to denoise of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first  "
-              "[default: none; a dynamic input is refused]")
+              help="Denoise only this time frame of a dynamic input (4-D NIfTI, dynamic DICOM, ECAT); 0 is the first  "
+              "[default: none: every frame of a 4-D NIfTI or dynamic DICOM series, into one output]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 on CPUs with bf16 units and on CUDA (fp16 on older GPUs), else fp32.")
@@ -363,8 +363,8 @@ def denoise_command(
 
     Results keep the input's format, geometry and metadata; the default output
     is <name>_denoised.nii.gz (or <folder>_denoised/ for DICOM) next to each
-    input. A 4-D NIfTI file is denoised frame by frame into one 4-D file
-    (--frame N picks one frame instead). A study tree (a folder with series in
+    input. A 4-D NIfTI file or a dynamic DICOM series is denoised frame by
+    frame into one output of its kind (--frame N picks one frame instead). A study tree (a folder with series in
     subfolders, or NIfTI files) is denoised PET series by PET series into
     <folder>_denoised/, other series (and earlier results) skipped with a
     reason, and a report written there (tgdpet-report.json). A PET-BIDS

@@ -52,7 +52,8 @@ def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, 
 
 def redefault(cls: type, name: str, default: Any) -> Any:
     """Field ``name`` of ``cls`` with another default (its help kept), for a command whose default differs."""
-    return dataclasses.field(default=default, metadata=next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
+    metadata = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _positive(cfg: Any, *names: str) -> None:

@@ -8,7 +8,7 @@ by default, :func:`load_denoiser`), where each output goes
 (:func:`denoise_volume`), the warning when an image lies outside what the
 model knows (:func:`domain_warnings`), and the writing (:func:`denoise_file`).
 :func:`denoise_inputs` is the whole command: single files and series
-(4-D NIfTI frame by frame, :func:`denoise_frames`), study trees
+(dynamic ones frame by frame, :func:`denoise_frames`), study trees
 (:mod:`tgdpet.batch`) or PET-BIDS datasets (:mod:`tgdpet.bids`), every
 output refused or accepted before the first is written.
 """
@@ -140,7 +140,8 @@ def denoise_file(
     ``units`` and ``frame_durations_s`` say what the file itself may not (a BIDS sidecar's Units and
     FrameDuration): the result is labelled in those units, and short frames are warned about.
 
-    A 4-D NIfTI file is denoised frame by frame into one 4-D output (:func:`denoise_frames`), unless
+    A 4-D NIfTI file or a dynamic DICOM series is denoised frame by frame into one output of its kind
+    (:func:`denoise_frames`), unless
     ``frame`` picks one time frame (of a dynamic NIfTI, DICOM or ECAT input; :func:`tgdpet.io.read_volume`).
     ``warn`` receives one sentence per way the image lies outside the model's training range.
 
@@ -175,10 +176,12 @@ def denoise_frames(
     durations_s: Sequence[float] | None = None,
     units: str | None = None,
 ) -> Path:
-    """Denoise every frame of a 4-D NIfTI file, each on its own, into one 4-D NIfTI output (timing kept).
+    """Denoise every frame of a 4-D NIfTI file or a dynamic DICOM series, each on its own, into one 4-D NIfTI
+    file or one dynamic DICOM series (each frame's timing kept).
 
-    Each frame gets the domain warnings, and, given the frames' durations (a BIDS sidecar's FrameDuration),
-    a warning when it is shorter than the shortest scan the model was trained on
+    Each frame gets the domain warnings, and, given the frames' durations (a BIDS sidecar's FrameDuration, or
+    a DICOM frame's ActualFrameDuration), a warning when it is shorter than the shortest scan the model was
+    trained on
     (:func:`tgdpet.domain.frame_warning`). One frame is read at a time; the result is written once, whole.
     """
     n = frame_count(input_path)
@@ -192,7 +195,8 @@ def denoise_frames(
         volume = _labelled(read_volume(input_path, frame=k), units)
         first = first or volume
         messages = domain_warnings(denoiser, volume) if k == 0 else []
-        short = frame_warning(denoiser.domain, k, durations_s[k] if durations_s is not None else None)
+        duration = durations_s[k] if durations_s is not None else volume.meta.get("frame_duration_s")  # DICOM's own
+        short = frame_warning(denoiser.domain, k, duration)
         for message in messages + ([short] if short else []):
             if warn is not None:
                 warn(f"{name}: {message}")

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..errors import TgdpetError
 from ..files import check_can_write, check_replaceable
-from .dicom_read import read_dicom_series
-from .dicom_write import is_tgdpet_slice, write_dicom_series
+from .dicom_read import dicom_frame_count, read_dicom_series
+from .dicom_write import is_tgdpet_slice, write_dicom_frames, write_dicom_series
 from .ecat import is_ecat, read_ecat
 from .nifti import is_nifti_name, nifti_frame_count, read_nifti, write_nifti, write_nifti_frames
 from .suv import convert_units, from_suv, suv_factor, to_suv
@@ -183,10 +183,16 @@ def write_volume(
 
 
 def frame_count(path: str | os.PathLike) -> int:
-    """Time frames of a NIfTI file (1 for a 3-D one); other formats count as 1 here (one frame is read with
-    ``read_volume(..., frame=N)``)."""
+    """Time frames of a NIfTI file or a DICOM series (1 for a static image), from headers alone; ECAT files
+    count as 1 here (one frame is read with ``read_volume(..., frame=N)``)."""
     p = Path(path)
-    return nifti_frame_count(p) if p.is_file() and is_nifti_name(p) else 1
+    if not p.exists():
+        raise TgdpetError(f"{p} does not exist; check the path.")
+    if p.is_file() and is_nifti_name(p):
+        return nifti_frame_count(p)
+    if p.is_file() and is_ecat(p):
+        return 1
+    return dicom_frame_count(p)
 
 
 def write_frames(
@@ -197,15 +203,16 @@ def write_frames(
     overwrite: bool = False,
     description: str = DENOISED,
 ) -> Path:
-    """Write the frames of a dynamic image as one 4-D NIfTI file (time last), atomically.
-
-    Dynamic results are written as NIfTI; a DICOM output name is refused.
-    """
+    """Write the frames of a dynamic image, atomically: one 4-D NIfTI file (time last), or, for a name
+    without an extension, one DICOM series holding every frame (each with its source's timing)."""
     out = check_output_name(path)
-    if not is_nifti_name(out):
-        raise TgdpetError(f"tgdpet writes a dynamic image as one 4-D NIfTI file; name the output {out.name}.nii.gz.")
     check_can_write(out, overwrite)
     for frame in frames:
         _refuse_overwriting_source(frame, like, out)
-    write_nifti_frames(frames, out, like=like, description=description)
+    if overwrite:
+        check_replaceable_output(out)
+    if is_nifti_name(out):
+        write_nifti_frames(frames, out, like=like, description=description)
+    else:
+        write_dicom_frames(frames, out, like=like, description=description, dicom_meta=None, overwrite=overwrite)
     return out

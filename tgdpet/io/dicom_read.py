@@ -527,6 +527,12 @@ def find_series(path: Path, series_uid: str | None = None) -> tuple[Path, list[t
     return path, _choose_series(path, _scan_folder(path), series_uid)
 
 
+def dicom_frame_count(path: Path, series_uid: str | None = None) -> int:
+    """How many time frames the DICOM series at ``path`` holds (1 for a static one), from its headers."""
+    folder, slices = find_series(path, series_uid)
+    return plan_series(folder, slices, 0).frames
+
+
 def read_dicom_series(path: Path, series_uid: str | None = None, frame: int | None = None) -> Volume:
     """Read a DICOM PET series (one time frame of a dynamic one) into a :class:`Volume`."""
     folder, slices = find_series(path, series_uid)

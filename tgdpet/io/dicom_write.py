@@ -53,7 +53,7 @@ _STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValu
 
 
 #: How tgdpet names the slice files of a series it writes.
-_SLICE_NAME = re.compile(r"slice_\d{4,}\.dcm")
+_SLICE_NAME = re.compile(r"(frame_\d{3,}_)?slice_\d{4,}\.dcm")
 
 
 def is_tgdpet_slice(path: Path) -> bool:
@@ -188,45 +188,68 @@ def write_dicom_series(
     overwrite: bool,
 ) -> None:
     """Write ``volume`` as a new PET series of one file per slice into ``folder``, atomically."""
-    source = volume.dicom_headers or (like.dicom_headers if like is not None else ())
-    if source:
-        _check_source_matches(volume, source)
-    if not np.isfinite(volume.data).all():
-        raise TgdpetError(
-            "the volume holds NaN or infinite voxels, which DICOM cannot store; write it as NIfTI instead."
-        )
+    write_dicom_frames([volume], folder, like=like, description=description, dicom_meta=dicom_meta,
+                       overwrite=overwrite)  # fmt: skip
+
+
+def write_dicom_frames(
+    frames: list[Volume],
+    folder: Path,
+    *,
+    like: Volume | None,
+    description: str,
+    dicom_meta: Mapping[str, Any] | None,
+    overwrite: bool,
+) -> None:
+    """Write one or more time frames as one new PET series (one file per slice and frame), atomically.
+
+    A dynamic result keeps each frame's timing from its source slices (FrameReferenceTime,
+    ActualFrameDuration, AcquisitionTime, NumberOfTimeSlices are copied with the header); instances are
+    numbered frame after frame, ``ImageIndex = frame * slices + slice + 1`` as the PET module defines it.
+    """
+    for volume in frames:
+        if not np.isfinite(volume.data).all():
+            raise TgdpetError(
+                "the volume holds NaN or infinite voxels, which DICOM cannot store; write it as NIfTI instead."
+            )
     check_dicom_meta(dicom_meta)
     now = dt.datetime.now()
-    template = None if source else _scratch_template(volume, description, now)
     series_uid = generate_uid()
-    orientation, pixel_spacing, positions, thickness = dicom_plane_from_affine(volume.affine, volume.shape[0])
-    normal = slice_normal(np.array(orientation))
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        for k in range(volume.shape[0]):
-            ds = _derived_slice(source[k], description) if source else copy.deepcopy(template)
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.InstanceNumber = k + 1
-            ds.ImageIndex = k + 1
-            ds.ContentDate = ds.InstanceCreationDate = format_da(now)
-            ds.ContentTime = ds.InstanceCreationTime = format_tm(now)
-            ds.ImageOrientationPatient = [f"{v:.8g}" for v in orientation]
-            ds.ImagePositionPatient = [f"{v:.8g}" for v in positions[k]]
-            ds.PixelSpacing = [f"{v:.8g}" for v in pixel_spacing]
-            if not ds.get("SliceThickness"):  # a source's reconstructed thickness stays as it was
-                ds.SliceThickness = f"{thickness:.8g}"
-            ds.SliceLocation = f"{float(positions[k] @ normal):.8g}"
-            set_units(ds, volume.units)
-            for keyword, value in (dicom_meta or {}).items():
-                setattr(ds, keyword, value)
-            _conform(ds)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta = meta
-            stored, slope = quantise(volume.data[k])
-            ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
-            ds.RescaleSlope = slope
-            ds.RescaleIntercept = "0"
-            pydicom.dcmwrite(tmp / f"slice_{k + 1:04d}.dcm", ds, enforce_file_format=True)
+        for f, volume in enumerate(frames):
+            source = volume.dicom_headers or (like.dicom_headers if like is not None and len(frames) == 1 else ())
+            if source:
+                _check_source_matches(volume, source)
+            template = None if source else _scratch_template(volume, description, now)
+            orientation, pixel_spacing, positions, thickness = dicom_plane_from_affine(volume.affine, volume.shape[0])
+            normal = slice_normal(np.array(orientation))
+            n = volume.shape[0]
+            for k in range(n):
+                ds = _derived_slice(source[k], description) if source else copy.deepcopy(template)
+                ds.SeriesInstanceUID = series_uid
+                ds.SOPInstanceUID = generate_uid()
+                ds.InstanceNumber = f * n + k + 1
+                ds.ImageIndex = f * n + k + 1
+                ds.ContentDate = ds.InstanceCreationDate = format_da(now)
+                ds.ContentTime = ds.InstanceCreationTime = format_tm(now)
+                ds.ImageOrientationPatient = [f"{v:.8g}" for v in orientation]
+                ds.ImagePositionPatient = [f"{v:.8g}" for v in positions[k]]
+                ds.PixelSpacing = [f"{v:.8g}" for v in pixel_spacing]
+                if not ds.get("SliceThickness"):  # a source's reconstructed thickness stays as it was
+                    ds.SliceThickness = f"{thickness:.8g}"
+                ds.SliceLocation = f"{float(positions[k] @ normal):.8g}"
+                set_units(ds, volume.units)
+                for keyword, value in (dicom_meta or {}).items():
+                    setattr(ds, keyword, value)
+                _conform(ds)
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = ds.SOPClassUID
+                meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds.file_meta = meta
+                stored, slope = quantise(volume.data[k])
+                ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
+                ds.RescaleSlope = slope
+                ds.RescaleIntercept = "0"
+                name = f"slice_{k + 1:04d}.dcm" if len(frames) == 1 else f"frame_{f + 1:03d}_slice_{k + 1:04d}.dcm"
+                pydicom.dcmwrite(tmp / name, ds, enforce_file_format=True)

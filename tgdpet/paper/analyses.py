@@ -1,4 +1,6 @@
-"""The reproduction's side studies: KSE against training length, BatchNorm statistics of frozen channels after TGD, the kernel-drop table."""
+"""The reproduction's side studies: KSE against training length, BatchNorm statistics of frozen channels after
+TGD, the kernel-drop table.
+"""
 
 from __future__ import annotations
 

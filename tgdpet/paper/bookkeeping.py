@@ -1,4 +1,6 @@
-"""A run's bookkeeping: its log, its folder, its finished steps (what --resume reads), the equivalent tgdpet commands, versions and git state."""
+"""A run's bookkeeping: its log, its folder, its finished steps (what --resume reads), the equivalent tgdpet
+commands, versions and git state.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The measurements on the trained networks: BatchNorm after TGD, the kernel-drop study, every network on every test study, Figs 5-6."""
+"""The measurements on the trained networks: BatchNorm after TGD, the kernel-drop study, every network on every
+test study, Figs 5-6.
+"""
 
 from __future__ import annotations
 

@@ -167,7 +167,9 @@ def report_only(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Reproduce Chen, Asma & Chan, \"Targeted Gradient Descent\" (MICCAI 2021) on simulated PET data (tgdpet.paper).")
+    parser = argparse.ArgumentParser(
+        description='Reproduce Chen, Asma & Chan, "Targeted Gradient Descent" (MICCAI 2021) on simulated PET data.'
+    )
     parser.add_argument("--scale", choices=SCALES, default="small",
                         help="small: 2 CPU cores, under an hour, one seed; medium: 2 CPU cores, about 2 h with bf16 "
                              "units (4 h in fp32), 3 seeds x 3 test studies for error bars; paper: a GPU; tiny: a "

@@ -1,4 +1,6 @@
-"""How big a reproduction is (tiny, small, medium, paper) and the paper's fixed settings: thresholds, networks, table order."""
+"""How big a reproduction is (tiny, small, medium, paper) and the paper's fixed settings: thresholds, networks,
+table order.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The experiment's first steps: simulate the datasets, train v1-net and v2-net, fine-tune every method per seed, adapt online."""
+"""The experiment's first steps: simulate the datasets, train v1-net and v2-net, fine-tune every method per seed,
+adapt online.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Table 1 from the evaluation's numbers: mean +- sd over every (seed, test study) a network was scored on, beside the paper's."""
+"""Table 1 from the evaluation's numbers: mean +- sd over every (seed, test study) a network was scored on,
+beside the paper's.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Which method wins, decided on paired differences and two standard errors, and the report's answers, generated from the numbers."""
+"""Which method wins, decided on paired differences and two standard errors, and the report's answers, generated
+from the numbers.
+"""
 
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ def region_curve(region: str, t: np.ndarray) -> np.ndarray:
 
 def _blood_integral(t: np.ndarray) -> np.ndarray:
     grid = np.linspace(0.0, float(np.max(t)), 4001)
-    cumulative = np.concatenate([[0.0], np.cumsum(np.diff(grid) * (blood_curve(grid[1:]) + blood_curve(grid[:-1])) / 2)])
+    steps = np.diff(grid) * (blood_curve(grid[1:]) + blood_curve(grid[:-1])) / 2  # the trapezoid rule
+    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
     return np.interp(t, grid, cumulative)
 
 
