@@ -172,6 +172,19 @@ def _denoise_one(
     }
 
 
+def report_record(root: Path, run: dict[str, Any] | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of a tree or dataset: what made it, and per input what happened (denoised or why skipped)."""
+    return {
+        "tgdpet": __version__,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "root": str(root.resolve()),
+        **(run or {}),
+        "denoised": sum(e["status"] == "denoised" for e in entries),
+        "skipped": sum(e["status"] == "skipped" for e in entries),
+        "inputs": entries,
+    }
+
+
 def denoise_tree(
     root: str | os.PathLike,
     out_root: str | os.PathLike,
@@ -236,15 +249,7 @@ def denoise_tree(
         except TgdpetError as e:
             entry.update(status="skipped", reason=str(e))
             echo(f"skipped: {entry['input']} ({e})")
-    report = {
-        "tgdpet": __version__,
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "root": str(root.resolve()),
-        **(run or {}),
-        "denoised": sum(e["status"] == "denoised" for e in entries),
-        "skipped": sum(e["status"] == "skipped" for e in entries),
-        "inputs": entries,
-    }
+    report = report_record(root, run, entries)
     check_can_write(out_root / REPORT_NAME, overwrite)
     with atomic_file(out_root / REPORT_NAME) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -17,7 +17,6 @@ source's fields and adds what was done, a ``dataset_description.json`` with
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from .batch import report_record
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 
@@ -238,15 +238,7 @@ def denoise_dataset(
             echo(f"skipped: {path.relative_to(root)} ({e})")
         entries.append(entry)
     _write_json(out_root / "dataset_description.json", dataset_description(root, run))
-    report = {
-        "tgdpet": __version__,
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "root": str(root.resolve()),
-        **run,
-        "denoised": sum(e["status"] == "denoised" for e in entries),
-        "skipped": sum(e["status"] == "skipped" for e in entries),
-        "inputs": entries,
-    }
+    report = report_record(root, run, entries)
     _write_json(out_root / "tgdpet-report.json", report)
     with atomic_file(out_root / ".bidsignore") as tmp:  # the report is tgdpet's, not a BIDS file
         tmp.write_text("tgdpet-report.json\n")
