@@ -20,7 +20,7 @@ UNKNOWN = "unknown"
 
 
 #: The model ``denoise`` uses when no ``--model`` is given.
-DEFAULT_MODEL = "dncnn-v1-uniform64.safetensors"
+DEFAULT_MODEL = "dncnn-fdg-uniform64.safetensors"
 
 
 def pretrained_model_path() -> Path:
