@@ -534,7 +534,7 @@ def _seconds(text: str) -> tuple[float, ...]:
 @click.option("--size", type=int, default=128, show_default=True, help="Pixels per row (512 mm field of view).")
 @click.option("--slices", type=int, default=144, show_default=True, help="Slices, neck to pelvis (576 mm).")
 @click.option("--protocols", default="v1,v2", show_default=True,
-              help="Reconstruction protocols, one manifest each: v1, v2 (the paper's), nopsf, sharp, smooth.")
+              help="Reconstruction protocols, one manifest each: v1, v2 (the paper's), nopsf, sharp, smooth, nofilter.")
 @click.option("--levels", default="30,45,60,90,120,180", show_default=True,
               help="Count levels of the noisy inputs, in seconds of the 600 s scan.")
 @click.option("--lesions/--no-lesions", default=True, show_default=True,

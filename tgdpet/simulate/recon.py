@@ -78,6 +78,12 @@ PROTOCOLS: dict[str, Protocol] = {
         "smooth", 5.5, 1.0, 6.0, iterations=2, subsets=8,
         description="PSF as simulated (5.5 mm), exact scatter, 2 iterations, 6 mm post-filter: smooth",
     ),
+    # Not in the built-in model's training data: the new reconstruction of the adaptation study
+    # (docs/builtin-model.md, "Adapting the built-in model to your scanner").
+    "nofilter": Protocol(
+        "nofilter", 0.0, 1.0, 0.0, iterations=4, subsets=8,
+        description="no resolution modelling, exact scatter, 4 iterations, no post-filter: pixel-scale grain",
+    ),
 }  # fmt: skip
 
 #: Dense columns (slices) per sparse product: ~150 was fastest on 2 CPU cores; GPUs like many more.
