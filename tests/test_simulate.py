@@ -186,8 +186,9 @@ def _noise_figures(images: list[torch.Tensor], liver: torch.Tensor) -> tuple[flo
     return cov, _corr(noise[..., :-1][:, pair], noise[..., 1:][:, pair])
 
 
-def test_v1_noise_is_coarser_and_smoother_than_v2_on_the_same_counts(device):
-    grid = Grid(96, 32)  # 5.3 mm pixels: fine enough for the two PSFs and filters to differ
+def _protocol_noise(device, names: tuple[str, ...]) -> dict[str, tuple[float, float, float]]:
+    """Per protocol, from the same six 60 s scans of one phantom: (liver CoV, lag-1 correlation, liver mean / truth)."""
+    grid = Grid(96, 32)  # 5.3 mm pixels: fine enough for the PSFs and filters to differ
     ph = build_phantom(PhantomSpec(seed=2, texture=False), grid, device)
     proj = projector_for(grid.size, grid.pixel_mm, str(device))
     rates = count_rates(ph, proj)
@@ -195,12 +196,18 @@ def test_v1_noise_is_coarser_and_smoother_than_v2_on_the_same_counts(device):
     parts = split(acquire(rates.prompts, 600.0, g), [0.1] * 6, g)
     liver = ph.labels == LABEL_CODES["liver"]
     figures = {}
-    for name in ("v1", "v2"):
+    for name in names:
         images = reconstruct(parts, [60.0] * 6, rates, PROTOCOLS[name], proj, grid)
-        figures[name] = _noise_figures(images, liver)
         mean = float(torch.stack(images).mean(0)[liver].mean() / ph.activity[liver].mean())
+        figures[name] = (*_noise_figures(images, liver), mean)
+    return figures
+
+
+def test_v1_noise_is_coarser_and_smoother_than_v2_on_the_same_counts(device):
+    figures = _protocol_noise(device, ("v1", "v2"))
+    for name, (_, _, mean) in figures.items():
         assert 0.85 < mean < 1.2, (name, mean)  # quantitative images in Bq/mL
-    (cov1, corr1), (cov2, corr2) = figures["v1"], figures["v2"]
+    (cov1, corr1, _), (cov2, corr2, _) = figures["v1"], figures["v2"]
     assert corr1 > corr2 + 0.1  # measured 0.55 vs 0.31
     assert cov1 < 0.85 * cov2  # measured 0.73 x
 
@@ -209,22 +216,14 @@ def test_the_clinical_protocols_run_from_coarse_to_pixel_scale_grain_and_stay_qu
     # The reconstructions the built-in model is trained and adapted on, from the same counts: a wider post-filter
     # gives coarser, weaker noise (6 mm smooth, 3 mm v2, 2 mm and more iterations sharp); no post-filter and no
     # resolution modelling (nofilter) gives nearly independent pixels. Exact scatter: the liver within 6 %.
-    grid = Grid(96, 32)
-    ph = build_phantom(PhantomSpec(seed=2, texture=False), grid, device)
-    proj = projector_for(grid.size, grid.pixel_mm, str(device))
-    rates = count_rates(ph, proj)
-    g = torch.Generator(device=device).manual_seed(0)
-    parts = split(acquire(rates.prompts, 600.0, g), [0.1] * 6, g)
-    liver = ph.labels == LABEL_CODES["liver"]
-    cov, corr = {}, {}
-    for name in ("smooth", "v2", "sharp", "nofilter", "nopsf"):
-        images = reconstruct(parts, [60.0] * 6, rates, PROTOCOLS[name], proj, grid)
-        cov[name], corr[name] = _noise_figures(images, liver)
-        mean = float(torch.stack(images).mean(0)[liver].mean() / ph.activity[liver].mean())
+    figures = _protocol_noise(device, ("smooth", "v2", "sharp", "nofilter", "nopsf"))
+    cov = {name: f[0] for name, f in figures.items()}
+    corr = {name: f[1] for name, f in figures.items()}
+    for name, (_, _, mean) in figures.items():
         assert 0.94 < mean < 1.06, (name, mean)  # measured 0.97-0.99
     # measured neighbour correlation 0.63, 0.31, 0.20, 0.09; CoV 6.9, 14.8, 20.6, 19.7 %
     assert corr["smooth"] > corr["v2"] + 0.15 and corr["v2"] > corr["sharp"] + 0.05
-    assert corr["sharp"] > corr["nofilter"] + 0.05 and corr["nofilter"] < 0.15
+    assert corr["sharp"] > corr["nofilter"] + 0.05 and corr["nofilter"] < 0.12  # a 3 mm filter: 0.13
     assert cov["smooth"] < 0.6 * cov["v2"] and cov["v2"] < 0.85 * cov["sharp"] and cov["nofilter"] > 1.2 * cov["v2"]
     assert corr["nopsf"] > corr["v2"] and cov["nopsf"] < cov["v2"]  # its 5 mm filter outweighs the missing PSF
 
