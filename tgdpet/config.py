@@ -146,7 +146,7 @@ class LoopConfig:
 class TrainConfig(LoopConfig):
     """``tgdpet train``: a DnCNN from scratch."""
 
-    preset: str = setting("small", "Network preset: paper, uniform64, small or tiny")
+    preset: str = setting("small", "Network preset: paper, uniform64, deep64, small or tiny")
     in_slices: int = setting(
         3, "Adjacent axial slices the network sees, an odd number; more give it more 3D context"
     )

@@ -86,6 +86,9 @@ PRESETS: dict[str, DnCNNConfig] = {
     "paper": DnCNNConfig(widths=(64, 64, 128, 128, 128, 256, 256, 3)),
     # Uniform 64-wide DnCNN of the same depth (~0.22 M multiply-adds per pixel).
     "uniform64": DnCNNConfig(widths=(64,) * 7 + (3,)),
+    # The original DnCNN's depth (Zhang et al. 2017): 17 layers of 64, a 35-pixel field of view against
+    # uniform64's 17, for noise whose grain spans several voxels (smooth reconstructions, 2 mm voxels).
+    "deep64": DnCNNConfig(widths=(64,) * 16 + (3,)),
     # Small uniform net for fast CPU experiments and the reproduction at small scale.
     "small": DnCNNConfig(widths=(32,) * 7 + (3,)),
     # Tiny net for tests.
