@@ -10,6 +10,8 @@ import pytest
 
 from tgdpet.cli import main
 from tgdpet.configs import names_for
+from tgdpet.models import PRESETS
+from tgdpet.simulate.recon import PROTOCOLS
 from tgdpet.train import FinetuneConfig, N2NConfig, TrainConfig
 
 #: Options that name an optional input or output: leaving them out means "none", not a value.
@@ -60,3 +62,18 @@ def test_the_defaults_in_the_help_are_the_config_defaults(command, cls):
     config_help = main.commands[command].params[[p.name for p in main.commands[command].params].index("config")].help
     for name in names_for(command):  # the shipped configs are named where --config is explained
         assert name in config_help
+
+
+def _option_help(command: str, option: str) -> str:
+    cmd = main.commands[command]
+    return next(p.help for p in cmd.params if isinstance(p, click.Option) and option in p.opts)
+
+
+@pytest.mark.parametrize("command, option, registry", [("train", "--preset", PRESETS),
+                                                      ("simulate", "--protocols", PROTOCOLS)])
+def test_the_help_names_every_entry_of_its_registry(command, option, registry):
+    # The help is written by hand (the CLI starts without importing torch, which the registries need): it must
+    # still list every preset and protocol a user can ask for, and nothing that no longer exists.
+    listed = re.sub(r"\(.*?\)|\[.*?\]", "", _option_help(command, option)).split(":", 1)[1]
+    named = {word.strip(" .") for word in re.split(r",| or ", listed)}
+    assert named == set(registry)
