@@ -7,13 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from tgdpet.builtin import pretrained_model_path
+from tgdpet.checkpoint import save_model
+from tgdpet.models import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def identity_model(path: Path) -> Path:
+    """A network whose noise estimate is exactly 0 (last conv zeroed), so it returns its input."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.convs[-1].weight.zero_()
+        model.convs[-1].bias.zero_()
+    return save_model(path, model, preset="tiny")
+
+
 def test_grid_simulates_scores_and_tabulates(tmp_path):
+    models = ["--model", f"built-in={pretrained_model_path()}", "--model", f"identity={identity_model(tmp_path / 'id.safetensors')}"]
     args = [sys.executable, str(ROOT / "scripts" / "clinical_grid.py"), "--work", str(tmp_path / "w"),
             "--voxels", "16", "--protocols", "v1,smooth", "--seeds", "1", "--realisations", "2",
-            "--device", "cpu", "--json", str(tmp_path / "grid.json")]  # fmt: skip
+            "--device", "cpu", *models, "--json", str(tmp_path / "grid.json")]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| 16 mm, v1 |" in done.stdout and "| 16 mm, smooth |" in done.stdout
@@ -22,9 +40,19 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
     for r in grid["results"]:
         assert set(r["cells"]) == {"low", "normal", "high"}
         for cell in r["cells"].values():
-            assert cell["built-in"]["input_cov_pct"] > 0 and 0 < cell["built-in"]["cov_ratio"] < 1.5
+            model, same = cell["built-in"], cell["identity"]
+            assert model["input_cov_pct"] > 0 and 0 < model["cov_ratio"] < 1.5
+            # a network that changes nothing keeps the inputs' noise and their own tumour bias, and is
+            # scored against the same inputs as the real one
+            assert same["cov_ratio"] == pytest.approx(1.0, abs=1e-4)
+            assert same["lesion_bias_pct"] == pytest.approx(same["input_lesion_bias_pct"], abs=1e-3)
+            assert same["lesion_change_pct"] == pytest.approx(0.0, abs=1e-3)
+            assert model["input_lesion_bias_pct"] == same["input_lesion_bias_pct"]
     # the test studies were simulated at 32 x 32 x 36 voxels of 16 mm and are reused by a second run
     manifest = json.loads((tmp_path / "w" / "data" / "16mm_seed1" / "v1" / "manifest.json").read_text())
     assert [s["split"] for s in manifest["studies"]] == ["test"] * 3
     again = subprocess.run(args[:-2], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "simulated" not in again.stderr
+    # the realisations the folder holds are the ones asked for, or it says so
+    other = subprocess.run([*args[:-2], "--realisations", "3"], capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "holds 2 realisations a study, not 3" in other.stderr
