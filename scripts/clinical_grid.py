@@ -52,7 +52,7 @@ def dataset(work: Path, voxel_mm: float, seed: int, protocols: list[str], realis
         if held != realisations:
             raise SystemExit(f"{out} holds {held} realisations a study, not {realisations}; "
                              f"pass --realisations {held} or use another --work.")  # fmt: skip
-    if missing:
+    else:
         config = SimulationConfig(
             studies=cohort(0, BODIES, ood=()),
             size=round(TRANSAXIAL_FOV_MM / voxel_mm),
@@ -114,7 +114,8 @@ def table(results: list[dict], model: str) -> str:
             entries = []
             for r in runs:
                 c = r["cells"][body][model]
-                entries.append(f"{c['lesion_bias_pct']:+.1f} / {c['cov_ratio']:.2f} ({c['input_lesion_bias_pct']:+.1f})")
+                bias, ratio, own = c["lesion_bias_pct"], c["cov_ratio"], c["input_lesion_bias_pct"]
+                entries.append(f"{bias:+.1f} / {ratio:.2f} ({own:+.1f})")
                 met, total = met + meets(c), total + 1
             cols.append(", ".join(entries))
         lines.append(f"| {voxel:g} mm, {protocol} | {' | '.join(cols)} | {met}/{total} |")
@@ -128,7 +129,9 @@ def main() -> None:
     parser.add_argument("--voxels", default="2.0,2.7,4.0", help="voxel sizes in mm (isotropic)")
     parser.add_argument("--protocols", default="v1,v2,sharp,smooth")
     parser.add_argument("--seeds", default="5000,6000")
-    parser.add_argument("--realisations", type=int, default=10, help="60 s realisations a study (10 make the 600 s scan)")
+    parser.add_argument(
+        "--realisations", type=int, default=10, help="60 s realisations a study (10 make the 600 s scan)"
+    )
     parser.add_argument("--no-resample", action="store_true", help="run the network on the input's own grid")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write every figure here")

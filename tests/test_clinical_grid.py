@@ -28,7 +28,8 @@ def identity_model(path: Path) -> Path:
 
 
 def test_grid_simulates_scores_and_tabulates(tmp_path):
-    models = ["--model", f"built-in={pretrained_model_path()}", "--model", f"identity={identity_model(tmp_path / 'id.safetensors')}"]
+    identity = identity_model(tmp_path / "id.safetensors")
+    models = ["--model", f"built-in={pretrained_model_path()}", "--model", f"identity={identity}"]
     args = [sys.executable, str(ROOT / "scripts" / "clinical_grid.py"), "--work", str(tmp_path / "w"),
             "--voxels", "16", "--protocols", "v1,smooth", "--seeds", "1", "--realisations", "2",
             "--device", "cpu", *models, "--json", str(tmp_path / "grid.json")]  # fmt: skip
