@@ -91,6 +91,25 @@ def test_train_writes_a_run_and_learns(tmp_path, dataset):
         assert torch.equal(v.contiguous(), last.model.state_dict()[k])
 
 
+def test_val_every_validates_those_epochs_and_the_last_and_picks_the_best_of_them(tmp_path, dataset):
+    every = train(dataset, tmp_path / "every", train_cfg(epochs=5), progress_bar=False)
+    sparse = train(dataset, tmp_path / "sparse", train_cfg(epochs=5, val_every=2), progress_bar=False)
+    rows_every = [json.loads(x) for x in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    validated = {r["epoch"]: r["val_loss"] for r in rows if r["val_loss"] is not None}
+    assert sorted(validated) == [2, 4, 5] and all(r["val_psnr"] is None for r in rows if r["epoch"] in (1, 3))
+    # validation does not change training: the same weights, so the same loss as validating every epoch
+    assert validated == {r["epoch"]: r["val_loss"] for r in rows_every if r["epoch"] in validated}
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in rows_every]
+    best_epoch = min(validated, key=validated.get)
+    best = load_model(tmp_path / "sparse" / "best.safetensors")
+    assert sparse.progress.best_epoch == best.provenance["epochs"] == best_epoch
+    assert best.provenance["val_loss"] == validated[best_epoch]
+    assert every.progress.best_epoch == min(
+        (r["epoch"] for r in rows_every), key=lambda e: rows_every[e - 1]["val_loss"]
+    )
+
+
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
     cfg = train_cfg(epochs=3)  # 4 steps per epoch
     train(dataset, tmp_path / "a", cfg, progress_bar=False)
@@ -248,6 +267,8 @@ def test_config_errors(tmp_path):
         resolve_config(FinetuneConfig, method="some")
     with pytest.raises(TgdpetError, match="smaller than one batch"):
         resolve_config(TrainConfig, patches_per_epoch=8, batch_size=16)
+    with pytest.raises(TgdpetError, match="val-every must be positive, got 0"):
+        resolve_config(FinetuneConfig, val_every=0)
     cfg = resolve_config(FinetuneConfig, lr="1e-4", epochs=2)  # YAML reads 1e-4 as a string
     assert cfg.lr == 1e-4
     bad.write_text(to_yaml(cfg, header="a comment"))
@@ -426,7 +447,7 @@ def test_every_loop_option_reaches_the_runs_config(tmp_path, dataset, base_model
     # 0.2.0's CLI accepted --structure-fraction and dropped it: the run used the default.
     given = {"seed": 3, "iterations": 2, "patches_per_epoch": 32, "batch_size": 16, "patch_size": 16,
              "lr": 5e-4, "workers": 0, "structure_fraction": 0.8, "detail_weight": 2.5,
-             "lr_schedule": "cosine", "bn_batches": 4}  # fmt: skip
+             "lr_schedule": "cosine", "bn_batches": 4, "val_every": 2}  # fmt: skip
     out = tmp_path / "run"
     args = [command, *([base_model] if command == "tgd-finetune" else []), str(dataset), "--out", str(out)]
     args += ["--device", "cpu", "--no-amp", "--no-progress"]

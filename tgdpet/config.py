@@ -36,7 +36,7 @@ READ_KERNELS_OPTIONS = ("retrain", "freeze")
 LR_SCHEDULES = ("constant", "cosine")
 
 # Settings a resumed run may change: how long to train and where, not what is trained.
-RESUME_MUTABLE = frozenset({"epochs", "iterations", "device", "workers"})
+RESUME_MUTABLE = frozenset({"epochs", "iterations", "device", "workers", "val_every"})
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
@@ -102,10 +102,14 @@ class LoopConfig:
     )  # fmt: skip
     channels_last: bool = True
     workers: int | None = setting(None, "DataLoader worker processes", shown="0 on CPU, 4 on CUDA")
+    val_every: int = setting(
+        1, "Validate every N epochs and after the last (best.safetensors is the best validated epoch); on a "
+        "large validation set validation can cost more than the training steps",
+    )  # fmt: skip
     val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr")
+        _positive(self, "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "val_every")
         if self.patches_per_epoch < self.batch_size:
             raise TgdpetError(
                 f"patches-per-epoch ({self.patches_per_epoch}) is smaller than one batch ({self.batch_size}); "
@@ -233,6 +237,7 @@ class N2NConfig(FinetuneConfig):
     phi: float = redefault(FinetuneConfig, "phi", 0.4)
     # Off for online learning: revived channels fitted the halves' noise (liver CoV +52 %, docs/tgd.md).
     revive: bool = redefault(FinetuneConfig, "revive", False)
+    val_every: int = 1  # online learning has no validation studies: not a command-line option here
 
 
 def command_settings(cls: type) -> list[dataclasses.Field]:

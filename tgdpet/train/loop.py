@@ -234,10 +234,13 @@ class Progress:
     def start_epoch(self) -> None:
         self.epoch_loss, self.epoch_penalty, self.epoch_steps = 0.0, 0.0, 0
 
-    def add_epoch(self, row: dict, metric: float) -> bool:
-        """Record an epoch's metrics row (replacing a truncated earlier row of the same epoch); True if best so far."""
+    def add_epoch(self, row: dict, metric: float | None) -> bool:
+        """Record an epoch's metrics row (replacing a truncated earlier row of the same epoch); True if best so far.
+
+        ``metric`` is None for an epoch that was not validated: it cannot be the best.
+        """
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
-        improved = self.best_metric is None or metric < self.best_metric
+        improved = metric is not None and (self.best_metric is None or metric < self.best_metric)
         if improved:
             self.best_metric, self.best_epoch = metric, row["epoch"]
         return improved
@@ -394,6 +397,11 @@ def _train_epoch(
             bar.set_postfix(loss=f"{value:.3e}", refresh=False)
 
 
+def _validates(cfg: LoopConfig, epoch: int, step: int) -> bool:
+    """Whether the epoch (0-based) that ended at global ``step`` is validated: every ``val_every``-th, and the last."""
+    return (epoch + 1) % cfg.val_every == 0 or step >= cfg.total_steps
+
+
 def _epoch_row(
     progress: Progress, epoch: int, patches_per_s: float, optimizer: torch.optim.Optimizer, method: Method
 ) -> dict:
@@ -490,7 +498,7 @@ def fit(
         epoch_time = time.perf_counter() - t0
         progress.elapsed_s += epoch_time
         row = _epoch_row(progress, epoch, steps * cfg.batch_size / epoch_time, optimizer, method)
-        if val and env.is_main:
+        if val and env.is_main and _validates(cfg, epoch, progress.step):
             row["val_loss"], row["val_psnr"] = validate(
                 model, val, device=device, dtype=dtype, max_slices=cfg.val_max_slices, detail_weight=cfg.detail_weight
             )
