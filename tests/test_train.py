@@ -110,6 +110,14 @@ def test_val_every_validates_those_epochs_and_the_last_and_picks_the_best_of_the
     )
 
 
+def test_a_resumed_run_may_change_how_often_it_validates(tmp_path, dataset):
+    out = tmp_path / "run"
+    train(dataset, out, train_cfg(epochs=2), progress_bar=False)
+    train(dataset, out, train_cfg(epochs=4, val_every=4), resume=True, progress_bar=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["val_loss"] is not None] == [1, 2, 4]
+
+
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, dataset, monkeypatch):
     cfg = train_cfg(epochs=3)  # 4 steps per epoch
     train(dataset, tmp_path / "a", cfg, progress_bar=False)
