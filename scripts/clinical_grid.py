@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tgdpet.evaluate import evaluate_manifest  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
-from tgdpet.builtin import pretrained_model_path  # noqa: E402
+from tgdpet.builtin import resolve_model  # noqa: E402
 from tgdpet.simulate import SimulationConfig, cohort, write_dataset  # noqa: E402
 from tgdpet.simulate.grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM  # noqa: E402
 
@@ -125,7 +125,8 @@ def table(results: list[dict], model: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the simulated test studies")
-    parser.add_argument("--model", action="append", default=[], help="NAME=FILE (repeatable; default: built-in)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="NAME=FILE, FILE a model file or a built-in model's name (repeatable; default: built-in)")
     parser.add_argument("--voxels", default="2.0,2.7,4.0", help="voxel sizes in mm (isotropic)")
     parser.add_argument("--protocols", default="v1,v2,sharp,smooth")
     parser.add_argument("--seeds", default="5000,6000")
@@ -136,7 +137,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
-    models = dict(m.split("=", 1) for m in args.model) or {"built-in": str(pretrained_model_path())}
+    named = (m.split("=", 1) for m in args.model)
+    models = {name: str(resolve_model(spec)) for name, spec in named} or {"built-in": str(resolve_model(None))}
     protocols = args.protocols.split(",")
     results = []
     for voxel in (float(v) for v in args.voxels.split(",")):

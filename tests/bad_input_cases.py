@@ -291,9 +291,14 @@ def cli_run_exists(root: Path) -> list[str]:
 # --------------------------------------------------------------------------- model files
 
 
-@case("`--model` that does not exist", "does not exist")
+@case("`--model` that does not exist", "runs/gone.safetensors does not exist")
 def model_missing(root: Path) -> list[str]:
-    return ["denoise", "--model", "gone.safetensors", "--device", "cpu", "scan.nii.gz"]
+    return ["denoise", "--model", "runs/gone.safetensors", "--device", "cpu", "scan.nii.gz"]
+
+
+@case("`--model` that is neither a file nor a built-in model's name", "is neither a file nor a built-in model's name")
+def model_unknown_name(root: Path) -> list[str]:
+    return ["denoise", "--model", "dncnn-sharp", "--device", "cpu", "scan.nii.gz"]
 
 
 @case("a torch.save pickle (with a code payload) as model", "PyTorch pickle checkpoint")

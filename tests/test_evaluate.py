@@ -232,7 +232,9 @@ def test_cli_prints_the_table_and_writes_json_once(tmp_path):
     ("extra", "message"),
     [
         (["--model", "no-equals-sign"], "NAME=PATH"),
-        (["--model", "a=missing.safetensors"], "is not a file"),
+        (["--model", "a=missing.safetensors"], "a: model 'missing.safetensors' is neither a file nor a built-in"),
+        (["--model", "a=runs/missing.safetensors"], "a: model file runs/missing.safetensors does not exist"),
+        (["--model", "a=."], "a: model file . is a folder"),
         (["--model", "input={model}"], "may not be named 'input'"),
         (["--model", "a={model}", "--model", "a={model}"], "twice"),
         (["--study", "nope"], "no study 'nope'"),

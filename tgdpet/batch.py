@@ -113,13 +113,13 @@ def run_record(denoiser: "Denoiser", model_path: str | os.PathLike | None) -> di
     The hash identifies the weights even when a file is renamed or replaced
     under the same name.
     """
-    from .builtin import pretrained_model_path  # reads model files: loaded only when a report is made
+    from .builtin import is_builtin, resolve_model  # reads model files: loaded only when a report is made
 
-    path = Path(model_path) if model_path is not None else pretrained_model_path()
+    path = resolve_model(model_path)
     precision = precision_name(denoiser.dtype)
     return {
         "model": {"name": path.stem, "path": str(path.resolve()), "sha256": _sha256(path),
-                  "built_in": model_path is None},
+                  "built_in": is_builtin(path)},
         "device": str(denoiser.device),
         "precision": precision,
         "tta": denoiser.tta,

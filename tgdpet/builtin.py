@@ -3,7 +3,10 @@
 Everything shown comes from the model file's own metadata (written by
 :func:`tgdpet.checkpoint.save_model`), never from a table kept here, so a
 retrained model describes itself. What a file does not record is shown as
-``unknown`` rather than guessed.
+``unknown`` rather than guessed. Wherever a command takes a model file it also
+takes a built-in model's name (its file's stem), so adapting the built-in
+model (``tgdpet tgd-finetune dncnn-fdg-uniform64 DATA --out RUN``) needs no
+path into the installation.
 """
 
 from __future__ import annotations
@@ -35,8 +38,34 @@ def pretrained_model_path() -> Path:
 
 
 def builtin_model_paths() -> list[Path]:
-    """The model files shipped with this installation, by name."""
-    return sorted(PRETRAINED_DIR.glob("*.safetensors"))
+    """The model files shipped with this installation: the default first, then the others by name."""
+    return sorted(PRETRAINED_DIR.glob("*.safetensors"), key=lambda p: (p.name != DEFAULT_MODEL, p.name))
+
+
+def is_builtin(path: str | Path) -> bool:
+    """Whether ``path`` is one of the model files shipped with this installation."""
+    return Path(path).resolve().parent == PRETRAINED_DIR.resolve()
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """The model file a user means: nothing (the default built-in model), a model file, or a built-in model's name.
+
+    A file of that path wins over a built-in model of that name, so a model of one's own is never shadowed.
+    Built-in models are named by their file's stem (``tgdpet models`` lists them).
+    """
+    if spec is None:
+        return pretrained_model_path()
+    path = Path(spec)
+    if path.exists() or path.name != str(spec):  # a path the user typed: load_model names what is wrong with it
+        return path
+    named = PRETRAINED_DIR / (path.name if path.suffix == ".safetensors" else f"{path.name}.safetensors")
+    if named.is_file():
+        return named
+    names = ", ".join(p.stem for p in builtin_model_paths())
+    raise TgdpetError(
+        f"model {str(spec)!r} is neither a file nor a built-in model's name ({names}; tgdpet models describes "
+        "them); check the path or pick a name."
+    )
 
 
 def _voxel_size(provenance: dict) -> str:
@@ -96,10 +125,12 @@ def model_card(path: str | Path) -> dict[str, str]:
     network = record.config
     parameters = sum(p.numel() for p in record.model.parameters())
     rounds = len(record.masks_history)
-    builtin = Path(path).resolve().parent == PRETRAINED_DIR.resolve()
+    builtin = is_builtin(path)
     domain = domain_of(prov)
-    return {
-        "file": str(path),
+    card = {"file": str(path)}
+    if prov.get("use_for"):  # what its maker measured it on, and what not to use it for
+        card["use for"] = str(prov["use_for"])
+    return card | {
         "network": f"DnCNN, preset {record.preset or UNKNOWN}: {len(network.widths)} conv layers "
         f"(widths {', '.join(map(str, network.widths))}), {parameters:,} parameters, "
         f"{network.in_slices} adjacent slices in",

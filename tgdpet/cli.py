@@ -50,6 +50,24 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+class _ModelFile(click.ParamType):
+    """A model file, or a built-in model's name (``tgdpet models``), as the path of its file."""
+
+    name = "model"
+
+    def convert(self, value, param, ctx):
+        from .builtin import resolve_model
+
+        try:
+            return resolve_model(value)
+        except TgdpetError as e:
+            self.fail(str(e), param, ctx)
+
+
+MODEL = _ModelFile()
+MODEL_HELP = "A tgdpet model file (.safetensors) or a built-in model's name (tgdpet models lists them)"
+
+
 def _usage_error(ctx: click.Context, e: click.UsageError) -> None:
     """Print a click usage error as one line that names the command's --help, and exit 2."""
     where = (e.ctx or ctx).command_path
@@ -112,7 +130,7 @@ def _print_drop_table(results: list[dict]) -> None:
 
 
 @main.command("score-kse")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=MODEL)
 @click.option(
     "--phi", type=float, default=0.3, show_default=True, help="KSE threshold: channels scoring below it are retrained."
 )
@@ -268,7 +286,7 @@ def train_command(data, out, config, no_progress, resume, overwrite, **options) 
 
 
 @main.command("tgd-finetune")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=MODEL)
 @click.argument("data", type=click.Path(exists=True))
 @click.option(
     "-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder for models, metrics and state."
@@ -301,7 +319,7 @@ def tgd_finetune_command(model, data, out, config, no_progress, resume, overwrit
 
 
 @main.command("n2n-online")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=MODEL)
 @click.argument("half1", type=click.Path(exists=True))
 @click.argument("half2", type=click.Path(exists=True))
 @click.option(
@@ -339,8 +357,7 @@ def n2n_online_command(
 
 @main.command("denoise")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="A tgdpet model file (.safetensors)  [default: the built-in pretrained model]")
+@click.option("--model", "model_path", type=MODEL, help=f"{MODEL_HELP}  [default: the built-in pretrained model]")
 @click.option("-o", "--out", type=click.Path(),
               help="Output for a single INPUT: .nii or .nii.gz (any input), or a DICOM folder (DICOM inputs).")
 @click.option("--out-dir", type=click.Path(file_okay=False),
@@ -451,8 +468,8 @@ def _suv_line(info: dict) -> str:
 
 
 def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:
-    """``NAME=PATH`` pairs of --model into an ordered name -> path dict."""
-    from pathlib import Path
+    """``NAME=PATH`` pairs of --model into an ordered name -> path dict (PATH may name a built-in model)."""
+    from .builtin import resolve_model
 
     models: dict[str, str] = {}
     for value in values:
@@ -462,16 +479,22 @@ def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:
             raise TgdpetError(f"--model {value!r} must be NAME=PATH, e.g. --model v1-net=runs/v1/best.safetensors.")
         if name in models:
             raise TgdpetError(f"--model names {name!r} twice; give every model its own name.")
-        if not Path(path).is_file():
-            raise TgdpetError(f"--model {name}: {path} is not a file; pass a tgdpet model file (.safetensors).")
-        models[name] = path
+        try:
+            resolved = resolve_model(path)
+        except TgdpetError as e:
+            raise TgdpetError(f"--model {name}: {e}") from None
+        if not resolved.is_file():
+            problem = "is a folder" if resolved.is_dir() else "does not exist"
+            raise TgdpetError(f"--model {name}: model file {path} {problem}; pass a tgdpet model file (.safetensors).")
+        models[name] = str(resolved)
     return models
 
 
 @main.command("evaluate")
 @click.argument("data", type=click.Path())
 @click.option("--model", "model_specs", multiple=True, metavar="NAME=PATH",
-              help="A model to evaluate under a row name; repeat for several (without any: the inputs alone).")
+              help="A model file (or a built-in model's name) to evaluate under a row name; repeat for several "
+              "(without any: the inputs alone).")
 @click.option("--study", "study_id", help="Evaluate this study only  [default: every study with split 'test']")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results here as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -614,8 +637,7 @@ def models_command(as_json) -> None:
 @main.command("demo")
 @click.option("-o", "--out", default="tgdpet-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo's images and PNG.")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
-              help="Model file  [default: the built-in pretrained model]")
+@click.option("--model", "model_path", type=MODEL, help=f"{MODEL_HELP}  [default: the built-in pretrained model]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the simulated study.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo folder.")

@@ -22,7 +22,7 @@ import numpy as np
 
 from .batch import denoise_tree, is_study_tree, run_record
 from .bids import PIPELINE, denoise_dataset, is_bids_dataset
-from .builtin import pretrained_model_path
+from .builtin import resolve_model
 from .checkpoint import load_model
 from .domain import domain_of, frame_warning
 from .errors import TgdpetError
@@ -45,13 +45,13 @@ Echo = Callable[[str], None]
 
 
 def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
-    """A :class:`~tgdpet.infer.Denoiser` for a model file (default: the built-in pretrained model).
+    """A :class:`~tgdpet.infer.Denoiser` for a model file or a built-in model's name (default: the built-in model).
 
     ``options`` are :class:`~tgdpet.infer.Denoiser`'s; the domain comes from the file. Refuses a model trained
     with another intensity normalisation than the one this tgdpet applies, since its output would be silently
     mis-scaled.
     """
-    path = Path(model_path) if model_path is not None else pretrained_model_path()
+    path = resolve_model(model_path)
     record = load_model(path, device="cpu")
     record.check_normalization(str(path))
     return Denoiser(record.model, domain=domain_of(record.provenance), **options)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
+from ..builtin import resolve_model
 from ..checkpoint import load_model, save_model
 from ..data import Study, detail_map
 from ..inputs import NORMALIZATION, body_mask
@@ -178,6 +179,7 @@ def n2n_online(
         Study.from_arrays("half1->half2", c2, [c1], body=body, detail=detail),
         Study.from_arrays("half2->half1", c1, [c2], body=body, detail=detail),
     ]
+    model_path = resolve_model(model_path)  # a file, or a built-in model's name
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
     # After the inputs and the model: say what is wrong with them first. The result keeps the input's format.

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, tgd
+from ..builtin import resolve_model
 from ..checkpoint import load_model
 from ..data import Manifest, PatchDataset, Study, load_manifest, load_studies
 from ..domain import Domain, domain_of, training_domain
@@ -209,6 +210,7 @@ def finetune(
     """
     env, device = ddp.distributed(cfg.device)
     manifest = load_manifest(data)
+    model_path = resolve_model(model_path)  # a file, or a built-in model's name
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
     # Everything that can refuse the input comes before the run folder is touched.
