@@ -2,7 +2,7 @@
 
     python scripts/clinical_grid.py --work WORK [--model NAME=FILE ...] [--voxels 2.0,2.7,4.0]
                                     [--protocols v1,v2,sharp,smooth] [--seeds 5000,6000]
-                                    [--realisations 10] [--no-resample] [--json out.json]
+                                    [--realisations 10] [--no-resample] [--tta] [--json out.json]
 
 For every voxel size and seed, ``tgdpet simulate`` draws a low-, a normal- and
 a high-BMI test study (the 20 mm 4:1 liver tumour, ``R`` disjoint 60 s
@@ -17,7 +17,8 @@ evaluate``'s figures are printed per cell: the tumour's bias against the
 project's targets (bias within +-5 %, CoV at most 0.5x) checked, and the
 inputs' own tumour bias beside them (the JSON also holds the tumour's change
 by denoising, denoised against input). Without
-``--model`` the built-in model is measured.
+``--model`` the built-in model is measured; ``--tta`` averages each network's
+output over the 8 in-plane flips, as ``tgdpet denoise --tta`` does.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def main() -> None:
         "--realisations", type=int, default=10, help="60 s realisations a study (10 make the 600 s scan)"
     )
     parser.add_argument("--no-resample", action="store_true", help="run the network on the input's own grid")
+    parser.add_argument("--tta", action="store_true", help="as tgdpet denoise --tta: the mean over 8 in-plane flips")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
@@ -147,7 +149,8 @@ def main() -> None:
             for protocol in protocols:
                 start = time.perf_counter()
                 evaluated = evaluate_manifest(
-                    data / protocol, models, device=args.device, precision="auto", resample=not args.no_resample
+                    data / protocol, models, device=args.device, precision="auto", resample=not args.no_resample,
+                    tta=args.tta,
                 )
                 cells = {
                     body: {m: cell(s, m) for m in models}
@@ -157,11 +160,13 @@ def main() -> None:
                 print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
                       + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
     for model in models:
-        print(f"\n{model} ({'network on the input grid' if args.no_resample else 'finer voxels on the model grid'})")
+        how = "network on the input grid" if args.no_resample else "finer voxels on the model grid"
+        print(f"\n{model} ({how}{', 8 flips averaged' if args.tta else ''})")
         print(table(results, model))
     if args.json:
         with atomic_file(args.json) as tmp:
-            tmp.write_text(json.dumps({"models": models, "resample": not args.no_resample, "results": results}, indent=1))
+            record = {"models": models, "resample": not args.no_resample, "tta": args.tta, "results": results}
+            tmp.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import COLUMNS, evaluate_manifest, evaluate_models
 from tgdpet.io import Volume, read_volume, write_volume
 from tgdpet.models import build_model
+from helpers import reference_denoise, trained_like_model
 
 SHAPE = (6, 16, 16)
 CODES = {"body": 1, "liver": 2, "lesion": 3, "bladder": 4, "catheter": 5}
@@ -130,6 +131,30 @@ def test_every_row_is_scored_on_what_the_model_returned(tmp_path):
     _assert_rows_equal(study["rows"]["shift"], _expected_row(shifted, target, lab, target * 1.25))
     # The shift lowers every lesion mean: the model's row really differs from the input's.
     assert study["rows"]["shift"]["lesion_bias_pct"] < study["rows"]["input"]["lesion_bias_pct"] - 1.0
+
+
+#: The 8 in-plane flips and transposes of a (z, y, x) volume, each with its inverse.
+IN_PLANE = [
+    (lambda v, k=k, t=t: np.rot90(v.transpose(0, 2, 1) if t else v, k, axes=(1, 2)),
+     lambda v, k=k, t=t: (lambda u: u.transpose(0, 2, 1) if t else u)(np.rot90(v, -k, axes=(1, 2))))
+    for t in (False, True) for k in range(4)
+]  # fmt: skip
+
+
+def test_tta_scores_the_mean_over_the_eight_in_plane_flips(tmp_path):
+    manifest = _study(tmp_path)
+    model = trained_like_model(seed=3)  # not flip-equivariant: the mean over flips is not its plain output
+    path = save_model(tmp_path / "m.safetensors", model, preset="tiny")
+    rows = {tta: evaluate_manifest(manifest, {"m": path}, device="cpu", tta=tta)["studies"][0]["rows"]["m"]
+            for tta in (False, True)}  # fmt: skip
+    lab, target, reals = _labels(), _target(_labels()), _read_reals(manifest)
+    # The mean over the group is the same whatever in-plane orientation the file is stored in.
+    averaged = [
+        np.mean([undo(reference_denoise(model, np.ascontiguousarray(do(x)))) for do, undo in IN_PLANE], axis=0)
+        for x in reals
+    ]
+    _assert_rows_equal(rows[True], _expected_row(averaged, target, lab, target * 1.25), rel=1e-4)
+    assert abs(rows[True]["psnr_db"] - rows[False]["psnr_db"]) > 1e-3  # the flag reached the denoiser
 
 
 def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp_path):

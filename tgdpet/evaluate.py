@@ -158,12 +158,12 @@ def load_study_images(
     return StudyImages(study.id, target, images, kind, regions, truth_image, voxel_mm)
 
 
-def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str, resample: bool) -> Denoiser:
+def _denoiser(name: str, spec: ModelSpec, device: torch.device, precision: str, resample: bool, tta: bool) -> Denoiser:
+    options = dict(device=device, precision=precision, resample=resample, tta=tta)
     if isinstance(spec, ModelRecord):
         spec.check_normalization(f"model {name!r}")
-        domain = domain_of(spec.provenance)
-        return Denoiser(spec.model, device=device, precision=precision, domain=domain, resample=resample)
-    return load_denoiser(spec, device=device, precision=precision, resample=resample)
+        return Denoiser(spec.model, domain=domain_of(spec.provenance), **options)
+    return load_denoiser(spec, **options)
 
 
 def prepare_denoisers(
@@ -172,16 +172,18 @@ def prepare_denoisers(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     resample: bool = True,
+    tta: bool = False,
 ) -> dict[str, Denoiser]:
     """Load every model once (files are checked before any study is read).
 
     ``resample``: finer voxels than a model's are denoised on its grid, as ``tgdpet denoise`` does
-    (:mod:`tgdpet.resample`); False runs each network on the images' own grid.
+    (:mod:`tgdpet.resample`); False runs each network on the images' own grid. ``tta``: as ``tgdpet
+    denoise --tta``, the mean over the 8 in-plane flips and transposes.
     """
     if INPUT_ROW in models:
         raise TgdpetError(f"a model may not be named {INPUT_ROW!r}: that row holds the un-denoised images.")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    return {name: _denoiser(name, spec, dev, precision, resample) for name, spec in models.items()}
+    return {name: _denoiser(name, spec, dev, precision, resample, tta) for name, spec in models.items()}
 
 
 def _bounding_box(masks: Iterable[np.ndarray]) -> tuple[slice, ...] | None:
@@ -306,10 +308,11 @@ def evaluate_manifest(
     dilation: int = 2,
     progress: bool = False,
     resample: bool = True,
+    tta: bool = False,
 ) -> dict:
     """Evaluate models on every ``test`` study of a manifest, or on the study named ``study_id``.
 
-    ``resample`` as in :func:`prepare_denoisers`.
+    ``resample`` and ``tta`` as in :func:`prepare_denoisers`.
     """
     manifest = load_manifest(manifest_path)
     if study_id is not None:
@@ -322,7 +325,7 @@ def evaluate_manifest(
         studies = manifest.split("test")
         if not studies:
             raise TgdpetError(f"{manifest.path} has no study with split 'test'; name one to evaluate with --study.")
-    denoisers = prepare_denoisers(models, device=device, precision=precision, resample=resample)
+    denoisers = prepare_denoisers(models, device=device, precision=precision, resample=resample, tta=tta)
     results = [
         evaluate_study(
             denoisers,
