@@ -40,6 +40,7 @@ def test_models_lists_the_builtin_model_with_what_its_file_records():
     # No path from the maker's machine, in the file or in what is shown (only where this installation keeps it).
     assert not re.search(r"(^|[\s'\"(=])/[A-Za-z]", json.dumps(prov)), prov
     assert not any(re.search(r"(^|\s)/[A-Za-z]", text) for field, text in card.items() if field != "file")
+    assert card["use for"] == prov["use_for"]  # what it was measured to do, and not to do, shown to the user
     assert card["tracer"] == prov.get("tracer", "unknown")
     assert card["protocol"] == prov.get("protocol", "unknown")
     assert f"preset {meta['preset']}" in card["network"]
