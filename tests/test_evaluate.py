@@ -161,6 +161,13 @@ def test_tta_scores_the_mean_over_the_eight_in_plane_flips(tmp_path):
     _assert_rows_equal(rows[True], _expected_row(averaged, target, lab, target * 1.25), rel=1e-4)
     assert abs(rows[True]["psnr_db"] - rows[False]["psnr_db"]) > 1e-3  # the flag reached the denoiser
 
+    out = tmp_path / "tta.json"
+    args = ["evaluate", str(manifest), "--model", f"m={path}", "--tta", "--json", str(out), "--device", "cpu"]
+    assert CliRunner().invoke(main, args + ["--no-progress"]).exit_code == 0
+    saved = json.loads(out.read_text())
+    assert saved["tta"] is True  # the results say how they were made
+    _assert_rows_equal(saved["studies"][0]["rows"]["m"], _expected_row(averaged, target, lab, target * 1.25), rel=1e-4)
+
 
 def test_identity_realisations_score_no_bias_no_noise_and_perfect_similarity(tmp_path):
     target = _target(_labels())

@@ -502,9 +502,12 @@ def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:
               help="Network precision; fp32 keeps the figures free of rounding (bf16 moves outputs by ~0.2 %).")
 @click.option("--dilation", type=click.IntRange(min=0), default=2, show_default=True,
               help="Voxels around catheter and bladder included in the hallucination score.")
+@click.option("--tta", is_flag=True, help="Score each model as denoise --tta runs it (8 in-plane flips averaged).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
-def evaluate_command(data, model_specs, study_id, json_out, device, precision, dilation, overwrite, no_progress) -> None:
+def evaluate_command(
+    data, model_specs, study_id, json_out, device, precision, dilation, tta, overwrite, no_progress
+) -> None:
     """Score models on the test studies of DATA (a manifest.json or a folder holding one).
 
     \b
@@ -527,7 +530,7 @@ def evaluate_command(data, model_specs, study_id, json_out, device, precision, d
             load_model(path).check_normalization(path)
         check_can_write(json_out, overwrite)
     results = evaluate_manifest(
-        data, models, study_id=study_id, device=device, precision=precision, dilation=dilation,
+        data, models, study_id=study_id, device=device, precision=precision, dilation=dilation, tta=tta,
         progress=not no_progress,
     )  # fmt: skip
     click.echo("\n\n".join(format_table(study) for study in results["studies"]))

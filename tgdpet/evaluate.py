@@ -341,6 +341,7 @@ def evaluate_manifest(
         "manifest": str(manifest.path),
         "models": {name: (str(spec) if not isinstance(spec, ModelRecord) else None) for name, spec in models.items()},
         "precision": precision,
+        "tta": tta,
         "dilation_voxels": dilation,
         "studies": results,
     }
