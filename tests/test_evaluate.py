@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import reference_denoise, trained_like_model
 
 from tgdpet import metrics
 from tgdpet.checkpoint import load_model, save_model
@@ -19,7 +20,6 @@ from tgdpet.errors import TgdpetError
 from tgdpet.evaluate import COLUMNS, evaluate_manifest, evaluate_models
 from tgdpet.io import Volume, read_volume, write_volume
 from tgdpet.models import build_model
-from helpers import reference_denoise, trained_like_model
 
 SHAPE = (6, 16, 16)
 CODES = {"body": 1, "liver": 2, "lesion": 3, "bladder": 4, "catheter": 5}

@@ -50,21 +50,8 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-class _ModelFile(click.ParamType):
-    """A model file, or a built-in model's name (``tgdpet models``), as the path of its file."""
-
-    name = "model"
-
-    def convert(self, value, param, ctx):
-        from .builtin import resolve_model
-
-        try:
-            return resolve_model(value)
-        except TgdpetError as e:
-            self.fail(str(e), param, ctx)
-
-
-MODEL = _ModelFile()
+#: Every MODEL and --model is a file or a built-in model's name; the library resolves it (tgdpet.builtin).
+MODEL = click.Path(dir_okay=False)
 MODEL_HELP = "A tgdpet model file (.safetensors) or a built-in model's name (tgdpet models lists them)"
 
 
@@ -154,6 +141,7 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
     """Score MODEL's feature maps with KSE and show which kernels TGD would retrain at --phi."""
     import json
 
+    from .builtin import resolve_model
     from .checkpoint import load_model
     from .data import read_canonical
     from .drop import drop_study
@@ -164,7 +152,7 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
 
     phi = check_phi(phi)
     phi_list = [check_phi(p) for p in _parse_phis(phis)] if (drop or volume) else []
-    record = load_model(model, device=resolve_device(device) if phi_list else "cpu")
+    record = load_model(resolve_model(model), device=resolve_device(device) if phi_list else "cpu")
     summary = retrain_summary(record.model, phi, conv1)
     if phi_list:
         vol, dev = (read_canonical(volume) if volume else None), next(record.model.parameters()).device

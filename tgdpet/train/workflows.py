@@ -209,8 +209,8 @@ def finetune(
     TGD^2, with masks from its fine-tuned weights.
     """
     env, device = ddp.distributed(cfg.device)
+    model_path = resolve_model(model_path)  # a file, or a built-in model's name: a wrong name is said first
     manifest = load_manifest(data)
-    model_path = resolve_model(model_path)  # a file, or a built-in model's name
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
     # Everything that can refuse the input comes before the run folder is touched.
