@@ -169,6 +169,17 @@ def reference_denoise(model, volume: np.ndarray, normalize: bool = True) -> np.n
     return out
 
 
+def in_plane_mean(denoise, volume: np.ndarray) -> np.ndarray:
+    """TTA by hand: ``denoise`` each of the 8 in-plane turns and transposes of a (z, y, x) volume, undo, average."""
+    total = np.zeros(volume.shape)
+    for k in range(4):
+        for transpose in (False, True):
+            turned = np.rot90(volume, k, axes=(1, 2))
+            out = denoise(np.ascontiguousarray(turned.transpose(0, 2, 1) if transpose else turned))
+            total += np.rot90(out.transpose(0, 2, 1) if transpose else out, -k, axes=(1, 2))
+    return total / 8
+
+
 def rel_rms(a: np.ndarray, b: np.ndarray) -> float:
     """Relative RMS difference of ``a`` from ``b``."""
     return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2) / np.mean(np.asarray(b, np.float64) ** 2)))

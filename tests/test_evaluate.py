@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import reference_denoise, trained_like_model
+from helpers import in_plane_mean, reference_denoise, trained_like_model
 
 from tgdpet import metrics
 from tgdpet.checkpoint import load_model, save_model
@@ -133,22 +133,6 @@ def test_every_row_is_scored_on_what_the_model_returned(tmp_path):
     assert study["rows"]["shift"]["lesion_bias_pct"] < study["rows"]["input"]["lesion_bias_pct"] - 1.0
 
 
-def _in_plane(v: np.ndarray, k: int, transpose: bool) -> np.ndarray:
-    """One of the 8 in-plane flips and transposes of a (z, y, x) volume: transpose y and x, then turn k x 90 deg."""
-    return np.ascontiguousarray(np.rot90(v.transpose(0, 2, 1) if transpose else v, k, axes=(1, 2)))
-
-
-def _in_plane_undone(v: np.ndarray, k: int, transpose: bool) -> np.ndarray:
-    turned_back = np.rot90(v, -k, axes=(1, 2))
-    return turned_back.transpose(0, 2, 1) if transpose else turned_back
-
-
-def _tta_by_hand(model, x: np.ndarray) -> np.ndarray:
-    """The mean over the 8 in-plane transforms of the reference denoise, each transformed back."""
-    group = [(k, t) for t in (False, True) for k in range(4)]
-    return np.mean([_in_plane_undone(reference_denoise(model, _in_plane(x, k, t)), k, t) for k, t in group], axis=0)
-
-
 def test_tta_scores_the_mean_over_the_eight_in_plane_flips(tmp_path):
     manifest = _study(tmp_path)
     model = trained_like_model(seed=3)  # not flip-equivariant: the mean over flips is not its plain output
@@ -157,7 +141,7 @@ def test_tta_scores_the_mean_over_the_eight_in_plane_flips(tmp_path):
             for tta in (False, True)}  # fmt: skip
     lab, target, reals = _labels(), _target(_labels()), _read_reals(manifest)
     # The mean over the group is the same whatever in-plane orientation the file is stored in.
-    averaged = [_tta_by_hand(model, x) for x in reals]
+    averaged = [in_plane_mean(lambda v: reference_denoise(model, v), x) for x in reals]
     _assert_rows_equal(rows[True], _expected_row(averaged, target, lab, target * 1.25), rel=1e-4)
     assert abs(rows[True]["psnr_db"] - rows[False]["psnr_db"]) > 1e-3  # the flag reached the denoiser
 
