@@ -632,6 +632,17 @@ def n2n_output_as_dicom(root: Path) -> list[str]:
     return ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "result", *FAST]
 
 
+@case("`n2n-online --config` asking for a detail-weighted loss, whose weights would read the noisy half as clean",
+      "trains with plain MSE: detail_weight and noise_relative_loss read the target as the clean image")
+def n2n_config_with_a_detail_weight(root: Path) -> list[str]:
+    one = make_volume(shape=(8, 16, 16))
+    write_test_nifti(root / "half1.nii.gz", one)
+    write_test_nifti(root / "half2.nii.gz", one)
+    (root / "n2n.yaml").write_text("detail_weight: 16\n")
+    command = ["n2n-online", "model.safetensors", "half1.nii.gz", "half2.nii.gz", "-o", "out.nii.gz"]
+    return [*command, "--config", "n2n.yaml", *FAST]
+
+
 @case("`evaluate --json` over an existing file, with a pickle as model: the model is named first",
       "PyTorch pickle checkpoint")
 def evaluate_pickle_and_json_exists(root: Path) -> list[str]:

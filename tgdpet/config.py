@@ -238,6 +238,19 @@ class N2NConfig(FinetuneConfig):
     # Off for online learning: revived channels fitted the halves' noise (liver CoV +52 %, docs/tgd.md).
     revive: bool = redefault(FinetuneConfig, "revive", False)
     val_every: int = 1  # online learning has no validation studies: not a command-line option here
+    # Not offered here: both losses read the target as the clean image (its detail; the input's noise as
+    # input minus target), and a Noise2Noise target is the other noisy half. See __post_init__.
+    detail_weight: float = 0.0
+    noise_relative_loss: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.detail_weight != 0.0 or self.noise_relative_loss:
+            raise TgdpetError(
+                "n2n-online trains with plain MSE: detail_weight and noise_relative_loss read the target as the "
+                "clean image, and here the target is the other noisy half (with both, the adapted model raised a "
+                "study's liver mean by 12 %); remove them from the config."
+            )
 
 
 def command_settings(cls: type) -> list[dataclasses.Field]:
