@@ -29,13 +29,14 @@ import numpy as np  # noqa: E402
 
 from tgdpet.builtin import resolve_model  # noqa: E402
 from tgdpet.data import load_manifest  # noqa: E402
-from tgdpet.evaluate import load_study_images, prepare_denoisers, score_images, truth_path  # noqa: E402
+from tgdpet.evaluate import StudyImages, load_study_images, prepare_denoisers, score_images, truth_path  # noqa: E402
 from tgdpet.io import read_volume  # noqa: E402
 from tgdpet.io.orientation import to_canonical  # noqa: E402
 from tgdpet.train import N2NConfig, n2n_online, resolve_config  # noqa: E402
 
 
-def row(name: str, images: list[np.ndarray], study, reference: dict) -> str:
+def row(name: str, images: list[np.ndarray], study: StudyImages, reference: dict) -> str:
+    """One model's line: its tumour bias, its liver CoV against ``reference`` (the pair means'), its liver bias."""
     scores = score_images(images, study)
     cov = scores["liver_cov_pct"] / reference["liver_cov_pct"]
     return (f"{name}: tumour bias {scores['lesion_bias_pct']:+.1f} %, liver CoV {cov:.3f}x, "

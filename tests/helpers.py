@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from tgdpet.checkpoint import save_model
 from tgdpet.inputs import intensity_scale
 from tgdpet.io import Volume, write_volume
 from tgdpet.models import DnCNN, build_model
@@ -167,6 +168,16 @@ def reference_denoise(model, volume: np.ndarray, normalize: bool = True) -> np.n
             stack = torch.from_numpy(padded[k : k + 2 * r + 1] / s)[None]
             out[k] = model(stack)[0, r].numpy() * s
     return out
+
+
+def identity_model(path: Path) -> Path:
+    """A network whose noise estimate is exactly 0 (last conv zeroed), so it returns its input."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.convs[-1].weight.zero_()
+        model.convs[-1].bias.zero_()
+    return save_model(path, model, preset="tiny")
 
 
 def in_plane_mean(denoise, volume: np.ndarray) -> np.ndarray:

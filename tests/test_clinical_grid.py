@@ -8,23 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import identity_model
 
 from tgdpet.builtin import pretrained_model_path
-from tgdpet.checkpoint import save_model
-from tgdpet.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def identity_model(path: Path) -> Path:
-    """A network whose noise estimate is exactly 0 (last conv zeroed), so it returns its input."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    with torch.no_grad():
-        model.convs[-1].weight.zero_()
-        model.convs[-1].bias.zero_()
-    return save_model(path, model, preset="tiny")
 
 
 def test_grid_simulates_scores_and_tabulates(tmp_path):

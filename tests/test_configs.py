@@ -54,12 +54,11 @@ def test_the_configs_are_package_data():
     assert (CONFIGS_DIR / "__init__.py").is_file() and CONFIGS_DIR.parent.name == "tgdpet"
 
 
-
-@pytest.mark.parametrize("setting", [{"detail_weight": 16.0}, {"noise_relative_loss": True}])
-def test_n2n_online_refuses_the_losses_that_read_its_noisy_target_as_clean(setting, tmp_path):
+@pytest.mark.parametrize("key, value", [("detail_weight", 16.0), ("noise_relative_loss", True)])
+def test_n2n_online_refuses_the_losses_that_read_its_noisy_target_as_clean(key, value, tmp_path):
     """Both losses are tgd-finetune's (clean targets); a Noise2Noise target is the other noisy half."""
-    assert getattr(resolve_config(FinetuneConfig, **setting), next(iter(setting))) == next(iter(setting.values()))
+    assert getattr(resolve_config(FinetuneConfig, **{key: value}), key) == value
     config = tmp_path / "n2n.yaml"
-    config.write_text(yaml.safe_dump(setting))
+    config.write_text(yaml.safe_dump({key: value}))
     with pytest.raises(TgdpetError, match="n2n-online trains with plain MSE"):
         resolve_config(N2NConfig, config)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_clinical_grid import identity_model
+from helpers import identity_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^(denoise|n2n-online): tumour bias ([-+0-9.]+) %, liver CoV ([0-9.]+)x", re.M)
