@@ -96,14 +96,18 @@ def interleaved_medians(
 
 
 def bench_voxel_sizes(device: torch.device, quick: bool, repeats: int) -> list[dict]:
-    """The built-in model on whole-body volumes (512 x 512 x 576 mm) of 4 and 2 mm voxels, in the automatic
-    precision: at 2 mm on the model's 4 mm grid (what ``tgdpet denoise`` does) and on the input's own grid."""
+    """The built-in model on whole-body volumes (512 x 512 x 576 mm) of 4, 2.7 and 2 mm voxels, in the automatic
+    precision: finer voxels as ``tgdpet denoise`` does them (the best of the grids from theirs to the model's,
+    :func:`tgdpet.resample.denoise_on_best_grid`), and at 2 mm also on the model's 4 mm grid alone (tgdpet
+    before the choice of grid) and on the input's own grid alone."""
     from tgdpet.denoise import load_denoiser
+    from tgdpet.resample import denoise_on_model_grid
 
     denoiser = load_denoiser(None, device=device, precision="auto")
-    shapes = {4.0: (144, 128, 128), 2.0: (288, 256, 256)}
+    model_mm = denoiser.domain.voxel_min_mm
+    shapes = {4.0: (144, 128, 128), 2.7: (213, 190, 190), 2.0: (288, 256, 256)}
     if quick:
-        shapes = {4.0: (36, 128, 128), 2.0: (72, 256, 256)}
+        shapes = {4.0: (36, 128, 128), 2.7: (54, 190, 190), 2.0: (72, 256, 256)}
     volumes = {v: synthetic_volume(shape) for v, shape in shapes.items()}
 
     def run(voxel: float, resample: bool) -> Callable[[], object]:
@@ -112,13 +116,22 @@ def bench_voxel_sizes(device: torch.device, quick: bool, repeats: int) -> list[d
             return denoiser(volumes[voxel], voxel_mm=(voxel,) * 3)
         return go
 
-    variants = {"4 mm": run(4.0, True), "2 mm, on the model's grid": run(2.0, True), "2 mm, own grid": run(2.0, False)}
-    medians = interleaved_medians(variants, repeats, device)
-    rows = []
-    for name, seconds in medians.items():
-        shape = shapes[2.0 if name.startswith("2") else 4.0]
-        rows.append({"volume": name, "shape": list(shape), "seconds": seconds, "vs 4 mm": seconds / medians["4 mm"]})
-    return rows
+    def model_grid_only() -> object:
+        return denoise_on_model_grid(volumes[2.0], (2.0,) * 3, model_mm, lambda a: denoiser._full(a, False))
+
+    variants = {
+        "4 mm": (4.0, run(4.0, True)),
+        "2.7 mm, best grid": (2.7, run(2.7, True)),
+        "2 mm, best grid": (2.0, run(2.0, True)),
+        "2 mm, model's grid only": (2.0, model_grid_only),
+        "2 mm, own grid only": (2.0, run(2.0, False)),
+    }
+    medians = interleaved_medians({name: go for name, (_, go) in variants.items()}, repeats, device)
+    return [
+        {"volume": name, "shape": list(shapes[voxel]), "seconds": medians[name],
+         "vs 4 mm": medians[name] / medians["4 mm"]}
+        for name, (voxel, _) in variants.items()
+    ]
 
 
 # --------------------------------------------------------------------------- end to end

@@ -17,7 +17,7 @@ FOUR_MM = Domain(voxel_min_mm=(4.0, 4.0, 4.0), voxel_max_mm=(4.0, 4.0, 4.0), uni
 
 def test_warnings_name_coarser_voxels_and_other_units_only():
     assert FOUR_MM.warnings((4.0, 4.0, 4.0), "BQML") == []
-    assert FOUR_MM.warnings((2.0, 1.6, 1.6), "BQML") == []  # finer: denoised on the model's grid
+    assert FOUR_MM.warnings((2.0, 1.6, 1.6), "BQML") == []  # finer: denoised on coarser grids up to the model's
     assert FOUR_MM.warnings((4.5, 4.5, 4.5), "SUV") == []  # SUV is Bq/mL times a factor the normalisation removes
     (coarse,) = FOUR_MM.warnings((5.0, 4.0, 4.0), "BQML")
     assert "coarser" in coarse and "5 x 4 x 4 mm" in coarse

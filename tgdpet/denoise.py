@@ -62,8 +62,8 @@ def denoise_volume(denoiser: Denoiser, volume: Volume, *, progress: bool = False
 
     The same anatomy stored flipped, rotated, feet-first or with its axes
     permuted gives the same network input, so the same result. The voxel size
-    goes with it, so that finer voxels than the model's are denoised on the
-    model's grid (:class:`~tgdpet.infer.Denoiser`).
+    goes with it, so that finer voxels than the model's are denoised on a
+    coarser grid (:class:`~tgdpet.infer.Denoiser`).
     """
     canonical = to_canonical(volume)
     voxel_mm = canonical.spacing[::-1]

@@ -7,10 +7,10 @@ shows it and ``tgdpet denoise`` compares each input with it.
 
 What can be checked from an image is checked: voxel size and units. Finer
 voxels than the model's are not a warning, because the denoiser handles them
-on the model's grid (:mod:`tgdpet.resample`); coarser ones are. Bq/mL and SUV
-are the same quantity up to a factor, which the intensity normalisation
-removes, so either is inside a model trained on one of them; counts or
-arbitrary units are not. Reconstruction settings and count levels are
+on coarser grids up to the model's (:mod:`tgdpet.resample`); coarser ones
+are. Bq/mL and SUV are the same quantity up to a factor, which the intensity
+normalisation removes, so either is inside a model trained on one of them;
+counts or arbitrary units are not. Reconstruction settings and count levels are
 recorded and shown but not checked: an image does not reliably say how it was
 reconstructed, and the counts behind it depend on the scanner and dose.
 """
@@ -101,7 +101,8 @@ class Domain:
             voxels = _mm(self.voxel_min_mm)
         else:
             voxels = f"{_mm(self.voxel_min_mm)} to {_mm(self.voxel_max_mm)}"
-        parts = [f"voxels {voxels} (z x y x x; finer ones are denoised on this grid)"]
+        finer = "finer ones are denoised on grids between theirs and the finest of these"
+        parts = [f"voxels {voxels} (z x y x x; {finer})"]
         if self.units:
             parts.append("units " + ", ".join(self.units))
         if self.protocols:

@@ -43,7 +43,7 @@ from .inputs import intensity_scale, stack_indices
 from .domain import Domain
 from .errors import TgdpetError
 from .models import DnCNN, DnCNNConfig, bn_after
-from .resample import denoise_on_model_grid
+from .resample import denoise_on_best_grid
 from .precision import resolve_precision
 from .runtime import resolve_device
 
@@ -204,10 +204,11 @@ class Denoiser:
             8x the compute, for a result that no longer depends on the network's
             own orientation preferences (gain measured in docs/benchmarks.md).
         domain: what the model was trained on (:mod:`tgdpet.domain`); volumes
-            with finer voxels are denoised on its grid (:mod:`tgdpet.resample`)
-            and :func:`tgdpet.denoise.domain_warnings` compares images with it.
-        resample: denoise finer volumes on the model's grid (the default where
-            the domain is known); False runs the network on the input's own grid.
+            with finer voxels are denoised on the best of a few grids from theirs
+            to the model's (:mod:`tgdpet.resample`), and
+            :func:`tgdpet.denoise.domain_warnings` compares images with it.
+        resample: denoise finer volumes that way (the default where the domain
+            is known); False runs the network on the input's own grid only.
     """
 
     def __init__(
@@ -259,13 +260,14 @@ class Denoiser:
         in (:mod:`tgdpet.io.orientation`); :func:`tgdpet.denoise.denoise_volume`
         takes care of that for a :class:`~tgdpet.io.Volume`. With its voxel size ``voxel_mm``
         ``(z, y, x)`` and a known domain, axes finer than the model's are
-        denoised on the model's grid (:func:`tgdpet.resample.denoise_on_model_grid`).
+        denoised on the best of the grids between theirs and the model's
+        (:func:`tgdpet.resample.denoise_on_best_grid`).
         """
         volume_zyx = np.asarray(volume_zyx)
         check_volume(volume_zyx)
         if voxel_mm is not None and self.domain is not None and self.resample:
             model_mm = self.domain.voxel_min_mm
-            return denoise_on_model_grid(volume_zyx, voxel_mm, model_mm, lambda a: self._full(a, progress))
+            return denoise_on_best_grid(volume_zyx, voxel_mm, model_mm, lambda a: self._full(a, progress))
         return self._full(volume_zyx, progress)
 
     def _full(self, volume_zyx: np.ndarray, progress: bool) -> np.ndarray:

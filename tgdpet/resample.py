@@ -1,4 +1,4 @@
-"""Denoising an image whose voxels are finer than the model's, on the model's grid.
+"""Denoising an image whose voxels are finer than the model's, on a coarser grid.
 
 A DnCNN learns noise in voxel units: a network trained on 4 mm voxels meets,
 at 2 mm, noise grains twice as many voxels wide and leaves most of them
@@ -7,9 +7,10 @@ the scanner's resolution (5-7 mm FWHM with the post-filter), not the voxel's,
 so nearly all of its power is below the frequencies a 4 mm grid can hold.
 :func:`denoise_on_model_grid` therefore
 
-1. averages the input onto a grid of about the model's voxel size (each
-   coarse voxel the exact volume-weighted mean of the fine voxels it covers,
-   so every region keeps its activity),
+1. averages the input onto a coarser grid, the model's voxel size or one
+   between it and the input's (below; each coarse voxel the exact
+   volume-weighted mean of the fine voxels it covers, so every region keeps
+   its activity),
 2. lets the network estimate the noise there,
 3. takes that noise estimate back onto the input's grid by kriging
    (:func:`upsampling_matrix`): the field that best explains the coarse
@@ -17,18 +18,33 @@ so nearly all of its power is below the frequencies a 4 mm grid can hold.
 
 What the coarse grid cannot represent (edges, the finest detail of small
 lesions) stays in the image untouched, so resolution is the input's; only the
-noise the network finds is removed. It costs the network's time on 1/8 of the
-voxels for 2 mm inputs and a 4 mm model, plus two separable matrix products.
+noise the network finds is removed.
+
+Which grid is "about the model's voxel size" depends on the reconstruction,
+not only on the voxels: the noise grain is set by the scanner's resolution,
+the post-filter and resolution modelling, so at 2.7 mm a reconstruction
+without PSF has a finer grain (in mm) than one with it. Averaged onto 4 mm
+voxels the fine grain looks smoother than anything the model was trained on,
+and the network leaves it. :func:`denoise_on_best_grid` therefore denoises on
+a few grids from the input's own voxel size to the model's
+(:func:`working_spacings`) and keeps the result that removed the most: a
+network removes the noise whose grain it knows and leaves what it does not,
+so the grid where it removes most is the one where the image's noise looks
+most like its training noise (docs/builtin-model.md measures the choice).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 
 #: An axis is resampled when its voxels are finer than this share of the model's.
 RESAMPLE_BELOW = 0.85
+
+#: Working grids between an input's voxel size and the model's are at most this factor apart.
+GRID_STEP = 1.25
 
 
 def coarse_count(n: int, voxel_mm: float, model_mm: float) -> int:
@@ -124,12 +140,67 @@ def denoise_on_model_grid(
     return np.asarray(volume_zyx, np.float32) - _apply(noise, up)
 
 
+def working_spacings(voxel_mm: Sequence[float], model_mm: Sequence[float]) -> list[tuple[float, ...]]:
+    """The voxel sizes ``(z, y, x)`` to try denoising on: the input's own, the model's, and steps between.
+
+    Steps are geometric and at most :data:`GRID_STEP` apart along the axis
+    that is finest against the model; every resampled axis moves by the same
+    share of its way from the input's voxel to the model's. An axis keeps the
+    input's spacing where a step is too close to it to resample
+    (:func:`resampled_axes`), and an input with no axis finer than the
+    model's has one candidate, its own.
+    """
+    axes = resampled_axes(voxel_mm, model_mm)
+    if not any(axes):
+        return [tuple(float(v) for v in voxel_mm)]
+    ratio = max(m / v for v, m, r in zip(voxel_mm, model_mm, axes) if r)
+    steps = max(1, math.ceil(math.log(ratio) / math.log(GRID_STEP) - 1e-9))
+    spacings: list[tuple[float, ...]] = []
+    for k in range(steps + 1):
+        step = [v * (m / v) ** (k / steps) if r else v for v, m, r in zip(voxel_mm, model_mm, axes)]
+        # An axis too close to the input's voxels to be resampled (RESAMPLE_BELOW) stays as it is.
+        moved = resampled_axes(voxel_mm, step)
+        spacing = tuple(float(w) if m else float(v) for v, w, m in zip(voxel_mm, step, moved))
+        if spacing not in spacings:
+            spacings.append(spacing)
+    return spacings
+
+
+def denoise_on_best_grid(
+    volume_zyx: np.ndarray,
+    voxel_mm: Sequence[float],
+    model_mm: Sequence[float],
+    denoise: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """:func:`denoise_on_model_grid` on every grid of :func:`working_spacings`; the result that removed the most.
+
+    "Most" is the mean squared change over the whole volume. Every candidate
+    is the same network and the same exact resampling, so they differ only in
+    how well the image's noise grain, on that grid, matches the grains the
+    network learned. Grids coarser than the model's are never tried, so
+    structures never look smaller to the network than on its own grid.
+    Costs the network's time on every candidate grid: for a 2 mm whole-body
+    volume and a 4 mm model, five grids, 16 times the 4 mm grid's alone (README, "Voxel size").
+    """
+    volume = np.asarray(volume_zyx, np.float32)
+    best, removed = None, -1.0
+    for spacing in working_spacings(voxel_mm, model_mm):
+        out = denoise_on_model_grid(volume, voxel_mm, spacing, denoise)
+        change = float(np.mean(np.square(volume - out), dtype=np.float64))
+        if change > removed:
+            best, removed = out, change
+    return best
+
+
 __all__ = [
+    "GRID_STEP",
     "RESAMPLE_BELOW",
     "averaging_matrix",
     "coarse_count",
+    "denoise_on_best_grid",
     "denoise_on_model_grid",
     "NOISE_FWHM_MODEL_VOXELS",
     "resampled_axes",
     "upsampling_matrix",
+    "working_spacings",
 ]
