@@ -160,7 +160,8 @@ def main() -> None:
                 print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
                       + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
     for model in models:
-        how = "network on the input grid" if args.no_resample else "finer voxels on the best of the grids up to the model's"
+        best_grid = "finer voxels on the best of the grids up to the model's"
+        how = "network on the input grid" if args.no_resample else best_grid
         print(f"\n{model} ({how}{', 8 flips averaged' if args.tta else ''})")
         print(table(results, model))
     if args.json:
