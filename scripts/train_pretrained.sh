@@ -90,12 +90,13 @@ provenance = {
     "inputs of 30-180 s against 600 s targets (the v1 studies weighted 4x, its high-BMI ones 8x, in the last stage)",
     "domain": domain.to_json(),  # what denoise compares inputs with (tgdpet.domain)
     # What it was measured to do and not to do (docs/builtin-model.md), shown by `tgdpet models`.
-    "use_for": "FDG whole-body PET in Bq/mL or SUV, OSEM with 2-6 mm post-filters, voxels of 2-4 mm (finer ones "
-    "are denoised on the best of the grids from theirs to its 4 mm). Measured on simulated test studies "
-    "(docs/builtin-model.md): meets the targets (20 mm tumour within 5 %, liver noise at most 0.5x) on PSF "
-    "reconstructions with 3-4 mm filters at every voxel size, and without PSF at 2-2.7 mm up to normal BMI; loses "
-    "5-12 % of high-BMI tumours with a 2 mm filter or without PSF, and leaves more than half the noise after a 6 mm "
-    "filter. Check such images, or fine-tune it on a few studies of your own (tgdpet tgd-finetune).",
+    "use_for": "FDG whole-body PET in Bq/mL or SUV, OSEM with 2-6 mm post-filters, voxels of 2-4 mm (each image "
+    "is denoised on the best of the grids from its voxels to its 4 mm, 4 mm images on theirs or a 3.2 mm one). "
+    "Measured on simulated test studies (docs/builtin-model.md): meets the targets (20 mm tumour within 5 %, liver "
+    "noise at most 0.5x) on PSF reconstructions with 3-4 mm filters at every voxel size, and without PSF at 4 mm, "
+    "and at 2-2.7 mm up to normal BMI; loses 5-8 % of high-BMI tumours with a 2 mm filter and 5-11 % without PSF "
+    "at 2-2.7 mm, and leaves more than half the noise after a 6 mm filter. Check such images, or fine-tune it on "
+    "a few studies of your own (tgdpet tgd-finetune).",
 }
 # Each study once: the v1x* and v1hi* entries are v1 studies listed again to weigh them.
 provenance["train_studies"] = [s for s in provenance.get("train_studies", []) if not s.startswith(("v1x", "v1hi"))]

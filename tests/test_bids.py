@@ -22,6 +22,7 @@ from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
 from tgdpet.domain import Domain
 from tgdpet.infer import denoise_array
+from tgdpet.resample import denoise_on_best_grid
 from tgdpet.simulate import SimulationConfig, StudySpec
 from tgdpet.simulate.bids_dataset import write_bids_dataset
 from tgdpet.simulate.dynamic import FRAME_DURATIONS_S, STATIC_TIME_S, blood_curve, frame_mean, region_curve
@@ -137,7 +138,8 @@ def test_a_dataset_in_a_derivative_dataset_out(dataset, model, tmp_path):
 
 
 def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
-    """Every output frame is the network's result on that frame alone (computed here from the array),
+    """Every output frame is the network's result on that frame alone (computed here from the frame's array,
+    on the best of its grids as `denoise` chooses for any volume),
     and frames shorter than the model's shortest training scan are warned about, one sentence each."""
     ds = tmp_path / "ds"
     shutil.copytree(dataset, ds)
@@ -151,10 +153,14 @@ def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
     assert out.shape == source.shape and np.allclose(out.affine, source.affine)
     net = trained_like_model()
     data, result_data = np.asarray(source.dataobj), np.asarray(out.dataobj)
+    voxel_zyx = tuple(float(v) for v in source.header.get_zooms()[:3][::-1])
+    assert voxel_zyx == (24.0, 16.0, 16.0)  # the model's own voxels: its grid and one 1.25x finer are tried
     for k in (0, 7, 21):
         # The simulator stores (x, y, z) in the canonical L, P, S frame: (z, y, x) is a transpose.
-        expected = denoise_array(net, np.ascontiguousarray(data[..., k].transpose(2, 1, 0)), device="cpu",
-                                 precision="fp32").transpose(2, 1, 0)  # fmt: skip
+        frame = np.ascontiguousarray(data[..., k].transpose(2, 1, 0))
+        expected = denoise_on_best_grid(
+            frame, voxel_zyx, voxel_zyx, lambda a: denoise_array(net, a, device="cpu", precision="fp32")
+        ).transpose(2, 1, 0)
         assert np.allclose(result_data[..., k], expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
 
 

@@ -1,4 +1,4 @@
-"""Denoising finer voxels on coarser grids up to the model's (tgdpet.resample), against values worked out by hand."""
+"""Denoising on working grids other than the input's (tgdpet.resample), against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tgdpet.infer import Denoiser
 from tgdpet.io.orientation import canonical_voxel_mm, to_canonical
 from tgdpet.resample import (
     averaging_matrix,
-    coarse_count,
     denoise_on_best_grid,
-    denoise_on_model_grid,
+    denoise_on_grid,
+    grid_count,
     resampled_axes,
     upsampling_matrix,
     working_spacings,
@@ -55,9 +55,9 @@ def test_kriging_recovers_correlated_noise_better_than_interpolating_the_means()
 
 
 def test_coarse_grid_keeps_the_extent():
-    assert coarse_count(256, 2.0, 4.0) == 128
-    assert coarse_count(192, 2.6667, 4.0) == 128
-    assert coarse_count(3, 2.0, 4.0) == 2 and coarse_count(1, 1.0, 4.0) == 1
+    assert grid_count(256, 2.0, 4.0) == 128
+    assert grid_count(192, 2.6667, 4.0) == 128
+    assert grid_count(3, 2.0, 4.0) == 2 and grid_count(1, 1.0, 4.0) == 1
     assert resampled_axes((2.0, 2.0, 2.0), (4.0, 4.0, 4.0)) == (True, True, True)
     assert resampled_axes((4.0, 3.6, 2.0), (4.0, 4.0, 4.0)) == (False, False, True)  # within 15 %: left alone
 
@@ -67,21 +67,39 @@ def test_subtracting_the_coarse_noise_estimate():
     x = rng.uniform(1.0, 2.0, (6, 8, 10)).astype(np.float32)
     voxel, model = (2.0, 2.0, 2.0), (4.0, 4.0, 4.0)
     shapes = []
-    identity = denoise_on_model_grid(x, voxel, model, lambda a: shapes.append(a.shape) or a)
+    identity = denoise_on_grid(x, voxel, model, lambda a: shapes.append(a.shape) or a)
     np.testing.assert_array_equal(identity, x)  # a network that finds no noise changes nothing
     assert shapes == [(3, 4, 5)]  # and it ran on the 4 mm grid
     # a network that finds a uniform noise of 0.25 everywhere removes exactly that everywhere
-    shifted = denoise_on_model_grid(x, voxel, model, lambda a: a - 0.25)
+    shifted = denoise_on_grid(x, voxel, model, lambda a: a - 0.25)
     np.testing.assert_allclose(shifted, x - 0.25, atol=1e-6)
     # what the coarse grid cannot hold stays: a network that removes everything leaves x minus its smooth part
-    fine_only = denoise_on_model_grid(np.full_like(x, 3.0), voxel, model, lambda a: np.zeros_like(a))
+    fine_only = denoise_on_grid(np.full_like(x, 3.0), voxel, model, lambda a: np.zeros_like(a))
     np.testing.assert_allclose(fine_only, 0.0, atol=1e-5)
+
+
+def test_a_finer_working_grid_hands_back_exactly_what_the_network_removed():
+    """4 mm voxels on a 3.2 mm grid: (8, 12, 16) voxels become (10, 15, 20), and the way back is exact."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1.0, 2.0, (8, 12, 16)).astype(np.float32)
+    voxel, grid = (4.0, 4.0, 4.0), (3.2, 3.2, 3.2)
+    shapes = []
+    identity = denoise_on_grid(x, voxel, grid, lambda a: shapes.append(a.shape) or a)
+    assert shapes == [(10, 15, 20)]
+    np.testing.assert_allclose(identity, x, atol=1e-6)  # a network that finds no noise changes nothing
+    np.testing.assert_allclose(denoise_on_grid(x, voxel, grid, lambda a: a - 0.25), x - 0.25, atol=1e-5)
+    # a network that removes everything removes the whole input: the fine image averages back to exactly x
+    np.testing.assert_allclose(denoise_on_grid(x, voxel, grid, lambda a: np.zeros_like(a)), 0.0, atol=1e-5)
+    # an axis within 15 % of the working grid's spacing stays as it is
+    shapes.clear()
+    denoise_on_grid(x, (4.0, 3.6, 4.0), grid, lambda a: shapes.append(a.shape) or a)
+    assert shapes == [(10, 12, 20)]
 
 
 def test_same_voxels_as_the_model_are_denoised_as_they_are():
     x = np.ones((4, 5, 6), np.float32)
     calls = []
-    denoise_on_model_grid(x, (4.0, 4.0, 4.0), (4.0, 4.0, 4.0), lambda a: calls.append(a) or a)
+    denoise_on_grid(x, (4.0, 4.0, 4.0), (4.0, 4.0, 4.0), lambda a: calls.append(a) or a)
     assert calls[0] is x
 
 
@@ -89,12 +107,17 @@ def test_same_voxels_as_the_model_are_denoised_as_they_are():
 # (2.38, 2.83, 3.36, 4.0 mm: 24 voxels -> 20, 17, 14, 12), a 4 mm axis stays.
 GRIDS_2MM = [(12, 24, 20), (10, 20, 17), (8, 17, 14), (7, 14, 12), (6, 12, 10)]
 GRIDS_2MM_4MM_SLICES = [(12, 24, 20), (12, 20, 17), (12, 17, 14), (12, 14, 12), (12, 12, 10)]
+# At the model's 4 mm: its own grid and 3.2 mm (12 * 4 / 3.2 = 15, 24 -> 30, 20 -> 25).
+GRIDS_4MM = [(12, 24, 20), (15, 30, 25)]
 
 
-@pytest.mark.parametrize("spacing, grids", [((2.0, 2.0, 2.0), GRIDS_2MM), ((2.0, 2.0, 4.0), GRIDS_2MM_4MM_SLICES)])
+@pytest.mark.parametrize(
+    "spacing, grids",
+    [((2.0, 2.0, 2.0), GRIDS_2MM), ((2.0, 2.0, 4.0), GRIDS_2MM_4MM_SLICES), ((4.0, 4.0, 4.0), GRIDS_4MM)],
+)
 def test_denoiser_runs_the_network_on_the_grids_up_to_the_models(spacing, grids):
-    """A 2 mm volume meets a 4 mm model's network on its own grid, three between and the model's; without
-    resampling, on its own only."""
+    """A 2 mm volume meets a 4 mm model's network on its own grid, three between and the model's, a 4 mm one on
+    its own and a step finer; without resampling, on its own only."""
     volume = make_volume(shape=(12, 24, 20), spacing=spacing)
     domain = Domain(voxel_min_mm=(4.0, 4.0, 4.0), voxel_max_mm=(4.0, 4.0, 4.0), units=("BQML",))
     denoiser = Denoiser(trained_like_model(), device="cpu", precision="fp32", domain=domain)
@@ -117,7 +140,9 @@ def test_working_grids_step_geometrically_from_the_inputs_voxels_to_the_models()
     halfway = (2.7 * 4.0) ** 0.5  # the geometric mean: 3.29 mm
     np.testing.assert_allclose(working_spacings((2.7, 2.7, 2.7), model), [(2.7,) * 3, (halfway,) * 3, (4.0,) * 3])
     np.testing.assert_allclose(working_spacings((2.0, 2.0, 2.0), model), [(2.0 * 2 ** (k / 4),) * 3 for k in range(5)])
-    assert working_spacings((4.0, 4.0, 4.0), model) == [(4.0, 4.0, 4.0)]
+    # At the model's voxels, or near them: the input's own grid and one 1.25x finer.
+    assert working_spacings((4.0, 4.0, 4.0), model) == [(4.0, 4.0, 4.0), (3.2, 3.2, 3.2)]
+    np.testing.assert_allclose(working_spacings((3.6, 4.0, 4.0), model), [(3.6, 4.0, 4.0), (2.88, 3.2, 3.2)])
     assert working_spacings((3.0, 3.0, 3.0), model) == [(3.0,) * 3, (4.0,) * 3]  # 3.46 mm is too close to resample 3 mm
     # An axis as coarse as the model's keeps its voxels; an axis nearly so moves only at the last step.
     assert [w[0] for w in working_spacings((4.0, 2.0, 2.0), model)] == [4.0] * 5
@@ -130,7 +155,7 @@ def test_the_grid_kept_is_the_one_where_the_network_removes_most():
     x = rng.uniform(1.0, 2.0, (8, 12, 16)).astype(np.float32)
     voxel, model = (2.0, 2.0, 2.0), (4.0, 4.0, 4.0)
     for spacing in working_spacings(voxel, model):
-        shape = tuple(coarse_count(n, v, w) for n, v, w in zip(x.shape, voxel, spacing))
+        shape = tuple(grid_count(n, v, w) for n, v, w in zip(x.shape, voxel, spacing))
         seen = []
 
         def network(a):
@@ -139,7 +164,7 @@ def test_the_grid_kept_is_the_one_where_the_network_removes_most():
 
         best = denoise_on_best_grid(x, voxel, model, network)
         assert len(seen) == 5 and shape in seen
-        np.testing.assert_array_equal(best, denoise_on_model_grid(x, voxel, spacing, lambda a: 0.5 * a))
+        np.testing.assert_array_equal(best, denoise_on_grid(x, voxel, spacing, lambda a: 0.5 * a))
 
 
 def _noisy_cylinder(grain_fwhm_mm: float, voxel_mm: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -160,23 +185,46 @@ def _noisy_cylinder(grain_fwhm_mm: float, voxel_mm: float, seed: int = 0) -> tup
     return np.where(body, 1.0 + noise, 0.0).astype(np.float32), inner
 
 
-def test_the_builtin_model_on_a_fine_grain_at_27mm_uses_a_finer_grid_than_its_own():
+def _noise_left(denoiser: Denoiser, grain_mm: float, voxel_mm: float) -> tuple[dict[float, float], float]:
+    """Share of a noisy cylinder's noise left on each candidate grid, and by the denoiser's own choice."""
+    voxel, model = (voxel_mm,) * 3, denoiser.domain.voxel_min_mm
+    image, inner = _noisy_cylinder(grain_mm, voxel_mm)
+    input_noise = np.std(image[inner] - 1.0)
+    left = {}
+    for spacing in working_spacings(voxel, model):
+        out = denoise_on_grid(image, voxel, spacing, lambda a: denoiser._full(a, False))
+        left[round(spacing[0], 2)] = np.std(out[inner] - 1.0) / input_noise
+    return left, np.std(denoiser(image, voxel_mm=voxel)[inner] - 1.0) / input_noise
+
+
+@pytest.fixture(scope="module")
+def builtin_denoiser() -> Denoiser:
+    return load_denoiser(None, device="cpu", precision="fp32")
+
+
+def test_the_builtin_model_on_a_fine_grain_at_27mm_uses_a_finer_grid_than_its_own(builtin_denoiser):
     """Noise of 4 mm grain at 2.7 mm voxels: on the 4 mm grid it looks smoother than anything the model learned.
 
     The truth is the cylinder's 1.0, so the noise left is measured directly. Worked out with the
     built-in model: on the 4 mm grid alone it leaves about 0.77 of this noise, on the input's
     own grid 0.54; with a 10 mm grain the 4 mm grid is the best (0.48, native 0.71).
     """
-    denoiser = load_denoiser(None, device="cpu", precision="fp32")
-    voxel, model = (2.7,) * 3, denoiser.domain.voxel_min_mm
     for grain, best_left in ((4.0, 0.6), (10.0, 0.5)):
-        image, inner = _noisy_cylinder(grain, 2.7)
-        left = {}
-        for spacing in working_spacings(voxel, model):
-            out = denoise_on_model_grid(image, voxel, spacing, lambda a: denoiser._full(a, False))
-            left[spacing[0]] = np.std(out[inner] - 1.0) / np.std(image[inner] - 1.0)
-        chosen = denoiser(image, voxel_mm=voxel)
-        chosen_left = np.std(chosen[inner] - 1.0) / np.std(image[inner] - 1.0)
+        left, chosen_left = _noise_left(builtin_denoiser, grain, 2.7)
         assert chosen_left == pytest.approx(min(left.values()), abs=0.005), (grain, left)
         assert chosen_left < best_left, (grain, left)
     assert left[4.0] == min(left.values())  # the coarse grain: the model's own grid
+
+
+def test_the_builtin_model_at_its_own_4mm_meets_a_fine_grain_on_a_finer_grid(builtin_denoiser):
+    """4 mm voxels whose noise grain is finer than the model's training noise: a 3.2 mm grid removes more.
+
+    Worked out with the built-in model: a 4 mm grain keeps 0.77 of its noise on the 4 mm grid and
+    0.64 on the 3.2 mm one; a 10 mm grain 0.41 on the 4 mm grid and 0.52 on the finer one.
+    """
+    left, chosen_left = _noise_left(builtin_denoiser, 4.0, 4.0)
+    assert set(left) == {4.0, 3.2} and left[3.2] < 0.68 < 0.74 < left[4.0], left
+    assert chosen_left == pytest.approx(left[3.2], abs=0.005), left
+    left, chosen_left = _noise_left(builtin_denoiser, 10.0, 4.0)
+    assert left[4.0] < 0.45 < 0.48 < left[3.2], left
+    assert chosen_left == pytest.approx(left[4.0], abs=0.005), left

@@ -101,7 +101,10 @@ class Domain:
             voxels = _mm(self.voxel_min_mm)
         else:
             voxels = f"{_mm(self.voxel_min_mm)} to {_mm(self.voxel_max_mm)}"
-        finer = "finer ones are denoised on grids between theirs and the finest of these"
+        finer = (
+            "finer ones are denoised on the best of the grids between theirs and the finest of these, "
+            "these on their own grid or one 1.25x finer"
+        )
         parts = [f"voxels {voxels} (z x y x x; {finer})"]
         if self.units:
             parts.append("units " + ", ".join(self.units))

@@ -205,9 +205,10 @@ class Denoiser:
             own orientation preferences (gain measured in docs/benchmarks.md).
         domain: what the model was trained on (:mod:`tgdpet.domain`); volumes
             with finer voxels are denoised on the best of a few grids from theirs
-            to the model's (:mod:`tgdpet.resample`), and
+            to the model's, and volumes at its voxel size on their own grid or
+            one a step finer (:mod:`tgdpet.resample`), and
             :func:`tgdpet.denoise.domain_warnings` compares images with it.
-        resample: denoise finer volumes that way (the default where the domain
+        resample: choose the working grid that way (the default where the domain
             is known); False runs the network on the input's own grid only.
     """
 
@@ -260,7 +261,8 @@ class Denoiser:
         in (:mod:`tgdpet.io.orientation`); :func:`tgdpet.denoise.denoise_volume`
         takes care of that for a :class:`~tgdpet.io.Volume`. With its voxel size ``voxel_mm``
         ``(z, y, x)`` and a known domain, axes finer than the model's are
-        denoised on the best of the grids between theirs and the model's
+        denoised on the best of the grids between theirs and the model's, and a
+        volume at the model's voxel size on its own grid or one a step finer
         (:func:`tgdpet.resample.denoise_on_best_grid`).
         """
         volume_zyx = np.asarray(volume_zyx)

@@ -1,14 +1,13 @@
-"""Denoising an image whose voxels are finer than the model's, on a coarser grid.
+"""Denoising an image on a working grid other than its own: coarser for fine voxels, finer at the model's.
 
 A DnCNN learns noise in voxel units: a network trained on 4 mm voxels meets,
 at 2 mm, noise grains twice as many voxels wide and leaves most of them
 (docs/builtin-model.md measures it). PET noise, though, lives at the scale of
 the scanner's resolution (5-7 mm FWHM with the post-filter), not the voxel's,
 so nearly all of its power is below the frequencies a 4 mm grid can hold.
-:func:`denoise_on_model_grid` therefore
+:func:`denoise_on_grid` therefore, along each axis finer than the working grid,
 
-1. averages the input onto a coarser grid, the model's voxel size or one
-   between it and the input's (below; each coarse voxel the exact
+1. averages the input onto the coarser grid (each coarse voxel the exact
    volume-weighted mean of the fine voxels it covers, so every region keeps
    its activity),
 2. lets the network estimate the noise there,
@@ -18,19 +17,22 @@ so nearly all of its power is below the frequencies a 4 mm grid can hold.
 
 What the coarse grid cannot represent (edges, the finest detail of small
 lesions) stays in the image untouched, so resolution is the input's; only the
-noise the network finds is removed.
+noise the network finds is removed. Along an axis coarser than the working
+grid it runs the other way: the image is kriged up, and the noise estimate
+averaged back onto the input's voxels, again exactly.
 
-Which grid is "about the model's voxel size" depends on the reconstruction,
-not only on the voxels: the noise grain is set by the scanner's resolution,
-the post-filter and resolution modelling, so at 2.7 mm a reconstruction
-without PSF has a finer grain (in mm) than one with it. Averaged onto 4 mm
-voxels the fine grain looks smoother than anything the model was trained on,
-and the network leaves it. :func:`denoise_on_best_grid` therefore denoises on
-a few grids from the input's own voxel size to the model's
-(:func:`working_spacings`) and keeps the result that removed the most: a
-network removes the noise whose grain it knows and leaves what it does not,
-so the grid where it removes most is the one where the image's noise looks
-most like its training noise (docs/builtin-model.md measures the choice).
+Which grid suits an image depends on its reconstruction, not only on its
+voxels: the noise grain is set by the scanner's resolution, the post-filter
+and resolution modelling, so a reconstruction without PSF has a finer grain
+(in mm) than one with it. Averaged onto 4 mm voxels a fine grain looks
+smoother than anything the model was trained on, and the network leaves it;
+at the model's own voxel size a grain finer than its training noise is best
+met on a grid a step finer, where it looks coarser. :func:`denoise_on_best_grid`
+therefore denoises on a few grids (:func:`working_spacings`) and keeps the
+result that removed the most: a network removes the noise whose grain it
+knows and leaves what it does not, so the grid where it removes most is the
+one where the image's noise looks most like its training noise
+(docs/builtin-model.md measures the choice).
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-#: An axis is resampled when its voxels are finer than this share of the model's.
+#: An axis is resampled when the finer of its two spacings is below this share of the coarser.
 RESAMPLE_BELOW = 0.85
 
-#: Working grids between an input's voxel size and the model's are at most this factor apart.
+#: Working grids are at most this factor apart, and the finer grid tried at the model's voxel size is this much finer.
 GRID_STEP = 1.25
 
 
-def coarse_count(n: int, voxel_mm: float, model_mm: float) -> int:
-    """Voxels of the coarse grid along an axis: the same extent in steps close to ``model_mm``."""
-    return max(1, int(round(n * voxel_mm / model_mm)))
+def grid_count(n: int, voxel_mm: float, grid_mm: float) -> int:
+    """Voxels of the working grid along an axis: the same extent in steps close to ``grid_mm``."""
+    return max(1, int(round(n * voxel_mm / grid_mm)))
 
 
 def averaging_matrix(n_fine: int, n_coarse: int) -> np.ndarray:
@@ -67,8 +69,9 @@ def averaging_matrix(n_fine: int, n_coarse: int) -> np.ndarray:
     return (overlap / step).astype(np.float32)
 
 
-#: The noise field's assumed correlation: Gaussian with this FWHM, in model voxels (see :func:`upsampling_matrix`).
-NOISE_FWHM_MODEL_VOXELS = 1.0
+#: The kriged field's assumed correlation: Gaussian with this FWHM, in voxels of the coarser grid
+#: (see :func:`upsampling_matrix`).
+FIELD_FWHM_COARSE_VOXELS = 1.0
 
 
 def upsampling_matrix(n_fine: int, n_coarse: int, fwhm_fine: float) -> np.ndarray:
@@ -113,31 +116,45 @@ def resampled_axes(voxel_mm: Sequence[float], model_mm: Sequence[float]) -> tupl
     return tuple(v < RESAMPLE_BELOW * m for v, m in zip(voxel_mm, model_mm))
 
 
-def denoise_on_model_grid(
+def _axis_maps(n: int, voxel_mm: float, grid_mm: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Along one axis, the matrices onto the working grid and back (None, None where it is the input's own).
+
+    Coarser: the exact average there, kriging back. Finer: kriging there, the
+    exact average back. Either way the way back after the way there is the
+    identity on the coarser grid (``A @ U = I``).
+    """
+    if voxel_mm < RESAMPLE_BELOW * grid_mm:
+        m = grid_count(n, voxel_mm, grid_mm)
+        return averaging_matrix(n, m), upsampling_matrix(n, m, FIELD_FWHM_COARSE_VOXELS * grid_mm / voxel_mm)
+    if grid_mm < RESAMPLE_BELOW * voxel_mm:
+        m = grid_count(n, voxel_mm, grid_mm)
+        return upsampling_matrix(m, n, FIELD_FWHM_COARSE_VOXELS * voxel_mm / grid_mm), averaging_matrix(m, n)
+    return None, None
+
+
+def denoise_on_grid(
     volume_zyx: np.ndarray,
     voxel_mm: Sequence[float],
-    model_mm: Sequence[float],
+    grid_mm: Sequence[float],
     denoise: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """``denoise`` a volume on a grid of about ``model_mm`` voxels and take its noise estimate back.
+    """``denoise`` a volume on a working grid of about ``grid_mm`` voxels and take its noise estimate back.
 
-    ``voxel_mm`` and ``model_mm`` are ``(z, y, x)`` in mm; only axes finer than
-    the model's (:func:`resampled_axes`) change. Returns
-    ``input - upsample(coarse - denoise(coarse))`` as float32, the input's
-    shape; with no axis to resample, just ``denoise(volume)``.
+    ``voxel_mm`` and ``grid_mm`` are ``(z, y, x)`` in mm; an axis changes only
+    where the two differ by more than :data:`RESAMPLE_BELOW`. Returns
+    ``input - back(working - denoise(working))`` as float32, the input's
+    shape, where ``working`` is the input on the working grid; with no axis
+    to resample, just ``denoise(volume)``. A network that changes nothing
+    returns the input exactly, and one that subtracts a constant subtracts it
+    from the input.
     """
-    axes = resampled_axes(voxel_mm, model_mm)
-    if not any(axes):
+    maps = [_axis_maps(n, v, w) for n, v, w in zip(volume_zyx.shape, voxel_mm, grid_mm)]
+    if all(there is None for there, _ in maps):
         return denoise(volume_zyx)
-    counts = [coarse_count(n, v, m) if r else n for n, v, m, r in zip(volume_zyx.shape, voxel_mm, model_mm, axes)]
-    down = [averaging_matrix(n, c) if r else None for n, c, r in zip(volume_zyx.shape, counts, axes)]
-    up = [
-        upsampling_matrix(n, c, NOISE_FWHM_MODEL_VOXELS * m / v) if r else None
-        for n, c, v, m, r in zip(volume_zyx.shape, counts, voxel_mm, model_mm, axes)
-    ]
-    coarse = _apply(np.asarray(volume_zyx, np.float32), down)
-    noise = coarse - denoise(coarse)
-    return np.asarray(volume_zyx, np.float32) - _apply(noise, up)
+    volume = np.asarray(volume_zyx, np.float32)
+    working = _apply(volume, [there for there, _ in maps])
+    noise = working - denoise(working)
+    return volume - _apply(noise, [back for _, back in maps])
 
 
 def working_spacings(voxel_mm: Sequence[float], model_mm: Sequence[float]) -> list[tuple[float, ...]]:
@@ -147,12 +164,15 @@ def working_spacings(voxel_mm: Sequence[float], model_mm: Sequence[float]) -> li
     that is finest against the model; every resampled axis moves by the same
     share of its way from the input's voxel to the model's. An axis keeps the
     input's spacing where a step is too close to it to resample
-    (:func:`resampled_axes`), and an input with no axis finer than the
-    model's has one candidate, its own.
+    (:func:`resampled_axes`). An input with no axis finer than the model's
+    has two candidates: its own grid and one :data:`GRID_STEP` finer on every
+    axis, where a grain finer than the model's training noise looks like it
+    (at 4 mm, the noise of reconstructions without PSF or with a light
+    filter; docs/builtin-model.md).
     """
     axes = resampled_axes(voxel_mm, model_mm)
     if not any(axes):
-        return [tuple(float(v) for v in voxel_mm)]
+        return [tuple(float(v) for v in voxel_mm), tuple(float(v) / GRID_STEP for v in voxel_mm)]
     ratio = max(m / v for v, m, r in zip(voxel_mm, model_mm, axes) if r)
     steps = max(1, math.ceil(math.log(ratio) / math.log(GRID_STEP) - 1e-9))
     spacings: list[tuple[float, ...]] = []
@@ -172,7 +192,7 @@ def denoise_on_best_grid(
     model_mm: Sequence[float],
     denoise: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """:func:`denoise_on_model_grid` on every grid of :func:`working_spacings`; the result that removed the most.
+    """:func:`denoise_on_grid` on every grid of :func:`working_spacings`; the result that removed the most.
 
     "Most" is the mean squared change over the whole volume. Every candidate
     is the same network and the same exact resampling, so they differ only in
@@ -180,12 +200,13 @@ def denoise_on_best_grid(
     network learned. Grids coarser than the model's are never tried, so
     structures never look smaller to the network than on its own grid.
     Costs the network's time on every candidate grid: for a 2 mm whole-body
-    volume and a 4 mm model, five grids, 16 times the 4 mm grid's alone (README, "Voxel size").
+    volume and a 4 mm model, five grids, 16 times the 4 mm grid's alone; at
+    4 mm two, about 3 times (README, "Voxel size").
     """
     volume = np.asarray(volume_zyx, np.float32)
     best, removed = None, -1.0
     for spacing in working_spacings(voxel_mm, model_mm):
-        out = denoise_on_model_grid(volume, voxel_mm, spacing, denoise)
+        out = denoise_on_grid(volume, voxel_mm, spacing, denoise)
         change = float(np.mean(np.square(volume - out), dtype=np.float64))
         if change > removed:
             best, removed = out, change
@@ -196,10 +217,10 @@ __all__ = [
     "GRID_STEP",
     "RESAMPLE_BELOW",
     "averaging_matrix",
-    "coarse_count",
     "denoise_on_best_grid",
-    "denoise_on_model_grid",
-    "NOISE_FWHM_MODEL_VOXELS",
+    "denoise_on_grid",
+    "FIELD_FWHM_COARSE_VOXELS",
+    "grid_count",
     "resampled_axes",
     "upsampling_matrix",
     "working_spacings",
