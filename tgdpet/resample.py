@@ -197,8 +197,9 @@ def denoise_on_best_grid(
     "Most" is the mean squared change over the whole volume. Every candidate
     is the same network and the same exact resampling, so they differ only in
     how well the image's noise grain, on that grid, matches the grains the
-    network learned. Grids coarser than the model's are never tried, so
-    structures never look smaller to the network than on its own grid.
+    network learned. No grid coarser than both the model's and the input's
+    own is tried, so structures never look smaller to the network than on
+    one of those.
     Costs the network's time on every candidate grid: for a 2 mm whole-body
     volume and a 4 mm model, five grids, 16 times the 4 mm grid's alone; at
     4 mm two, about 3 times (README, "Voxel size").
