@@ -167,6 +167,30 @@ def test_the_grid_kept_is_the_one_where_the_network_removes_most():
         np.testing.assert_array_equal(best, denoise_on_grid(x, voxel, spacing, lambda a: 0.5 * a))
 
 
+@pytest.mark.parametrize(
+    "finer_removes, kept",
+    [
+        (0.499, 3.2),  # change (0.499 / 0.5)^2 = 0.996 of the most: the finer grid
+        (0.49, 3.2),  # change (0.49 / 0.5)^2 = 0.960 of the most, within 5 %: the finer grid
+        (0.48, 4.0),  # (0.48 / 0.5)^2 = 0.922 of the most: the grid that removed the most
+        (0.6, 3.2),  # the finer grid removes the most
+    ],
+)
+def test_of_grids_that_remove_about_the_most_the_finest_is_kept(finer_removes, kept):
+    """A uniform image goes to either grid and back unchanged, so a network that scales it by ``1 -+ f``
+    changes it by exactly ``(f c)^2``: on the 4 mm grid it adds half (a change of ``(c / 2)^2``), on the
+    3.2 mm one it removes ``finer_removes``; the sign tells which grid's result came back."""
+    c, voxel = 3.0, (4.0, 4.0, 4.0)
+    x = np.full((10, 12, 16), c, np.float32)
+    fine_shape = (12, 15, 20)
+
+    def network(a):
+        return (1.0 - finer_removes) * a if a.shape == fine_shape else 1.5 * a
+
+    out = denoise_on_best_grid(x, voxel, voxel, network)
+    np.testing.assert_allclose(out, c * (1.0 - finer_removes) if kept == 3.2 else 1.5 * c, rtol=1e-5)
+
+
 def _noisy_cylinder(grain_fwhm_mm: float, voxel_mm: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A uniform cylinder (1.0) with 25 % Gaussian-correlated noise of the given grain, and its inner mask."""
     rng = np.random.default_rng(seed)
