@@ -96,8 +96,7 @@ provenance = {
     "noise at most 0.5x) on PSF reconstructions with 3-4 mm filters at every voxel size and with a 2 mm filter at "
     "2.7-4 mm, and without PSF at 4 mm, and at 2-2.7 mm up to normal BMI; loses 5-6 % of high-BMI tumours with a "
     "2 mm filter at 2 mm and 5-11 % without PSF at 2-2.7 mm, and leaves more than half the noise after a 6 mm "
-    "filter. Check such images, or fine-tune it on "
-    "a few studies of your own (tgdpet tgd-finetune).",
+    "filter. Check such images, or fine-tune it on a few studies of your own (tgdpet tgd-finetune).",
 }
 # Each study once: the v1x* and v1hi* entries are v1 studies listed again to weigh them.
 provenance["train_studies"] = [s for s in provenance.get("train_studies", []) if not s.startswith(("v1x", "v1hi"))]
