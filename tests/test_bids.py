@@ -22,7 +22,7 @@ from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
 from tgdpet.domain import Domain
 from tgdpet.infer import denoise_array
-from tgdpet.resample import denoise_on_best_grid
+from tgdpet.resample import denoise_on_grid, working_spacings
 from tgdpet.simulate import SimulationConfig, StudySpec
 from tgdpet.simulate.bids_dataset import write_bids_dataset
 from tgdpet.simulate.dynamic import FRAME_DURATIONS_S, STATIC_TIME_S, blood_curve, frame_mean, region_curve
@@ -138,8 +138,8 @@ def test_a_dataset_in_a_derivative_dataset_out(dataset, model, tmp_path):
 
 
 def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
-    """Every output frame is the network's result on that frame alone (computed here from the frame's array,
-    on the best of its grids as `denoise` chooses for any volume),
+    """Every output frame is the network's result on that frame alone (computed here from the frame's array on
+    each candidate grid), the report and sidecar name the grid whose result it is,
     and frames shorter than the model's shortest training scan are warned about, one sentence each."""
     ds = tmp_path / "ds"
     shutil.copytree(dataset, ds)
@@ -155,13 +155,27 @@ def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
     data, result_data = np.asarray(source.dataobj), np.asarray(out.dataobj)
     voxel_zyx = tuple(float(v) for v in source.header.get_zooms()[:3][::-1])
     assert voxel_zyx == (24.0, 16.0, 16.0)  # the model's own voxels: its grid and one 1.25x finer are tried
+    report = json.loads((ds / "derivatives/tgdpet/tgdpet-report.json").read_text())
+    (entry,) = [e for e in report["inputs"] if e["input"].endswith(DYNAMIC)]
+    sidecar_name = DYNAMIC.replace("_pet.nii.gz", "_desc-denoised_pet.json")
+    sidecar = json.loads((ds / "derivatives/tgdpet" / sidecar_name).read_text())
+    assert entry["voxel_mm"] == [16.0, 16.0, 24.0] and len(entry["working_grids_mm"]) == 22
+    assert sidecar["TgdpetWorkingGrids"] == entry["working_grids_mm"]
     for k in (0, 7, 21):
         # The simulator stores (x, y, z) in the canonical L, P, S frame: (z, y, x) is a transpose.
         frame = np.ascontiguousarray(data[..., k].transpose(2, 1, 0))
-        expected = denoise_on_best_grid(
-            frame, voxel_zyx, voxel_zyx, lambda a: denoise_array(net, a, device="cpu", precision="fp32")
-        ).transpose(2, 1, 0)
-        assert np.allclose(result_data[..., k], expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+        on_grid = {
+            grid[::-1]: denoise_on_grid(
+                frame, voxel_zyx, grid, lambda a: denoise_array(net, a, device="cpu", precision="fp32")
+            ).transpose(2, 1, 0)
+            for grid in working_spacings(voxel_zyx, voxel_zyx)
+        }
+        assert set(on_grid) == {(16.0, 16.0, 24.0), (12.8, 12.8, 19.2)}
+        matches = [
+            grid for grid, expected in on_grid.items()
+            if np.allclose(result_data[..., k], expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+        ]  # fmt: skip
+        assert len(matches) == 1 and entry["working_grids_mm"][k] == pytest.approx(list(matches[0])), (k, matches)
 
 
 @pytest.mark.parametrize(

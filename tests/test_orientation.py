@@ -97,7 +97,7 @@ def test_every_storage_gives_the_same_result(denoiser, canonical, name):
     op = VARIANTS[name]
     expected = denoiser(canonical)
     variant = stored_variant(canonical, op)
-    got = denoise_volume(denoiser, variant)
+    got, _ = denoise_volume(denoiser, variant)
     assert got.shape == variant.shape
     np.testing.assert_array_equal(got, op(expected))  # same network input: bit-identical
 
@@ -157,8 +157,8 @@ def test_dicom_series_and_flipped_nifti_of_one_scan_agree(tmp_path, denoiser, ca
     write_volume(stored_variant(canonical, VARIANTS["rows flipped (LAS)"]), tmp_path / "scan.nii.gz")
     from_dicom = read_volume(tmp_path / "series")
     from_nifti = read_volume(tmp_path / "scan.nii.gz")
-    out_dicom = denoise_volume(denoiser, from_dicom)
-    out_nifti = denoise_volume(denoiser, from_nifti)
+    out_dicom, _ = denoise_volume(denoiser, from_dicom)
+    out_nifti, _ = denoise_volume(denoiser, from_nifti)
     # Compare at the same world positions: the DICOM reader stores canonical order, the NIfTI rows flipped.
     np.testing.assert_allclose(from_dicom.affine, CANONICAL_AFFINE, atol=1e-4)
     body = canonical > 0

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
-from helpers import make_volume, trained_like_model
+from click.testing import CliRunner
+from helpers import make_volume, suv_meta, trained_like_model, write_test_nifti
 
+from tgdpet.cli import main
 from tgdpet.denoise import denoise_volume, load_denoiser
 from tgdpet.domain import Domain
 from tgdpet.infer import Denoiser
+from tgdpet.io import Volume
 from tgdpet.io.orientation import canonical_voxel_mm, to_canonical
 from tgdpet.resample import (
     averaging_matrix,
@@ -124,14 +130,15 @@ def test_denoiser_runs_the_network_on_the_grids_up_to_the_models(spacing, grids)
     seen = []
     full = denoiser._full
     denoiser._full = lambda a, progress: seen.append(a.shape) or full(a, progress)
-    out = denoise_volume(denoiser, volume)
+    out, grid = denoise_volume(denoiser, volume)
     z, y, x = canonical_voxel_mm(volume)
     assert (z, y, x) == (spacing[2], spacing[1], spacing[0])
     assert to_canonical(volume).shape == (12, 24, 20)
     assert seen == grids and out.shape == volume.shape and np.isfinite(out).all()
+    assert grid[::-1] in working_spacings((z, y, x), (4.0, 4.0, 4.0))
     denoiser.resample = False
     seen.clear()
-    denoise_volume(denoiser, volume)
+    assert denoise_volume(denoiser, volume)[1] == (x, y, z)
     assert seen == [(12, 24, 20)]
 
 
@@ -162,8 +169,8 @@ def test_the_grid_kept_is_the_one_where_the_network_removes_most():
             seen.append(a.shape)
             return 0.5 * a if a.shape == shape else a
 
-        best = denoise_on_best_grid(x, voxel, model, network)
-        assert len(seen) == 5 and shape in seen
+        best, grid = denoise_on_best_grid(x, voxel, model, network)
+        assert len(seen) == 5 and shape in seen and grid == spacing
         np.testing.assert_array_equal(best, denoise_on_grid(x, voxel, spacing, lambda a: 0.5 * a))
 
 
@@ -187,8 +194,9 @@ def test_of_grids_that_remove_about_the_most_the_finest_is_kept(finer_removes, k
     def network(a):
         return (1.0 - finer_removes) * a if a.shape == fine_shape else 1.5 * a
 
-    out = denoise_on_best_grid(x, voxel, voxel, network)
+    out, grid = denoise_on_best_grid(x, voxel, voxel, network)
     np.testing.assert_allclose(out, c * (1.0 - finer_removes) if kept == 3.2 else 1.5 * c, rtol=1e-5)
+    np.testing.assert_allclose(grid, (kept,) * 3)
 
 
 def _noisy_cylinder(grain_fwhm_mm: float, voxel_mm: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -252,3 +260,28 @@ def test_the_builtin_model_at_its_own_4mm_meets_a_fine_grain_on_a_finer_grid(bui
     left, chosen_left = _noise_left(builtin_denoiser, 10.0, 4.0)
     assert left[4.0] < 0.45 < 0.48 < left[3.2], left
     assert chosen_left == pytest.approx(left[4.0], abs=0.005), left
+
+
+def test_denoise_names_the_grid_each_image_was_denoised_on(tmp_path):
+    """``tgdpet denoise`` tells which working grid each image got, on the command line and in a tree's report.
+
+    The two 4 mm cylinders of the test above: by the noise left against their truth, a 4 mm grain is best
+    denoised on the 3.2 mm grid and a 10 mm grain on the model's own 4 mm grid.
+    """
+    tree = tmp_path / "study"
+    tree.mkdir()
+    for grain in (4.0, 10.0):
+        image, _ = _noisy_cylinder(grain, 4.0)
+        volume = Volume(data=image, affine=np.diag([4.0, 4.0, 4.0, 1.0]), units="BQML", meta=suv_meta())
+        write_test_nifti(tree / f"grain{grain:g}.nii.gz", volume)
+    single = CliRunner().invoke(main, ["denoise", str(tree / "grain4.nii.gz"), "-o", str(tmp_path / "one.nii.gz"),
+                                       "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert single.exit_code == 0, single.output
+    assert "(working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm)." in single.output
+    batch = CliRunner().invoke(main, ["denoise", str(tree), "--device", "cpu", "--no-progress"])
+    assert batch.exit_code == 0, batch.output
+    report = json.loads((tmp_path / "study_denoised" / "tgdpet-report.json").read_text())
+    grids = {Path(e["input"]).name: e["working_grids_mm"] for e in report["inputs"]}
+    assert grids == {"grain4.nii.gz": [[3.2, 3.2, 3.2]], "grain10.nii.gz": [[4.0, 4.0, 4.0]]}
+    assert all(e["voxel_mm"] == [4.0, 4.0, 4.0] for e in report["inputs"])
+    assert "grain10.nii.gz (working grid 4 x 4 x 4 mm; the image's voxels are 4 x 4 x 4 mm)" in batch.output

@@ -5,8 +5,9 @@ reports. :func:`denoise_tree` finds every image (:func:`tgdpet.io.inspect.find_i
 denoises each readable PET series with :func:`tgdpet.denoise.denoise_file`
 into a mirror of the tree, and writes ``tgdpet-report.json`` beside the
 outputs: per input, the output path (or why it was skipped), the units, the
-SUV factor, the largest error the output's storage adds, and how much the
-mean activity in the body changed.
+SUV factor, the largest error the output's storage adds, how much the
+mean activity in the body changed, and the working grid the network ran on
+(:class:`Written`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,6 +36,43 @@ REPORT_NAME = "tgdpet-report.json"
 
 #: Exit status of ``tgdpet denoise`` when a study tree was denoised but some of its images were skipped.
 SKIPPED_EXIT = 3
+
+Mm = tuple[float, float, float]
+
+
+def _mm(size: Sequence[float]) -> str:
+    return " x ".join(f"{v:.3g}" for v in size) + " mm"
+
+
+class Written(NamedTuple):
+    """A denoised output as written, and the grid the network ran on for each of its frames.
+
+    Sizes are voxel sizes in mm along the patient's left-right, anterior-posterior and head-foot axes (the
+    canonical frame's x, y, z, whatever the storage order). The working grid is chosen per image
+    (:func:`tgdpet.resample.denoise_on_best_grid`) and sets the finest scale the network acted on, so a
+    reader of the result needs it next to the image's own voxels.
+    """
+
+    path: Path
+    voxel_mm: Mm
+    grids_mm: tuple[Mm, ...]
+
+    def note(self) -> str:
+        """The working grid in words, e.g. ``working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm``."""
+        counts = {g: self.grids_mm.count(g) for g in dict.fromkeys(self.grids_mm)}
+        if len(counts) == 1:
+            grids = f"working grid {_mm(self.grids_mm[0])}"
+        else:
+            grids = "working grids " + ", ".join(f"{_mm(g)} ({n} frames)" for g, n in counts.items())
+        return f"{grids}; the image's voxels are {_mm(self.voxel_mm)}"
+
+    def record(self) -> dict[str, Any]:
+        """The report's fields: the output, the image's voxel size and the working grid of every frame (x, y, z)."""
+        return {
+            "output": str(self.path.resolve()),
+            "voxel_mm": [round(v, 4) for v in self.voxel_mm],
+            "working_grids_mm": [[round(v, 4) for v in g] for g in self.grids_mm],
+        }
 
 
 def is_study_tree(path: str | os.PathLike) -> bool:
@@ -147,13 +185,13 @@ def body_mean_change(before: np.ndarray, after: np.ndarray) -> float:
 
 
 def _denoise_one(
-    denoise: Callable[[Path, Path], Path],
+    denoise: Callable[[Path, Path], Written],
     series: ImageSeries,
     out: Path,
     frame: int | None,
     check: Callable[[Volume], list[str]] | None,
     echo: Callable[[str], None],
-) -> dict[str, Any]:
+) -> tuple[Written, dict[str, Any]]:
     """Denoise one image and measure what the report says about it, from the files as written."""
     from .io import read_volume
 
@@ -162,11 +200,11 @@ def _denoise_one(
     for message in warnings:
         echo(f"warning: {series.path.name}: {message}")
     written = denoise(series.path, out)
-    after = read_volume(written)
-    return {
+    after = read_volume(written.path)
+    return written, {
         "warnings": warnings,
-        "output": str(written.resolve()),
-        "storage_error_max": storage_error(written),
+        **written.record(),
+        "storage_error_max": storage_error(written.path),
         "storage_error_units": after.units,
         "body_mean_change_percent": round(body_mean_change(before.data, after.data), 4),
     }
@@ -188,7 +226,7 @@ def report_record(root: Path, run: dict[str, Any] | None, entries: list[dict[str
 def denoise_tree(
     root: str | os.PathLike,
     out_root: str | os.PathLike,
-    denoise: Callable[[Path, Path], Path],
+    denoise: Callable[[Path, Path], Written],
     *,
     frame: int | None = None,
     overwrite: bool = False,
@@ -202,7 +240,7 @@ def denoise_tree(
         root: the study tree.
         out_root: the folder for the outputs and ``tgdpet-report.json``; created here once
             there is something to denoise; an existing one only with ``overwrite``.
-        denoise: ``denoise(input, output) -> written`` for one image, e.g. a partial of
+        denoise: ``denoise(input, output) -> Written`` for one image, e.g. a partial of
             :func:`tgdpet.denoise.denoise_file` with a loaded denoiser.
         frame: the time frame of dynamic inputs.
         overwrite: write into an existing ``out_root`` (``denoise`` decides about each output).
@@ -244,8 +282,9 @@ def denoise_tree(
     for series, out, entry in jobs:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            entry.update(status="denoised", **_denoise_one(denoise, series, out, frame, check, echo))
-            echo(f"denoised: {entry['input']} -> {entry['output']}")
+            written, fields = _denoise_one(denoise, series, out, frame, check, echo)
+            entry.update(status="denoised", **fields)
+            echo(f"denoised: {entry['input']} -> {entry['output']} ({written.note()})")
         except TgdpetError as e:
             entry.update(status="skipped", reason=str(e))
             echo(f"skipped: {entry['input']} ({e})")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .batch import report_record
+from .batch import Written, report_record
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 
@@ -40,7 +40,7 @@ _NOT_RAW = ("derivatives", "sourcedata", "code")
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 _DESC = re.compile(r"_desc-[A-Za-z0-9]+")
 
-Denoise = Callable[[Path, Path, str, Sequence[float]], Path]
+Denoise = Callable[[Path, Path, str, Sequence[float]], Written]
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,9 @@ def derivative_name(image: Path) -> str:
     return f"{body}_desc-{DESC}_{suffix}{ext}"
 
 
-def derivative_sidecar(image: PetImage, run: dict[str, Any]) -> dict[str, Any]:
-    """The result's sidecar: every source field, the source named as BIDS URI, and how it was made."""
+def derivative_sidecar(image: PetImage, run: dict[str, Any], written: Written) -> dict[str, Any]:
+    """The result's sidecar: every source field, the source named as BIDS URI, and how it was made (the
+    working grid of each frame in mm, x y z, as :class:`~tgdpet.batch.Written` has it)."""
     model = run.get("model", {})
     return {
         **image.sidecar,
@@ -162,6 +163,7 @@ def derivative_sidecar(image: PetImage, run: dict[str, Any]) -> dict[str, Any]:
         "TgdpetVersion": __version__,
         "TgdpetPrecision": run.get("precision"),
         "TgdpetDevice": run.get("device"),
+        "TgdpetWorkingGrids": written.record()["working_grids_mm"],
     }
 
 
@@ -205,7 +207,7 @@ def denoise_dataset(
     """Denoise every PET image of the dataset at ``root`` into the derivative dataset ``out_root``.
 
     Args:
-        denoise: ``denoise(image, output, units, frame_durations_s) -> written`` for one image.
+        denoise: ``denoise(image, output, units, frame_durations_s) -> Written`` for one image.
         read: ``read(image) -> (frames, units the file records or None)``, from its header.
         run: what denoises (model, device, precision), for the sidecars and the report.
 
@@ -230,9 +232,10 @@ def denoise_dataset(
             dest = out_root / image.relative.parent / derivative_name(path)
             dest.parent.mkdir(parents=True, exist_ok=True)
             written = denoise(path, dest, image.units, image.frame_durations_s)
-            _write_json(written.with_name(_NIFTI.sub("", written.name) + ".json"), derivative_sidecar(image, run))
-            entry.update(status="denoised", output=str(written.resolve()), frames=len(image.frame_durations_s))
-            echo(f"denoised: {image.relative} -> {written.relative_to(out_root)}")
+            sidecar = written.path.with_name(_NIFTI.sub("", written.path.name) + ".json")
+            _write_json(sidecar, derivative_sidecar(image, run, written))
+            entry.update(status="denoised", **written.record(), frames=len(image.frame_durations_s))
+            echo(f"denoised: {image.relative} -> {written.path.relative_to(out_root)} ({written.note()})")
         except TgdpetError as e:
             entry.update(status="skipped", reason=str(e))
             echo(f"skipped: {path.relative_to(root)} ({e})")

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .batch import denoise_tree, is_study_tree, run_record
+from .batch import Written, denoise_tree, is_study_tree, run_record
 from .bids import PIPELINE, denoise_dataset, is_bids_dataset
 from .builtin import resolve_model
 from .checkpoint import load_model
@@ -57,8 +57,11 @@ def load_denoiser(model_path: str | Path | None = None, **options) -> Denoiser:
     return Denoiser(record.model, domain=domain_of(record.provenance), **options)
 
 
-def denoise_volume(denoiser: Denoiser, volume: Volume, *, progress: bool = False) -> np.ndarray:
-    """Denoise a volume in the canonical frame, whatever its storage order; the result in its storage order.
+def denoise_volume(
+    denoiser: Denoiser, volume: Volume, *, progress: bool = False
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Denoise a volume in the canonical frame, whatever its storage order; the result in its storage order,
+    and the working grid's voxel size in mm along the canonical x, y, z (:class:`~tgdpet.batch.Written`).
 
     The same anatomy stored flipped, rotated, feet-first or with its axes
     permuted gives the same network input, so the same result. The voxel size
@@ -67,7 +70,8 @@ def denoise_volume(denoiser: Denoiser, volume: Volume, *, progress: bool = False
     """
     canonical = to_canonical(volume)
     voxel_mm = canonical.spacing[::-1]
-    return from_canonical(denoiser(canonical.data, voxel_mm=voxel_mm, progress=progress), volume)
+    denoised, grid_zyx = denoiser.denoise_with_grid(canonical.data, voxel_mm=voxel_mm, progress=progress)
+    return from_canonical(denoised, volume), grid_zyx[::-1]
 
 
 def domain_warnings(denoiser: Denoiser, volume: Volume) -> list[str]:
@@ -134,8 +138,9 @@ def denoise_file(
     warn: Echo | None = None,
     frame_durations_s: Sequence[float] | None = None,
     units: str | None = None,
-) -> Path:
-    """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata.
+) -> Written:
+    """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata;
+    what was written, and on which working grid (:class:`~tgdpet.batch.Written`).
 
     ``units`` and ``frame_durations_s`` say what the file itself may not (a BIDS sidecar's Units and
     FrameDuration): the result is labelled in those units, and short frames are warned about.
@@ -157,8 +162,9 @@ def denoise_file(
     if warn is not None:
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
-    denoised = denoise_volume(denoiser, volume, progress=progress)
-    return write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)
+    denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
+    written = write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)
+    return Written(written, canonical_voxel_mm(volume)[::-1], (grid_mm,))
 
 
 def _labelled(volume: Volume, units: str | None) -> Volume:
@@ -175,7 +181,7 @@ def denoise_frames(
     warn: Echo | None = None,
     durations_s: Sequence[float] | None = None,
     units: str | None = None,
-) -> Path:
+) -> Written:
     """Denoise every frame of a 4-D NIfTI file or a dynamic DICOM series, each on its own, into one 4-D NIfTI
     file or one dynamic DICOM series (each frame's timing kept).
 
@@ -190,7 +196,7 @@ def denoise_frames(
             f"{Path(input_path).name} has {n} frames but {len(durations_s)} frame durations were given; "
             "they must match."
         )
-    name, frames, first = Path(input_path).name, [], None
+    name, frames, grids, first = Path(input_path).name, [], [], None
     for k in range(n):
         volume = _labelled(read_volume(input_path, frame=k), units)
         first = first or volume
@@ -200,8 +206,11 @@ def denoise_frames(
         for message in messages + ([short] if short else []):
             if warn is not None:
                 warn(f"{name}: {message}")
-        frames.append(volume.with_data(denoise_volume(denoiser, volume, progress=progress)))
-    return write_frames(frames, output_path, like=first, overwrite=overwrite)
+        denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
+        frames.append(volume.with_data(denoised))
+        grids.append(grid_mm)
+    written = write_frames(frames, output_path, like=first, overwrite=overwrite)
+    return Written(written, canonical_voxel_mm(first)[::-1], tuple(grids))
 
 
 def plan_outputs(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Path]:
@@ -285,5 +294,5 @@ def denoise_inputs(
             denoiser, src, dest, overwrite=overwrite, progress=progress, frame=frame,
             warn=lambda message: warn(f"warning: {message}"),
         )  # fmt: skip
-        echo(f"Wrote {written}.")
+        echo(f"Wrote {written.path} ({written.note()}).")
     return skipped

@@ -265,12 +265,21 @@ class Denoiser:
         volume at the model's voxel size on its own grid or one a step finer
         (:func:`tgdpet.resample.denoise_on_best_grid`).
         """
+        return self.denoise_with_grid(volume_zyx, voxel_mm=voxel_mm, progress=progress)[0]
+
+    def denoise_with_grid(
+        self, volume_zyx: np.ndarray, *, voxel_mm: tuple[float, float, float] | None = None, progress: bool = False
+    ) -> tuple[np.ndarray, tuple[float, ...] | None]:
+        """As calling the denoiser, and the voxel size ``(z, y, x)`` of the grid the network ran on: the one
+        chosen, the input's own when none is chosen, ``None`` when ``voxel_mm`` is not given. The grid is what a
+        user needs to judge the result: it sets the finest scale at which the network could change the image.
+        """
         volume_zyx = np.asarray(volume_zyx)
         check_volume(volume_zyx)
         if voxel_mm is not None and self.domain is not None and self.resample:
             model_mm = self.domain.voxel_min_mm
             return denoise_on_best_grid(volume_zyx, voxel_mm, model_mm, lambda a: self._full(a, progress))
-        return self._full(volume_zyx, progress)
+        return self._full(volume_zyx, progress), None if voxel_mm is None else tuple(float(v) for v in voxel_mm)
 
     def _full(self, volume_zyx: np.ndarray, progress: bool) -> np.ndarray:
         """The network (with TTA if asked) over a whole array on its own grid."""

@@ -197,8 +197,9 @@ def denoise_on_best_grid(
     voxel_mm: Sequence[float],
     model_mm: Sequence[float],
     denoise: Callable[[np.ndarray], np.ndarray],
-) -> np.ndarray:
-    """:func:`denoise_on_grid` on every grid of :func:`working_spacings`; the finest that removed about the most.
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """:func:`denoise_on_grid` on every grid of :func:`working_spacings`; the finest that removed about the most,
+    and its voxel size ``(z, y, x)``, so that a user can be told which grid the result came from.
 
     "Removed" is the mean squared change over the whole volume. Every
     candidate is the same network and the same exact resampling, so they
@@ -214,13 +215,14 @@ def denoise_on_best_grid(
     4 mm two, about 3 times (README, "Voxel size").
     """
     volume = np.asarray(volume_zyx, np.float32)
-    near: list[tuple[float, float, np.ndarray]] = []  # (change, voxel volume, result), within NEAR_MOST of the most
+    near: list[tuple[float, tuple[float, ...], np.ndarray]] = []  # (change, grid, result) within NEAR_MOST of the most
     for spacing in working_spacings(voxel_mm, model_mm):
         out = denoise_on_grid(volume, voxel_mm, spacing, denoise)
-        near.append((float(np.mean(np.square(volume - out), dtype=np.float64)), math.prod(spacing), out))
+        near.append((float(np.mean(np.square(volume - out), dtype=np.float64)), spacing, out))
         most = max(change for change, _, _ in near)
         near = [r for r in near if r[0] >= (1.0 - NEAR_MOST) * most]  # only these can still be kept
-    return min(near, key=lambda r: r[1])[2]
+    _, spacing, out = min(near, key=lambda r: math.prod(r[1]))
+    return out, spacing
 
 
 __all__ = [

@@ -193,7 +193,7 @@ def n2n_online(
     result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
     method.close()
     precision = "fp32" if cfg.amp is False else "auto"
-    denoised = denoise_volume(Denoiser(model, device=device, precision=precision), target, progress=progress_bar)
+    denoised, _ = denoise_volume(Denoiser(model, device=device, precision=precision), target, progress=progress_bar)
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)
     if save_model_path is not None:
         save_model(
