@@ -139,7 +139,7 @@ def test_a_dataset_in_a_derivative_dataset_out(dataset, model, tmp_path):
 
 def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
     """Every output frame is the network's result on that frame alone (computed here from the frame's array on
-    each candidate grid), the report and sidecar name the grid whose result it is,
+    each candidate grid), the report, sidecar and printed line name the grid whose result it is,
     and frames shorter than the model's shortest training scan are warned about, one sentence each."""
     ds = tmp_path / "ds"
     shutil.copytree(dataset, ds)
@@ -161,7 +161,8 @@ def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
     sidecar = json.loads((ds / "derivatives/tgdpet" / sidecar_name).read_text())
     assert entry["voxel_mm"] == [16.0, 16.0, 24.0] and len(entry["working_grids_mm"]) == 22
     assert sidecar["TgdpetWorkingGrids"] == entry["working_grids_mm"]
-    for k in (0, 7, 21):
+    grids = []
+    for k in range(len(FRAME_DURATIONS_S)):
         # The simulator stores (x, y, z) in the canonical L, P, S frame: (z, y, x) is a transpose.
         frame = np.ascontiguousarray(data[..., k].transpose(2, 1, 0))
         on_grid = {
@@ -176,6 +177,15 @@ def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
             if np.allclose(result_data[..., k], expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
         ]  # fmt: skip
         assert len(matches) == 1 and entry["working_grids_mm"][k] == pytest.approx(list(matches[0])), (k, matches)
+        grids.append(matches[0])
+    # The line printed for it says the same: one grid, or each with its number of frames.
+    counts = {g: grids.count(g) for g in dict.fromkeys(grids)}
+    named = [f"{' x '.join(f'{v:g}' for v in g)} mm ({n} frame" for g, n in counts.items()]
+    (line,) = [line for line in result.output.splitlines() if line.startswith(f"denoised: {DYNAMIC}")]
+    if len(counts) == 1:
+        assert line.endswith(f"(working grid {named[0].split(' (')[0]}; the image's voxels are 16 x 16 x 24 mm)")
+    else:
+        assert "working grids " in line and all(n in line for n in named), line
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_volume, suv_meta, trained_like_model, write_test_nifti
 
+from tgdpet.batch import Written
 from tgdpet.cli import main
 from tgdpet.denoise import denoise_volume, load_denoiser
 from tgdpet.domain import Domain
@@ -285,3 +286,12 @@ def test_denoise_names_the_grid_each_image_was_denoised_on(tmp_path):
     assert grids == {"grain4.nii.gz": [[3.2, 3.2, 3.2]], "grain10.nii.gz": [[4.0, 4.0, 4.0]]}
     assert all(e["voxel_mm"] == [4.0, 4.0, 4.0] for e in report["inputs"])
     assert "grain10.nii.gz (working grid 4 x 4 x 4 mm; the image's voxels are 4 x 4 x 4 mm)" in batch.output
+
+
+def test_a_dynamic_image_whose_frames_got_different_grids_names_each_with_its_frames(tmp_path):
+    fine, own = (3.2, 3.2, 3.2), (4.0, 4.0, 4.0)
+    written = Written(tmp_path / "out.nii.gz", own, (fine, own, fine))
+    assert written.note() == (
+        "working grids 3.2 x 3.2 x 3.2 mm (2 frames), 4 x 4 x 4 mm (1 frame); the image's voxels are 4 x 4 x 4 mm"
+    )
+    assert written.record()["working_grids_mm"] == [[3.2, 3.2, 3.2], [4.0, 4.0, 4.0], [3.2, 3.2, 3.2]]

@@ -63,7 +63,7 @@ class Written(NamedTuple):
         if len(counts) == 1:
             grids = f"working grid {_mm(self.grids_mm[0])}"
         else:
-            grids = "working grids " + ", ".join(f"{_mm(g)} ({n} frames)" for g, n in counts.items())
+            grids = "working grids " + ", ".join(f"{_mm(g)} ({n} frame{'s' * (n > 1)})" for g, n in counts.items())
         return f"{grids}; the image's voxels are {_mm(self.voxel_mm)}"
 
     def record(self) -> dict[str, Any]:
