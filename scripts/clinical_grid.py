@@ -10,13 +10,14 @@ realisations of a 600 s scan; the paper's 10 by default, which together are
 that scan, so the inputs' ensemble mean differs from the 600 s image only by
 the reconstruction's count-dependence) and reconstructs each with every protocol
 (kept in ``WORK/data/<voxel>mm_seed<S>`` and reused by later runs). Every
-model denoises every realisation as ``tgdpet denoise`` would (finer voxels
-than the model's on its grid, unless ``--no-resample``), and ``tgdpet
+model denoises every realisation as ``tgdpet denoise`` would (on the working
+grid it chooses per image, unless ``--no-resample``), and ``tgdpet
 evaluate``'s figures are printed per cell: the tumour's bias against the
 600 s image and the liver CoV as a multiple of the input's, with the
 project's targets (bias within +-5 %, CoV at most 0.5x) checked, and the
 inputs' own tumour bias beside them (the JSON also holds the tumour's change
-by denoising, denoised against input). Without
+by denoising, denoised against input, and how many realisations went to each
+working grid, ``working_grids_mm``). Without
 ``--model`` the built-in model is measured; ``--tta`` averages each network's
 output over the 8 in-plane flips, as ``tgdpet denoise --tta`` does.
 """
@@ -89,7 +90,14 @@ def cell(study: dict, model: str) -> dict:
         "input_cov_pct": rows["input"]["liver_cov_pct"],
         "input_lesion_bias_pct": input_bias,
         "lesion_change_pct": 100.0 * ((100.0 + bias) / (100.0 + input_bias) - 1.0),
+        "working_grids_mm": _grid_counts(study["working_grids_mm"][model]),
     }
+
+
+def _grid_counts(grids: list) -> dict[str, int]:
+    """How many of a study's realisations were denoised on each working grid, e.g. ``{"3.2 mm": 10}``."""
+    names = [" x ".join(f"{v:.3g}" for v in (g[:1] if len(set(g)) == 1 else g)) + " mm" for g in grids]
+    return {name: names.count(name) for name in dict.fromkeys(names)}
 
 
 def meets(c: dict) -> bool:

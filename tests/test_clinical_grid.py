@@ -37,6 +37,11 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
             assert same["lesion_bias_pct"] == pytest.approx(same["input_lesion_bias_pct"], abs=1e-3)
             assert same["lesion_change_pct"] == pytest.approx(0.0, abs=1e-3)
             assert model["input_lesion_bias_pct"] == same["input_lesion_bias_pct"]
+            # the working grid of each realisation: a model file without a recorded domain runs on the input's
+            # own grid, the built-in one (4 mm) on the input's 16 mm or the grid 1.25x finer
+            assert same["working_grids_mm"] == {"16 mm": 2}
+            grids = model["working_grids_mm"]
+            assert sum(grids.values()) == 2 and set(grids) <= {"16 mm", "12.8 mm"}, grids
     # the test studies were simulated at 32 x 32 x 36 voxels of 16 mm and are reused by a second run
     manifest = json.loads((tmp_path / "w" / "data" / "16mm_seed1" / "v1" / "manifest.json").read_text())
     assert [s["split"] for s in manifest["studies"]] == ["test"] * 3

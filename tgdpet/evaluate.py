@@ -249,22 +249,28 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
 
 
 def _denoised(
-    denoiser: Denoiser, images: list[np.ndarray], voxel_mm: tuple[float, float, float] | None
+    denoiser: Denoiser, images: list[np.ndarray], voxel_mm: tuple[float, float, float] | None, grids: list
 ) -> Iterator[np.ndarray]:
+    """Each image denoised, its working grid (x, y, z mm, as :class:`tgdpet.batch.Written`) appended to ``grids``."""
     for img in images:
-        yield denoiser(img, voxel_mm=voxel_mm)
+        out, grid_zyx = denoiser.denoise_with_grid(img, voxel_mm=voxel_mm)
+        grids.append(None if grid_zyx is None else [round(v, 4) for v in grid_zyx[::-1]])
+        yield out
 
 
 def evaluate_study(
     denoisers: Mapping[str, Denoiser], study: StudyImages, *, dilation: int = 2, progress: bool = False
 ) -> dict:
-    """Score the un-denoised images and every model's output on one study (a JSON-able dict)."""
+    """Score the un-denoised images and every model's output on one study (a JSON-able dict); with each
+    model's working grid per image (``working_grids_mm``; ``None`` where the voxel size is unknown)."""
     from tqdm.auto import tqdm
 
+    grids: dict[str, list] = {}
     try:
         rows = {INPUT_ROW: score_images(study.images, study, dilation=dilation)}
         for name, denoiser in tqdm(denoisers.items(), desc=f"study {study.id}", unit="model", disable=not progress):
-            rows[name] = score_images(_denoised(denoiser, study.images, study.voxel_mm), study, dilation=dilation)
+            denoised = _denoised(denoiser, study.images, study.voxel_mm, grids.setdefault(name, []))
+            rows[name] = score_images(denoised, study, dilation=dilation)
     except ValueError as e:  # a degenerate study, e.g. a target that is 0 throughout the lesion
         raise TgdpetError(f"study {study.id!r} cannot be scored: {e} Check its target and label map.") from None
     return {
@@ -274,6 +280,7 @@ def evaluate_study(
         "region_voxels": {name: int(mask.sum()) for name, mask in study.regions.items()},
         "truth": study.truth is not None,
         "rows": rows,
+        "working_grids_mm": grids,
     }
 
 
