@@ -44,6 +44,11 @@ def _mm(size: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in size) + " mm"
 
 
+def mm_record(size: Sequence[float]) -> list[float]:
+    """A voxel size as reports hold it: a list of mm, rounded to 0.1 micrometre."""
+    return [round(float(v), 4) for v in size]
+
+
 class Written(NamedTuple):
     """A denoised output as written, and the grid the network ran on for each of its frames.
 
@@ -70,8 +75,8 @@ class Written(NamedTuple):
         """The report's fields: the output, the image's voxel size and the working grid of every frame (x, y, z)."""
         return {
             "output": str(self.path.resolve()),
-            "voxel_mm": [round(v, 4) for v in self.voxel_mm],
-            "working_grids_mm": [[round(v, 4) for v in g] for g in self.grids_mm],
+            "voxel_mm": mm_record(self.voxel_mm),
+            "working_grids_mm": [mm_record(g) for g in self.grids_mm],
         }
 
 

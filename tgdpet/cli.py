@@ -371,8 +371,8 @@ def denoise_command(
     input. A 4-D NIfTI file or a dynamic DICOM series is denoised frame by
     frame into one output of its kind (--frame N picks one frame instead). Each image is denoised on the
     working grid that suits its voxels and noise grain (its own, the model's, one between, or one a step
-    finer); each output's line names that grid, and reports and sidecars record it. A study tree (a folder with series in
-    subfolders, or NIfTI files) is denoised PET series by PET series into
+    finer); each output's line names that grid, and reports and sidecars record it. A study tree (a
+    folder with series in subfolders, or NIfTI files) is denoised PET series by PET series into
     <folder>_denoised/, other series (and earlier results) skipped with a
     reason, and a report written there (tgdpet-report.json). A PET-BIDS
     dataset (a folder with dataset_description.json and sub-* folders) is

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .batch import mm_record
 from .checkpoint import ModelRecord
 from .data import Manifest, StudyEntry, load_manifest, read_canonical
 from .domain import domain_of
@@ -254,7 +255,7 @@ def _denoised(
     """Each image denoised, its working grid (x, y, z mm, as :class:`tgdpet.batch.Written`) appended to ``grids``."""
     for img in images:
         out, grid_zyx = denoiser.denoise_with_grid(img, voxel_mm=voxel_mm)
-        grids.append(None if grid_zyx is None else [round(v, 4) for v in grid_zyx[::-1]])
+        grids.append(None if grid_zyx is None else mm_record(grid_zyx[::-1]))
         yield out
 
 
