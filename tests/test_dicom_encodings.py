@@ -33,6 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from tgdpet import __version__
 from tgdpet.errors import TgdpetError
 from tgdpet.io import read_volume, to_suv, write_volume
 from tgdpet.io.acquisition import PHILIPS_PET_CREATOR
@@ -408,6 +409,10 @@ def test_dynamic_dicom_is_denoised_whole_and_by_frame(source, tmp_path):
     assert len(files) == 12 and len({h.SeriesInstanceUID for h in headers}) == 1
     assert sorted(int(h.ImageIndex) for h in headers) == list(range(1, 13))
     assert sorted({str(h.FrameReferenceTime) for h in headers}) == ["0", "60000"]
+    # A model file without a training range runs on the image's own grid (x, y, z: 2 x 2.5 x 3 mm, the source's).
+    assert {h.DerivationDescription for h in headers} == {
+        f"tgdpet denoised (tgdpet {__version__}): working grid 2 x 2.5 x 3 mm; the image's voxels are 2 x 2.5 x 3 mm"
+    }
     for f in range(2):
         alone = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "--frame", str(f), "-o",
                                      str(tmp_path / f"f{f}.nii.gz"), *base])  # fmt: skip

@@ -6,16 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from click.testing import CliRunner
-from helpers import make_volume, suv_meta, trained_like_model, write_test_nifti
+from helpers import make_volume, suv_meta, trained_like_model, write_test_nifti, write_test_series
 
+from tgdpet import __version__
 from tgdpet.batch import Written
 from tgdpet.cli import main
 from tgdpet.denoise import denoise_volume, load_denoiser
 from tgdpet.domain import Domain
 from tgdpet.infer import Denoiser
-from tgdpet.io import Volume
+from tgdpet.io import Volume, read_volume
 from tgdpet.io.orientation import canonical_voxel_mm, to_canonical
 from tgdpet.resample import (
     averaging_matrix,
@@ -279,6 +281,16 @@ def test_denoise_names_the_grid_each_image_was_denoised_on(tmp_path):
                                        "--device", "cpu", "--no-progress"])  # fmt: skip
     assert single.exit_code == 0, single.output
     assert "(working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm)." in single.output
+    # A DICOM result carries it in every slice's DerivationDescription, where a PACS reader meets it.
+    write_test_series(tmp_path / "grain4_series", read_volume(tree / "grain4.nii.gz"))
+    series = CliRunner().invoke(main, ["denoise", str(tmp_path / "grain4_series"), "-o", str(tmp_path / "one_series"),
+                                       "--device", "cpu", "--no-progress"])  # fmt: skip
+    assert series.exit_code == 0, series.output
+    derivations = {pydicom.dcmread(f, stop_before_pixels=True).DerivationDescription
+                   for f in (tmp_path / "one_series").iterdir()}  # fmt: skip
+    assert derivations == {
+        f"tgdpet denoised (tgdpet {__version__}): working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm"
+    }
     batch = CliRunner().invoke(main, ["denoise", str(tree), "--device", "cpu", "--no-progress"])
     assert batch.exit_code == 0, batch.output
     report = json.loads((tmp_path / "study_denoised" / "tgdpet-report.json").read_text())

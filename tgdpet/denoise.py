@@ -140,7 +140,8 @@ def denoise_file(
     units: str | None = None,
 ) -> Written:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata;
-    what was written, and on which working grid (:class:`~tgdpet.batch.Written`).
+    what was written, and on which working grid (:class:`~tgdpet.batch.Written`, whose note a DICOM result
+    also carries in its DerivationDescription).
 
     ``units`` and ``frame_durations_s`` say what the file itself may not (a BIDS sidecar's Units and
     FrameDuration): the result is labelled in those units, and short frames are warned about.
@@ -163,8 +164,9 @@ def denoise_file(
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
     denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
-    written = write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite)
-    return Written(written, canonical_voxel_mm(volume)[::-1], (grid_mm,))
+    made = Written(Path(output_path), canonical_voxel_mm(volume)[::-1], (grid_mm,))
+    write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite, derivation=made.note())
+    return made
 
 
 def _labelled(volume: Volume, units: str | None) -> Volume:
@@ -209,8 +211,9 @@ def denoise_frames(
         denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
-    written = write_frames(frames, output_path, like=first, overwrite=overwrite)
-    return Written(written, canonical_voxel_mm(first)[::-1], tuple(grids))
+    made = Written(Path(output_path), canonical_voxel_mm(first)[::-1], tuple(grids))
+    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=made.note())
+    return made
 
 
 def plan_outputs(inputs: Sequence[str], out: str | None, out_dir: str | None) -> list[Path]:

@@ -140,6 +140,7 @@ def write_volume(
     description: str = DENOISED,
     units: str | None = None,
     dicom_meta: Mapping[str, Any] | None = None,
+    derivation: str = "",
 ) -> Path:
     """Write a volume as NIfTI (``*.nii``, ``*.nii.gz``) or, for any other name, a DICOM series folder.
 
@@ -157,6 +158,9 @@ def write_volume(
         dicom_meta: DICOM attributes (by keyword) set on every slice of a DICOM
             output, e.g. ``{"PatientID": "s000", "StudyInstanceUID": uid}`` so
             several series land in one study.
+        derivation: how the result was made, in words (e.g. the working grid), appended to a DICOM
+            output's DerivationDescription, where a PACS reader meets it; NIfTI's 80-character
+            ``descrip`` has no room for it.
 
     Returns:
         The path written.
@@ -178,7 +182,8 @@ def write_volume(
             raise TgdpetError("dicom_meta applies to DICOM outputs, but the output is NIfTI; leave it out.")
         write_nifti(volume, out, like=like, description=description)
     else:
-        write_dicom_series(volume, out, like=like, description=description, dicom_meta=dicom_meta, overwrite=overwrite)
+        write_dicom_series(volume, out, like=like, description=description, dicom_meta=dicom_meta, overwrite=overwrite,
+                           derivation=derivation)  # fmt: skip
     return out
 
 
@@ -202,9 +207,11 @@ def write_frames(
     like: Volume | None = None,
     overwrite: bool = False,
     description: str = DENOISED,
+    derivation: str = "",
 ) -> Path:
     """Write the frames of a dynamic image, atomically: one 4-D NIfTI file (time last), or, for a name
-    without an extension, one DICOM series holding every frame (each with its source's timing)."""
+    without an extension, one DICOM series holding every frame (each with its source's timing).
+    ``derivation`` is as in :func:`write_volume`."""
     out = check_output_name(path)
     check_can_write(out, overwrite)
     for frame in frames:
@@ -214,5 +221,6 @@ def write_frames(
     if is_nifti_name(out):
         write_nifti_frames(frames, out, like=like, description=description)
     else:
-        write_dicom_frames(frames, out, like=like, description=description, dicom_meta=None, overwrite=overwrite)
+        write_dicom_frames(frames, out, like=like, description=description, dicom_meta=None, overwrite=overwrite,
+                           derivation=derivation)  # fmt: skip
     return out

@@ -113,7 +113,14 @@ def _conform(ds: Dataset) -> None:
         ds.Laterality = ""
 
 
-def _derived_slice(source: Dataset, description: str) -> Dataset:
+def _derivation(description: str, derivation: str) -> str:
+    """DerivationDescription: what the series is, which tgdpet made it, and how (``derivation``), e.g.
+    ``tgdpet denoised (tgdpet 0.2.0): working grid 3.2 x 3.2 x 3.2 mm; ...``; ST holds 1024 characters."""
+    made = f"{description} (tgdpet {__version__})"
+    return (f"{made}: {derivation}" if derivation else made)[:1024]
+
+
+def _derived_slice(source: Dataset, description: str, derivation: str) -> Dataset:
     """A copy of a source slice header, marked as the derived image of a new series."""
     ds = copy.deepcopy(source)
     for keyword in _STALE:
@@ -124,7 +131,7 @@ def _derived_slice(source: Dataset, description: str) -> Dataset:
     original = str(source.get("SeriesDescription", "")).strip()
     described = f"{original[: max(0, 63 - len(description))]} {description}" if original else description
     ds.SeriesDescription = described[:64].strip()  # LO holds 64 characters: keep the suffix whole
-    ds.DerivationDescription = f"{description} (tgdpet {__version__})"
+    ds.DerivationDescription = _derivation(description, derivation)
     ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000  # next to its source in series lists, yet distinct
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
@@ -133,7 +140,7 @@ def _derived_slice(source: Dataset, description: str) -> Dataset:
     return ds
 
 
-def _scratch_template(volume: Volume, description: str, now: dt.datetime) -> Dataset:
+def _scratch_template(volume: Volume, description: str, derivation: str, now: dt.datetime) -> Dataset:
     """The attributes shared by every slice of a series built from nothing."""
     series_time = volume.meta.get("series_datetime") or now
     ds = Dataset()
@@ -152,7 +159,7 @@ def _scratch_template(volume: Volume, description: str, now: dt.datetime) -> Dat
     ds.Modality = "PT"
     ds.SeriesNumber = 1
     ds.SeriesDescription = description[:64]
-    ds.DerivationDescription = f"{description} (tgdpet {__version__})"
+    ds.DerivationDescription = _derivation(description, derivation)
     ds.Manufacturer = "tgdpet"
     ds.SoftwareVersions = __version__
     ds.FrameOfReferenceUID = generate_uid()
@@ -186,10 +193,11 @@ def write_dicom_series(
     description: str,
     dicom_meta: Mapping[str, Any] | None,
     overwrite: bool,
+    derivation: str = "",
 ) -> None:
     """Write ``volume`` as a new PET series of one file per slice into ``folder``, atomically."""
     write_dicom_frames([volume], folder, like=like, description=description, dicom_meta=dicom_meta,
-                       overwrite=overwrite)  # fmt: skip
+                       overwrite=overwrite, derivation=derivation)  # fmt: skip
 
 
 def write_dicom_frames(
@@ -200,6 +208,7 @@ def write_dicom_frames(
     description: str,
     dicom_meta: Mapping[str, Any] | None,
     overwrite: bool,
+    derivation: str = "",
 ) -> None:
     """Write one or more time frames as one new PET series (one file per slice and frame), atomically.
 
@@ -220,12 +229,12 @@ def write_dicom_frames(
             source = volume.dicom_headers or (like.dicom_headers if like is not None and len(frames) == 1 else ())
             if source:
                 _check_source_matches(volume, source)
-            template = None if source else _scratch_template(volume, description, now)
+            template = None if source else _scratch_template(volume, description, derivation, now)
             orientation, pixel_spacing, positions, thickness = dicom_plane_from_affine(volume.affine, volume.shape[0])
             normal = slice_normal(np.array(orientation))
             n = volume.shape[0]
             for k in range(n):
-                ds = _derived_slice(source[k], description) if source else copy.deepcopy(template)
+                ds = _derived_slice(source[k], description, derivation) if source else copy.deepcopy(template)
                 ds.SeriesInstanceUID = series_uid
                 ds.SOPInstanceUID = generate_uid()
                 ds.InstanceNumber = f * n + k + 1
