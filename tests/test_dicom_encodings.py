@@ -8,6 +8,7 @@ PixelSpacing, never against tgdpet's own reader.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -409,9 +410,12 @@ def test_dynamic_dicom_is_denoised_whole_and_by_frame(source, tmp_path):
     assert len(files) == 12 and len({h.SeriesInstanceUID for h in headers}) == 1
     assert sorted(int(h.ImageIndex) for h in headers) == list(range(1, 13))
     assert sorted({str(h.FrameReferenceTime) for h in headers}) == ["0", "60000"]
-    # A model file without a training range runs on the image's own grid (x, y, z: 2 x 2.5 x 3 mm, the source's).
+    # The model (its file's name and SHA-256, hashed here), and the grid: a model file without a training range
+    # runs on the image's own (x, y, z: 2 x 2.5 x 3 mm, the source's).
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
     assert {h.DerivationDescription for h in headers} == {
-        f"tgdpet denoised (tgdpet {__version__}): working grid 2 x 2.5 x 3 mm; the image's voxels are 2 x 2.5 x 3 mm"
+        f"tgdpet denoised (tgdpet {__version__}): model m (SHA-256 {sha}); "
+        "working grid 2 x 2.5 x 3 mm; the image's voxels are 2 x 2.5 x 3 mm"
     }
     for f in range(2):
         alone = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "--frame", str(f), "-o",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_volume, suv_meta, trained_like_model, write_test_nifti, write_test_series
 
+import tgdpet
 from tgdpet import __version__
 from tgdpet.batch import Written
 from tgdpet.cli import main
@@ -281,7 +283,10 @@ def test_denoise_names_the_grid_each_image_was_denoised_on(tmp_path):
                                        "--device", "cpu", "--no-progress"])  # fmt: skip
     assert single.exit_code == 0, single.output
     assert "(working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm)." in single.output
-    # A DICOM result carries it in every slice's DerivationDescription, where a PACS reader meets it.
+    # A DICOM result carries it in every slice's DerivationDescription, where a PACS reader meets it, after the
+    # model that made it (the built-in file, and the start of its SHA-256, hashed here).
+    weights = Path(tgdpet.__file__).parent / "pretrained" / "dncnn-fdg-uniform64.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     write_test_series(tmp_path / "grain4_series", read_volume(tree / "grain4.nii.gz"))
     series = CliRunner().invoke(main, ["denoise", str(tmp_path / "grain4_series"), "-o", str(tmp_path / "one_series"),
                                        "--device", "cpu", "--no-progress"])  # fmt: skip
@@ -289,7 +294,8 @@ def test_denoise_names_the_grid_each_image_was_denoised_on(tmp_path):
     derivations = {pydicom.dcmread(f, stop_before_pixels=True).DerivationDescription
                    for f in (tmp_path / "one_series").iterdir()}  # fmt: skip
     assert derivations == {
-        f"tgdpet denoised (tgdpet {__version__}): working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm"
+        f"tgdpet denoised (tgdpet {__version__}): model dncnn-fdg-uniform64 (SHA-256 {sha}); "
+        "working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm"
     }
     batch = CliRunner().invoke(main, ["denoise", str(tree), "--device", "cpu", "--no-progress"])
     assert batch.exit_code == 0, batch.output

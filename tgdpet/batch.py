@@ -169,6 +169,12 @@ def run_record(denoiser: "Denoiser", model_path: str | os.PathLike | None) -> di
     }  # fmt: skip
 
 
+def model_note(run: dict[str, Any]) -> str:
+    """The model of a :func:`run_record` in words, for a DICOM result's DerivationDescription, e.g.
+    ``model dncnn-fdg-uniform64 (SHA-256 0123456789ab)``: enough to find the weights again from PACS."""
+    return f"model {run['model']['name']} (SHA-256 {run['model']['sha256'][:12]})"
+
+
 def storage_error(written: Path) -> float:
     """The largest error storing the result added, in the output's units (``storage_error_units``): half the
     largest RescaleSlope of a DICOM output (int16 with a per-slice slope), 0 for NIfTI (float32, as computed)."""

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .batch import Written, denoise_tree, is_study_tree, run_record
+from .batch import Written, denoise_tree, is_study_tree, model_note, run_record
 from .bids import PIPELINE, denoise_dataset, is_bids_dataset
 from .builtin import resolve_model
 from .checkpoint import load_model
@@ -138,10 +138,13 @@ def denoise_file(
     warn: Echo | None = None,
     frame_durations_s: Sequence[float] | None = None,
     units: str | None = None,
+    made_by: str = "",
 ) -> Written:
     """Denoise a NIfTI file or DICOM series and write the result in the same format, geometry and metadata;
-    what was written, and on which working grid (:class:`~tgdpet.batch.Written`, whose note a DICOM result
-    also carries in its DerivationDescription).
+    what was written, and on which working grid (:class:`~tgdpet.batch.Written`).
+
+    A DICOM result says in its DerivationDescription what made it (``made_by``, e.g. the model and its hash,
+    :func:`tgdpet.batch.model_note`) and on which working grid, so both travel with the images into a PACS.
 
     ``units`` and ``frame_durations_s`` say what the file itself may not (a BIDS sidecar's Units and
     FrameDuration): the result is labelled in those units, and short frames are warned about.
@@ -158,15 +161,20 @@ def denoise_file(
     check_denoise_output(input_path, output_path, overwrite)
     if frame is None and frame_count(input_path) > 1:
         return denoise_frames(denoiser, input_path, output_path, overwrite=overwrite, progress=progress, warn=warn,
-                              durations_s=frame_durations_s, units=units)  # fmt: skip
+                              durations_s=frame_durations_s, units=units, made_by=made_by)  # fmt: skip
     volume = _labelled(read_volume(input_path, frame=frame), units)
     if warn is not None:
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
     denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
     made = Written(Path(output_path), canonical_voxel_mm(volume)[::-1], (grid_mm,))
-    write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite, derivation=made.note())
+    write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite,
+                 derivation=_derivation(made_by, made))  # fmt: skip
     return made
+
+
+def _derivation(made_by: str, made: Written) -> str:
+    return f"{made_by}; {made.note()}" if made_by else made.note()
 
 
 def _labelled(volume: Volume, units: str | None) -> Volume:
@@ -183,6 +191,7 @@ def denoise_frames(
     warn: Echo | None = None,
     durations_s: Sequence[float] | None = None,
     units: str | None = None,
+    made_by: str = "",
 ) -> Written:
     """Denoise every frame of a 4-D NIfTI file or a dynamic DICOM series, each on its own, into one 4-D NIfTI
     file or one dynamic DICOM series (each frame's timing kept).
@@ -212,7 +221,7 @@ def denoise_frames(
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
     made = Written(Path(output_path), canonical_voxel_mm(first)[::-1], tuple(grids))
-    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=made.note())
+    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=_derivation(made_by, made))
     return made
 
 
@@ -271,23 +280,24 @@ def denoise_inputs(
             raise TgdpetError(
                 f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
             ) from None
-    skipped = 0
+    skipped, run = 0, run_record(denoiser, model_path)
+    model = model_note(run)
     for src, dest, kind in zip(inputs, outputs, kinds):
         if kind == "bids":  # every PET image, a derivative dataset
             report = denoise_dataset(
                 src, dest, lambda i, o, units, durations: denoise_file(
                     denoiser, i, o, overwrite=overwrite, warn=lambda m: warn(f"warning: {m}"), units=units,
-                    frame_durations_s=durations),
+                    frame_durations_s=durations, made_by=model),
                 lambda path: (frame_count(path), nifti_units_note(path)),
-                overwrite=overwrite, echo=echo, run=run_record(denoiser, model_path),
+                overwrite=overwrite, echo=echo, run=run,
             )  # fmt: skip
             echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
             skipped += report["skipped"]
             continue
         if kind == "tree":  # every PET series in it, and a report
             report = denoise_tree(
-                src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame),
-                frame=frame, overwrite=overwrite, echo=echo, run=run_record(denoiser, model_path),
+                src, dest, lambda i, o: denoise_file(denoiser, i, o, overwrite=overwrite, frame=frame, made_by=model),
+                frame=frame, overwrite=overwrite, echo=echo, run=run,
                 check=lambda volume: domain_warnings(denoiser, volume),
             )  # fmt: skip
             echo(f"Denoised {report['denoised']} and skipped {report['skipped']} image(s); wrote {dest}/.")
@@ -295,7 +305,7 @@ def denoise_inputs(
             continue
         written = denoise_file(
             denoiser, src, dest, overwrite=overwrite, progress=progress, frame=frame,
-            warn=lambda message: warn(f"warning: {message}"),
+            warn=lambda message: warn(f"warning: {message}"), made_by=model,
         )  # fmt: skip
         echo(f"Wrote {written.path} ({written.note()}).")
     return skipped
