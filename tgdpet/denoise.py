@@ -169,11 +169,11 @@ def denoise_file(
     denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
     made = Written(Path(output_path), canonical_voxel_mm(volume)[::-1], (grid_mm,))
     write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite,
-                 derivation=_derivation(made_by, made))  # fmt: skip
+                 derivation=_how_made(made_by, made))  # fmt: skip
     return made
 
 
-def _derivation(made_by: str, made: Written) -> str:
+def _how_made(made_by: str, made: Written) -> str:
     return f"{made_by}; {made.note()}" if made_by else made.note()
 
 
@@ -221,7 +221,7 @@ def denoise_frames(
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
     made = Written(Path(output_path), canonical_voxel_mm(first)[::-1], tuple(grids))
-    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=_derivation(made_by, made))
+    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=_how_made(made_by, made))
     return made
 
 

@@ -158,7 +158,7 @@ def write_volume(
         dicom_meta: DICOM attributes (by keyword) set on every slice of a DICOM
             output, e.g. ``{"PatientID": "s000", "StudyInstanceUID": uid}`` so
             several series land in one study.
-        derivation: how the result was made, in words (e.g. the working grid), appended to a DICOM
+        derivation: how the result was made, in words (the model, the working grid), appended to a DICOM
             output's DerivationDescription, where a PACS reader meets it; NIfTI's 80-character
             ``descrip`` has no room for it.
 
