@@ -400,7 +400,7 @@ def test_dynamic_dicom_is_denoised_whole_and_by_frame(source, tmp_path):
     from tgdpet.cli import main
 
     _dynamic(source, tmp_path / "dyn", 2)
-    model = save_model(tmp_path / "m.safetensors", trained_like_model(), preset="tiny")
+    model = save_model(tmp_path / "modèle.safetensors", trained_like_model(), preset="tiny")
     base = ["--model", str(model), "--device", "cpu", "--precision", "fp32", "--no-progress"]
     runner = CliRunner()
     whole = runner.invoke(main, ["denoise", str(tmp_path / "dyn"), "-o", str(tmp_path / "out"), *base])
@@ -410,11 +410,12 @@ def test_dynamic_dicom_is_denoised_whole_and_by_frame(source, tmp_path):
     assert len(files) == 12 and len({h.SeriesInstanceUID for h in headers}) == 1
     assert sorted(int(h.ImageIndex) for h in headers) == list(range(1, 13))
     assert sorted({str(h.FrameReferenceTime) for h in headers}) == ["0", "60000"]
-    # The model (its file's name and SHA-256, hashed here), and the grid: a model file without a training range
-    # runs on the image's own (x, y, z: 2 x 2.5 x 3 mm, the source's).
+    # The model (its file's name, in the default repertoire every source's character set holds, and its SHA-256,
+    # hashed here), and the grid: a model file without a training range runs on the image's own (x, y, z: 2 x 2.5
+    # x 3 mm, the source's).
     sha = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
     assert {h.DerivationDescription for h in headers} == {
-        f"tgdpet denoised (tgdpet {__version__}): model m (SHA-256 {sha}); "
+        f"tgdpet denoised (tgdpet {__version__}): model mod?le (SHA-256 {sha}); "
         "working grid 2 x 2.5 x 3 mm; the image's voxels are 2 x 2.5 x 3 mm"
     }
     for f in range(2):

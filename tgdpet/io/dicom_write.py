@@ -115,9 +115,14 @@ def _conform(ds: Dataset) -> None:
 
 def _derivation(description: str, derivation: str) -> str:
     """DerivationDescription: what the series is, which tgdpet made it, and how (``derivation``), e.g.
-    ``tgdpet denoised (tgdpet 0.2.0): working grid 3.2 x 3.2 x 3.2 mm; ...``; ST holds 1024 characters."""
+    ``tgdpet denoised (tgdpet 0.2.0): working grid 3.2 x 3.2 x 3.2 mm; ...``; ST holds 1024 characters.
+
+    ``derivation`` may name a user's file (a model), in any script; the slice keeps its source's
+    character set, which may be the default repertoire, so what it cannot hold becomes ``?``.
+    """
     made = f"{description} (tgdpet {__version__})"
-    return (f"{made}: {derivation}" if derivation else made)[:1024]
+    text = f"{made}: {derivation.encode('ascii', 'replace').decode()}" if derivation else made
+    return text[:1024]
 
 
 def _derived_slice(source: Dataset, description: str, derivation: str) -> Dataset:
