@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import suv_meta, write_test_series
 from test_data import make_dataset
 
-from tgdpet import tgd
+from tgdpet import __version__, tgd
 from tgdpet.checkpoint import load_model, load_training_state, save_model, save_training_state
 from tgdpet.cli import main
 from tgdpet.data import PatchDataset, load_manifest, load_studies
 from tgdpet.errors import TgdpetError
-from tgdpet.io import read_volume
+from tgdpet.io import Volume, read_volume
 from tgdpet.models import bn_after, build_model, get_config
 from tgdpet.train import FinetuneConfig, Method, TrainConfig, build_method, ddp, finetune, resolve_config, train
 from tgdpet.config import to_yaml
@@ -448,6 +452,33 @@ def test_cli_train_and_n2n_online(tmp_path, dataset, base_model):
     assert record.provenance["method"]["phi"] == 0.4
     res = runner.invoke(main, args + common)
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_n2n_online_dicom_result_names_the_base_model_the_adaptation_and_the_grid(tmp_path, dataset, base_model):
+    """An n2n-online result is not the base model's: its DICOM slices say so, with the base file's hash (computed
+    here), the method and steps (1 epoch of 32 patches in batches of 16: 2), and the grid the network ran on,
+    the halves' own 2 x 2 x 3 mm voxels (make_dataset's), as a PACS reader of ``denoise`` output is told."""
+    study = load_manifest(dataset).studies[0]
+    halves = []
+    for k, path in enumerate(study.halves):
+        half = read_volume(path)
+        scan = Volume(data=half.data, affine=half.affine, units="BQML", meta=suv_meta())
+        write_test_series(tmp_path / f"half{k + 1}", scan)
+        halves.append(str(tmp_path / f"half{k + 1}"))
+    out = tmp_path / "adapted_series"
+    args = ["n2n-online", base_model, *halves, "-o", str(out), "--skip-halves-check", "--epochs", "1",
+            "--patches-per-epoch", "32", "--batch-size", "16", "--patch-size", "16", "--device", "cpu", "--no-amp",
+            "--no-progress"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    grid = "working grid 2 x 2 x 3 mm; the image's voxels are 2 x 2 x 3 mm"
+    assert f"({grid})." in res.output
+    sha = hashlib.sha256(Path(base_model).read_bytes()).hexdigest()[:12]
+    derivations = {pydicom.dcmread(f, stop_before_pixels=True).DerivationDescription for f in out.iterdir()}
+    assert derivations == {
+        f"tgdpet denoised (tgdpet {__version__}): model base (SHA-256 {sha}) adapted to this study by n2n-online "
+        f"(tgd, phi 0.4, 2 steps); {grid}"
+    }
 
 
 @pytest.mark.parametrize("command", ["train", "tgd-finetune"])

@@ -71,6 +71,11 @@ class Written(NamedTuple):
             grids = "working grids " + ", ".join(f"{_mm(g)} ({n} frame{'s' * (n > 1)})" for g, n in counts.items())
         return f"{grids}; the image's voxels are {_mm(self.voxel_mm)}"
 
+    def derivation(self, made_by: str = "") -> str:
+        """What made the result (``made_by``, e.g. :func:`model_note`) and on which grid, for a DICOM result's
+        DerivationDescription: both travel with the images into a PACS."""
+        return f"{made_by}; {self.note()}" if made_by else self.note()
+
     def record(self) -> dict[str, Any]:
         """The report's fields: the output, the image's voxel size and the working grid of every frame (x, y, z)."""
         return {

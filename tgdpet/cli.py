@@ -340,7 +340,8 @@ def n2n_online_command(
         model, half1, half2, out, cfg, full=full, skip_halves_check=skip_halves_check, save_model_path=save_model,
         overwrite=overwrite, progress_bar=not no_progress, echo=click.echo, command=_command_line(),
     )  # fmt: skip
-    click.echo(f"Wrote {result.output}" + (f" and {result.model_path}" if result.model_path else "") + ".")
+    kept = f" and {result.model_path}" if result.model_path else ""
+    click.echo(f"Wrote {result.written.path} ({result.written.note()}){kept}.")
 
 
 @main.command("denoise")

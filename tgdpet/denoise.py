@@ -169,12 +169,8 @@ def denoise_file(
     denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
     made = Written(Path(output_path), canonical_voxel_mm(volume)[::-1], (grid_mm,))
     write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite,
-                 derivation=_how_made(made_by, made))  # fmt: skip
+                 derivation=made.derivation(made_by))  # fmt: skip
     return made
-
-
-def _how_made(made_by: str, made: Written) -> str:
-    return f"{made_by}; {made.note()}" if made_by else made.note()
 
 
 def _labelled(volume: Volume, units: str | None) -> Volume:
@@ -221,7 +217,7 @@ def denoise_frames(
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
     made = Written(Path(output_path), canonical_voxel_mm(first)[::-1], tuple(grids))
-    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=_how_made(made_by, made))
+    write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=made.derivation(made_by))
     return made
 
 

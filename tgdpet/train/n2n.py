@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
+from ..batch import Written, model_note, run_record
 from ..builtin import resolve_model
 from ..checkpoint import load_model, save_model
 from ..data import Study, detail_map
@@ -126,7 +127,7 @@ def check_halves(h1: Volume, h2: Volume, *, similarity: bool = True) -> None:
 class N2NResult:
     """What ``n2n_online`` produced."""
 
-    output: Path
+    written: Written  # the denoised study, and the grid the adapted network ran on
     model_path: Path | None
     fit: FitResult
 
@@ -165,7 +166,7 @@ def n2n_online(
     from ..denoise import check_denoise_output, denoise_volume
     from ..infer import Denoiser
     from ..io import read_volume, write_volume
-    from ..io.orientation import to_canonical
+    from ..io.orientation import canonical_voxel_mm, to_canonical
 
     device = resolve_device(cfg.device)
     h1, h2 = read_volume(half1), read_volume(half2)
@@ -193,8 +194,12 @@ def n2n_online(
     result = fit(model, method, patches, cfg, device=device, outputs=Outputs(), progress_bar=progress_bar, echo=echo)
     method.close()
     precision = "fp32" if cfg.amp is False else "auto"
-    denoised, _ = denoise_volume(Denoiser(model, device=device, precision=precision), target, progress=progress_bar)
-    write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite)
+    denoiser = Denoiser(model, device=device, precision=precision)
+    denoised, grid_mm = denoise_volume(denoiser, target, progress=progress_bar)
+    written = Written(output, canonical_voxel_mm(target)[::-1], (grid_mm,))
+    made_by = f"{model_note(run_record(denoiser, model_path))} adapted to this study by n2n-online ({_how(result)})"
+    write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite,
+                 derivation=written.derivation(made_by))  # fmt: skip
     if save_model_path is not None:
         save_model(
             save_model_path,
@@ -219,4 +224,11 @@ def n2n_online(
             },
             **method.record(record.masks_history),
         )
-    return N2NResult(output=output, model_path=save_model_path, fit=result)
+    return N2NResult(written=written, model_path=save_model_path, fit=result)
+
+
+def _how(fit: FitResult) -> str:
+    """The adaptation in words, e.g. ``tgd, phi 0.4, 1200 steps``: with the base model's hash, what a reader
+    of the result needs to tell it from the base model's own ``denoise`` output."""
+    method = fit.method["method"] + (f", phi {fit.method['phi']:g}" if "phi" in fit.method else "")
+    return f"{method}, {fit.progress.step} steps"
