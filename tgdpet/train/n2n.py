@@ -231,4 +231,5 @@ def _how(fit: FitResult) -> str:
     """The adaptation in words, e.g. ``tgd, phi 0.4, 1200 steps``: with the base model's hash, what a reader
     of the result needs to tell it from the base model's own ``denoise`` output."""
     method = fit.method["method"] + (f", phi {fit.method['phi']:g}" if "phi" in fit.method else "")
-    return f"{method}, {fit.progress.step} steps"
+    steps = fit.progress.step
+    return f"{method}, {steps} step{'s' * (steps != 1)}"
