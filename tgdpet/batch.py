@@ -62,6 +62,13 @@ class Written(NamedTuple):
     voxel_mm: Mm
     grids_mm: tuple[Mm, ...]
 
+    @classmethod
+    def of(cls, path: str | os.PathLike, volume: "Volume", grids_mm: Sequence[Mm]) -> "Written":
+        """The output at ``path`` of ``volume`` (its voxel size in the canonical frame), denoised on ``grids_mm``."""
+        from .io.orientation import canonical_voxel_mm
+
+        return cls(Path(path), canonical_voxel_mm(volume)[::-1], tuple(grids_mm))
+
     def note(self) -> str:
         """The working grid in words, e.g. ``working grid 3.2 x 3.2 x 3.2 mm; the image's voxels are 4 x 4 x 4 mm``."""
         counts = {g: self.grids_mm.count(g) for g in dict.fromkeys(self.grids_mm)}

@@ -167,7 +167,7 @@ def denoise_file(
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
     denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
-    made = Written(Path(output_path), canonical_voxel_mm(volume)[::-1], (grid_mm,))
+    made = Written.of(output_path, volume, [grid_mm])
     write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite,
                  derivation=made.derivation(made_by))  # fmt: skip
     return made
@@ -216,7 +216,7 @@ def denoise_frames(
         denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
-    made = Written(Path(output_path), canonical_voxel_mm(first)[::-1], tuple(grids))
+    made = Written.of(output_path, first, grids)
     write_frames(frames, output_path, like=first, overwrite=overwrite, derivation=made.derivation(made_by))
     return made
 

@@ -166,7 +166,7 @@ def n2n_online(
     from ..denoise import check_denoise_output, denoise_volume
     from ..infer import Denoiser
     from ..io import read_volume, write_volume
-    from ..io.orientation import canonical_voxel_mm, to_canonical
+    from ..io.orientation import to_canonical
 
     device = resolve_device(cfg.device)
     h1, h2 = read_volume(half1), read_volume(half2)
@@ -196,7 +196,7 @@ def n2n_online(
     precision = "fp32" if cfg.amp is False else "auto"
     denoiser = Denoiser(model, device=device, precision=precision)
     denoised, grid_mm = denoise_volume(denoiser, target, progress=progress_bar)
-    written = Written(output, canonical_voxel_mm(target)[::-1], (grid_mm,))
+    written = Written.of(output, target, [grid_mm])
     made_by = f"{model_note(run_record(denoiser, model_path))} adapted to this study by n2n-online ({_how(result)})"
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite,
                  derivation=written.derivation(made_by))  # fmt: skip
