@@ -14,10 +14,12 @@ model denoises every realisation as ``tgdpet denoise`` would (on the working
 grid it chooses per image, unless ``--no-resample``), and ``tgdpet
 evaluate``'s figures are printed per cell: the tumour's bias against the
 600 s image and the liver CoV as a multiple of the input's, with the
-project's targets (bias within +-5 %, CoV at most 0.5x) checked, and the
-inputs' own tumour bias beside them (the JSON also holds the tumour's change
-by denoising, denoised against input, and how many realisations went to each
-working grid, ``working_grids_mm``). Without
+project's targets (bias within +-5 %, CoV at most 0.5x) checked, the
+bias's standard error over the realisations (+-, what is left of the noise
+in an average of R images), and the inputs' own tumour bias beside them
+(the JSON also holds the tumour's change by denoising, denoised against
+input, and how many realisations went to each working grid,
+``working_grids_mm``). Without
 ``--model`` the built-in model is measured; ``--tta`` averages each network's
 output over the 8 in-plane flips, as ``tgdpet denoise --tta`` does.
 """
@@ -72,7 +74,7 @@ def dataset(work: Path, voxel_mm: float, seed: int, protocols: list[str], realis
 
 
 def cell(study: dict, model: str) -> dict:
-    """One study's figures for one model: tumour bias, liver CoV ratio, liver bias, and the input's own.
+    """One study's figures for one model: tumour bias (and its standard error), liver CoV ratio and bias, the input's.
 
     ``lesion_change_pct`` is what denoising did to the tumour: the denoised
     images' ensemble mean over the tumour against the inputs', both read from
@@ -85,6 +87,7 @@ def cell(study: dict, model: str) -> dict:
     bias, input_bias = rows[model]["lesion_bias_pct"], rows["input"]["lesion_bias_pct"]
     return {
         "lesion_bias_pct": bias,
+        "lesion_bias_se_pct": rows[model]["lesion_bias_se_pct"],
         "cov_ratio": rows[model]["liver_cov_pct"] / rows["input"]["liver_cov_pct"],
         "liver_bias_pct": rows[model]["liver_bias_pct"],
         "input_cov_pct": rows["input"]["liver_cov_pct"],
@@ -107,11 +110,13 @@ def meets(c: dict) -> bool:
 def table(results: list[dict], model: str) -> str:
     """Markdown: a row per voxel size and protocol, a column per BMI class (one entry per seed).
 
-    Each entry is the tumour bias % / liver CoV ratio, then in brackets the
-    inputs' own tumour bias %, against which the bias is to be read.
+    Each entry is the tumour bias % with its standard error over the
+    realisations / liver CoV ratio, then in brackets the inputs' own tumour
+    bias %, against which the bias is to be read.
     """
+    heading = "BMI: tumour bias % +- SE / liver CoV x (input bias %)"
     lines = [
-        f"| voxels, protocol | {' | '.join(f'{b} BMI: tumour bias % / liver CoV x (input bias %)' for b in BODIES)}"
+        f"| voxels, protocol | {' | '.join(f'{b} {heading}' for b in BODIES)}"
         " | targets met |",
         "|---|---|---|---|---|",
     ]
@@ -123,8 +128,8 @@ def table(results: list[dict], model: str) -> str:
             entries = []
             for r in runs:
                 c = r["cells"][body][model]
-                bias, ratio, own = c["lesion_bias_pct"], c["cov_ratio"], c["input_lesion_bias_pct"]
-                entries.append(f"{bias:+.1f} / {ratio:.2f} ({own:+.1f})")
+                bias, se, ratio = c["lesion_bias_pct"], c["lesion_bias_se_pct"], c["cov_ratio"]
+                entries.append(f"{bias:+.1f} +-{se:.1f} / {ratio:.2f} ({c['input_lesion_bias_pct']:+.1f})")
                 met, total = met + meets(c), total + 1
             cols.append(", ".join(entries))
         lines.append(f"| {voxel:g} mm, {protocol} | {' | '.join(cols)} | {met}/{total} |")

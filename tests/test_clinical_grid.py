@@ -24,6 +24,7 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "| 16 mm, v1 |" in done.stdout and "| 16 mm, smooth |" in done.stdout
+    assert "tumour bias % +- SE" in done.stdout and " +-" in done.stdout.split("| 16 mm, v1 |")[1]
     grid = json.loads((tmp_path / "grid.json").read_text())
     assert [r["protocol"] for r in grid["results"]] == ["v1", "smooth"] and grid["resample"] is True
     for r in grid["results"]:
@@ -37,6 +38,8 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
             assert same["lesion_bias_pct"] == pytest.approx(same["input_lesion_bias_pct"], abs=1e-3)
             assert same["lesion_change_pct"] == pytest.approx(0.0, abs=1e-3)
             assert model["input_lesion_bias_pct"] == same["input_lesion_bias_pct"]
+            # two noisy realisations leave a standard error on the ensemble bias
+            assert model["lesion_bias_se_pct"] > 0 and same["lesion_bias_se_pct"] > 0
             # the working grid of each realisation: a model file without a recorded domain runs on the input's
             # own grid, the built-in one (4 mm) on the input's 16 mm or the grid 1.25x finer
             assert same["working_grids_mm"] == {"16 mm": 2}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +89,20 @@ def _liver_bias_by_hand(images, target, lab) -> float:
     return float(np.mean([(float(x[liver].astype(np.float64).mean()) - reference) / reference for x in images]) * 100)
 
 
+def _bias_standard_error_by_hand(images, target, lab) -> float:
+    """The spread (ddof=1) of the images' lesion errors (%) against the target's lesion mean, over sqrt(R)."""
+    lesion = lab == CODES["lesion"]
+    reference = float(target[lesion].astype(np.float64).mean())
+    errors = [(float(x[lesion].astype(np.float64).mean()) - reference) / reference * 100 for x in images]
+    return statistics.stdev(errors) / math.sqrt(len(errors))
+
+
 def _expected_row(images, target, lab, truth=None) -> dict:
     """Every figure computed straight from tgdpet.metrics on the arrays."""
     stack = np.stack(images)
     row = {
         "lesion_bias_pct": metrics.lesion_ensemble_bias(stack, target, lab == CODES["lesion"]),
+        "lesion_bias_se_pct": _bias_standard_error_by_hand(images, target, lab) if len(images) > 1 else None,
         "liver_cov_pct": metrics.liver_cov(stack, lab == CODES["liver"]) if len(images) > 1 else None,
         "liver_bias_pct": _liver_bias_by_hand(images, target, lab),
         "lesion_bias_truth_pct": None if truth is None else metrics.bias_vs_truth(stack, truth, lab == CODES["lesion"]),
@@ -232,7 +243,8 @@ def test_cli_prints_the_table_and_writes_json_once(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     header = next(line for line in lines if line.startswith("model"))
-    for heading in ("lesion bias %", "liver CoV %", "bias vs truth %", "PSNR dB", "SSIM", "halluc. catheter %"):
+    headings = ("lesion bias %", "lesion bias SE", "liver CoV %", "bias vs truth %", "PSNR dB", "SSIM", "halluc. catheter %")
+    for heading in headings:
         assert heading in header
     assert "halluc. bladder" not in header  # no bladder in this study
     assert any(line.startswith("input ") for line in lines) and any(line.startswith("v1-net ") for line in lines)

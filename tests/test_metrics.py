@@ -24,6 +24,21 @@ def test_lesion_bias_is_the_mean_of_per_realisation_relative_errors():
     assert metrics.lesion_ensemble_bias(real, ref, lesion) == pytest.approx(-2.5)
 
 
+def test_bias_standard_error_is_the_spread_of_the_realisations_errors_over_sqrt_r():
+    # Realisations at -10 % and +5 %: std (ddof=1) 15 / sqrt(2), over sqrt(2) realisations: 7.5 points.
+    ref = np.full((1, 2, 2), 10.0)
+    lesion = _box_mask(ref.shape, slice(None), slice(0, 1), slice(None))
+    real = np.stack([np.full((1, 2, 2), 9.0), np.full((1, 2, 2), 10.5)])
+    real[1, 0, 1] = 500.0  # outside the lesion: must not count
+    assert metrics.ensemble_bias_standard_error(real, ref, lesion) == pytest.approx(7.5)
+    # Four realisations at -4, -2, 0, +2 %: std (ddof=1) sqrt(20/3), standard error sqrt(20/3) / 2.
+    four = np.stack([np.full((1, 2, 2), 10.0 * (1 + e / 100)) for e in (-4, -2, 0, 2)])
+    assert metrics.ensemble_bias_standard_error(four, ref, lesion) == pytest.approx(math.sqrt(20 / 3) / 2)
+    assert metrics.ensemble_bias_standard_error(np.stack([ref] * 3), ref, lesion) == 0.0
+    with pytest.raises(ValueError, match="at least 2 realisations"):
+        metrics.ensemble_bias_standard_error(real[:1], ref, lesion)
+
+
 def test_lesion_bias_uses_region_means_not_voxelwise_ratios():
     # Voxel-wise relative errors would average to (+100 % - 50 %)/2 = +25 %;
     # the region means are 4 vs 4, a bias of 0.

@@ -20,6 +20,9 @@ Figures, per study and row (``None`` where a study lacks what a figure
 needs: a label, a truth image, two images for a CoV):
 
 - ``lesion_bias_pct``: lesion ensemble bias against the target (eq. 6);
+- ``lesion_bias_se_pct``: its standard error over the realisations
+  (percentage points; two images or more), what is left of the noise in an
+  average of R images;
 - ``liver_cov_pct``: liver CoV across the images (eq. 7, ddof = 1);
 - ``liver_bias_pct``: liver ensemble bias against the target (eq. 6 in the
   liver). The liver is the reference region of PERCIST and Deauville reads:
@@ -77,6 +80,7 @@ OOD_LABELS = ("bladder", "catheter")
 #: Every figure's key and its column heading, in table order.
 COLUMNS: dict[str, str] = {
     "lesion_bias_pct": "lesion bias %",
+    "lesion_bias_se_pct": "lesion bias SE",
     "liver_cov_pct": "liver CoV %",
     "liver_bias_pct": "liver bias %",
     "lesion_bias_truth_pct": "bias vs truth %",
@@ -231,6 +235,8 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
     if "lesion" in ensemble:
         lesion = ensemble["lesion"][box]
         row["lesion_bias_pct"] = metrics.lesion_ensemble_bias(stack, study.target[box], lesion)
+        if len(crops) >= 2:
+            row["lesion_bias_se_pct"] = metrics.ensemble_bias_standard_error(stack, study.target[box], lesion)
         if study.truth is not None:
             row["lesion_bias_truth_pct"] = metrics.bias_vs_truth(stack, study.truth[box], lesion)
     if "liver" in ensemble:
