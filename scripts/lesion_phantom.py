@@ -15,7 +15,8 @@ reference and ``R`` disjoint 60 s realisations cut from it. Nothing about it
 the phantom the models are trained on.
 
 Per sphere: the ensemble bias of its mean against the 600 s image (the
-paper's lesion bias), for the input and the denoised realisations; for the
+paper's lesion bias) and its standard error over the realisations, for the
+input and the denoised realisations; for the
 background: the ensemble CoV (the paper's liver CoV, on a background VOI)
 and the ratio denoised / input. With ``--tta`` the same figures for the
 8-fold flip/transpose test-time augmentation, and the median time of one
@@ -86,8 +87,10 @@ def sphere_phantom(grid: Grid, background_bqml: float) -> tuple[Phantom, dict[st
 
 
 def _scores(denoised: np.ndarray, reference: np.ndarray, spheres: dict, background: np.ndarray) -> dict:
+    masks = {n: m.numpy() for n, m in spheres.items()}
     return {
-        "bias_pct": {n: metrics.lesion_ensemble_bias(denoised, reference, m.numpy()) for n, m in spheres.items()},
+        "bias_pct": {n: metrics.lesion_ensemble_bias(denoised, reference, m) for n, m in masks.items()},
+        "bias_se_pct": {n: metrics.ensemble_bias_standard_error(denoised, reference, m) for n, m in masks.items()},
         "background_cov_pct": metrics.liver_cov(denoised, background),
     }
 
@@ -147,12 +150,13 @@ def print_table(result: dict) -> None:
         f"voxels {' x '.join(f'{v:.3g}' for v in result['voxel_mm'])} mm, "
         f"{result['realisations']} x 60 s vs 600 s, model {result['model']}"
     )
-    print(f"  {'sphere bias %':<16}" + "".join(f"{k:>15}" for k in runs))
+    print(f"  {'sphere bias %':<16}" + "".join(f"{k + ' +- SE':>18}" for k in runs))
     for name in result["input"]["bias_pct"]:
-        print(f"  {name:<16}" + "".join(f"{result[k]['bias_pct'][name]:>15.2f}" for k in runs))
-    print(f"  {'background CoV %':<16}" + "".join(f"{result[k]['background_cov_pct']:>15.2f}" for k in runs))
-    print(f"  {'CoV / input CoV':<16}{'':>15}" + "".join(f"{result[k]['background_cov_ratio']:>15.2f}" for k in runs[1:]))
-    print(f"  {'s per volume':<16}{'':>15}" + "".join(f"{result[k]['median_seconds_per_volume']:>15.2f}" for k in runs[1:]))
+        cells = (f"{result[k]['bias_pct'][name]:.2f} +-{result[k]['bias_se_pct'][name]:.2f}" for k in runs)
+        print(f"  {name:<16}" + "".join(f"{c:>18}" for c in cells))
+    print(f"  {'background CoV %':<16}" + "".join(f"{result[k]['background_cov_pct']:>18.2f}" for k in runs))
+    for label, key in (("CoV / input CoV", "background_cov_ratio"), ("s per volume", "median_seconds_per_volume")):
+        print(f"  {label:<16}{'':>18}" + "".join(f"{result[k][key]:>18.2f}" for k in runs[1:]))
 
 
 def main() -> None:
