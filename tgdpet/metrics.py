@@ -14,9 +14,11 @@ Bias measures how much a denoiser changes a small hot structure's uptake;
 CoV measures how much noise is left in a uniform organ. The two pull in
 opposite directions, which is why the paper reports them together.
 
-Around them: bias against the phantom's true activity (only a simulator
-knows it), PSNR and SSIM against the reference, and a hallucination score
-inside out-of-distribution structures (catheter, hot bladder).
+Around them: the ensemble bias's standard error over the realisations (R
+region means leave some noise in their average), bias against the phantom's
+true activity (only a simulator knows it), PSNR and SSIM against the
+reference, and a hallucination score inside out-of-distribution structures
+(catheter, hot bladder).
 
 Arrays are ``(z, y, x)`` volumes, realisation stacks ``(R, z, y, x)``, masks
 boolean (or 0/1) volumes on the same grid. Every figure is computed in
