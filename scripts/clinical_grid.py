@@ -15,8 +15,8 @@ grid it chooses per image, unless ``--no-resample``), and ``tgdpet
 evaluate``'s figures are printed per cell: the tumour's bias against the
 600 s image and the liver CoV as a multiple of the input's, with the
 project's targets (bias within +-5 %, CoV at most 0.5x) checked, the
-bias's standard error over the realisations (+-, what is left of the noise
-in an average of R images), and the inputs' own tumour bias beside them
+bias's standard error (+-, paired with the inputs over the realisations:
+``tgdpet.metrics.paired_bias_standard_error``), and the inputs' own tumour bias beside them
 (the JSON also holds the tumour's change by denoising, denoised against
 input, and how many realisations went to each working grid,
 ``working_grids_mm``). Without
@@ -110,8 +110,8 @@ def meets(c: dict) -> bool:
 def table(results: list[dict], model: str) -> str:
     """Markdown: a row per voxel size and protocol, a column per BMI class (one entry per seed).
 
-    Each entry is the tumour bias % with its standard error over the
-    realisations / liver CoV ratio, then in brackets the inputs' own tumour
+    Each entry is the tumour bias % with its standard error (paired with
+    the inputs) / liver CoV ratio, then in brackets the inputs' own tumour
     bias %, against which the bias is to be read.
     """
     heading = "BMI: tumour bias % +- SE / liver CoV x (input bias %)"

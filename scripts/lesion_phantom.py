@@ -15,8 +15,8 @@ reference and ``R`` disjoint 60 s realisations cut from it. Nothing about it
 the phantom the models are trained on.
 
 Per sphere: the ensemble bias of its mean against the 600 s image (the
-paper's lesion bias) and its standard error over the realisations, for the
-input and the denoised realisations; for the
+paper's lesion bias), for the input and the denoised realisations, with
+the denoised bias's standard error paired with the inputs; for the
 background: the ensemble CoV (the paper's liver CoV, on a background VOI)
 and the ratio denoised / input. With ``--tta`` the same figures for the
 8-fold flip/transpose test-time augmentation, and the median time of one
@@ -86,13 +86,19 @@ def sphere_phantom(grid: Grid, background_bqml: float) -> tuple[Phantom, dict[st
     return phantom, spheres, background
 
 
-def _scores(denoised: np.ndarray, reference: np.ndarray, spheres: dict, background: np.ndarray) -> dict:
+def _scores(
+    images: np.ndarray, reference: np.ndarray, spheres: dict, background: np.ndarray, inputs: np.ndarray | None = None
+) -> dict:
+    """Each sphere's bias (and, for denoised ``images`` made from ``inputs``, its paired standard error); the CoV."""
     masks = {n: m.numpy() for n, m in spheres.items()}
-    return {
-        "bias_pct": {n: metrics.lesion_ensemble_bias(denoised, reference, m) for n, m in masks.items()},
-        "bias_se_pct": {n: metrics.ensemble_bias_standard_error(denoised, reference, m) for n, m in masks.items()},
-        "background_cov_pct": metrics.liver_cov(denoised, background),
+    scores = {
+        "bias_pct": {n: metrics.lesion_ensemble_bias(images, reference, m) for n, m in masks.items()},
+        "background_cov_pct": metrics.liver_cov(images, background),
     }
+    if inputs is not None:
+        se = metrics.paired_bias_standard_error
+        scores["bias_se_pct"] = {n: se(images, inputs, reference, m) for n, m in masks.items()}
+    return scores
 
 
 def grid_for(voxel_mm: float) -> Grid:
@@ -137,7 +143,7 @@ def measure(
             start = time.perf_counter()
             outputs.append(denoiser(x, voxel_mm=grid.voxel_mm))  # finer voxels: on the model's grid
             seconds.append(time.perf_counter() - start)
-        result[name] = _scores(np.stack(outputs), reference, spheres, bg)
+        result[name] = _scores(np.stack(outputs), reference, spheres, bg, inputs)
         result[name]["median_seconds_per_volume"] = statistics.median(seconds)
         result[name]["background_cov_ratio"] = result[name]["background_cov_pct"] / result["input"]["background_cov_pct"]
     return result
@@ -150,9 +156,10 @@ def print_table(result: dict) -> None:
         f"voxels {' x '.join(f'{v:.3g}' for v in result['voxel_mm'])} mm, "
         f"{result['realisations']} x 60 s vs 600 s, model {result['model']}"
     )
-    print(f"  {'sphere bias %':<16}" + "".join(f"{k + ' +- SE':>18}" for k in runs))
+    print(f"  {'sphere bias %':<16}" + "".join(f"{k + (' +- SE' if k != 'input' else ''):>18}" for k in runs))
     for name in result["input"]["bias_pct"]:
-        cells = (f"{result[k]['bias_pct'][name]:.2f} +-{result[k]['bias_se_pct'][name]:.2f}" for k in runs)
+        cells = [f"{result['input']['bias_pct'][name]:.2f}"]
+        cells += [f"{result[k]['bias_pct'][name]:.2f} +-{result[k]['bias_se_pct'][name]:.2f}" for k in runs[1:]]
         print(f"  {name:<16}" + "".join(f"{c:>18}" for c in cells))
     print(f"  {'background CoV %':<16}" + "".join(f"{result[k]['background_cov_pct']:>18.2f}" for k in runs))
     for label, key in (("CoV / input CoV", "background_cov_ratio"), ("s per volume", "median_seconds_per_volume")):

@@ -24,19 +24,24 @@ def test_lesion_bias_is_the_mean_of_per_realisation_relative_errors():
     assert metrics.lesion_ensemble_bias(real, ref, lesion) == pytest.approx(-2.5)
 
 
-def test_bias_standard_error_is_the_spread_of_the_realisations_errors_over_sqrt_r():
-    # Realisations at -10 % and +5 %: std (ddof=1) 15 / sqrt(2), over sqrt(2) realisations: 7.5 points.
+def test_paired_bias_standard_error_is_the_spread_of_what_the_denoiser_changed_over_sqrt_r():
     ref = np.full((1, 2, 2), 10.0)
     lesion = _box_mask(ref.shape, slice(None), slice(0, 1), slice(None))
-    real = np.stack([np.full((1, 2, 2), 9.0), np.full((1, 2, 2), 10.5)])
-    real[1, 0, 1] = 500.0  # outside the lesion: must not count
-    assert metrics.ensemble_bias_standard_error(real, ref, lesion) == pytest.approx(7.5)
-    # Four realisations at -4, -2, 0, +2 %: std (ddof=1) sqrt(20/3), standard error sqrt(20/3) / 2.
-    four = np.stack([np.full((1, 2, 2), 10.0 * (1 + e / 100)) for e in (-4, -2, 0, 2)])
-    assert metrics.ensemble_bias_standard_error(four, ref, lesion) == pytest.approx(math.sqrt(20 / 3) / 2)
-    assert metrics.ensemble_bias_standard_error(np.stack([ref] * 3), ref, lesion) == 0.0
+    # Inputs at -20 % and +20 % (their own noise, which cancels in their mean); the denoiser takes 1.0 and 0.5
+    # from their lesion means: changes of -10 % and -5 % of the reference's 10, std (ddof=1) 5 / sqrt(2), over
+    # sqrt(2): 2.5 points, not the 7.5 the realisations' own -30 % and +15 % would give unpaired.
+    inputs = np.stack([np.full((1, 2, 2), 8.0), np.full((1, 2, 2), 12.0)])
+    denoised = inputs - np.array([1.0, 0.5])[:, None, None, None]
+    denoised[1, 0, 1] = 500.0  # outside the lesion: must not count
+    assert metrics.paired_bias_standard_error(denoised, inputs, ref, lesion) == pytest.approx(2.5)
+    # Four changes of -4, -2, 0, +2 %: std (ddof=1) sqrt(20/3), standard error sqrt(20/3) / 2.
+    four_in = np.stack([np.full((1, 2, 2), v) for v in (9.0, 11.0, 10.0, 10.5)])
+    four = four_in + np.array([-0.4, -0.2, 0.0, 0.2])[:, None, None, None]
+    assert metrics.paired_bias_standard_error(four, four_in, ref, lesion) == pytest.approx(math.sqrt(20 / 3) / 2)
+    # a denoiser that moves every realisation alike leaves no doubt about its bias, whatever the inputs' noise
+    assert metrics.paired_bias_standard_error(four_in - 1.0, four_in, ref, lesion) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="at least 2 realisations"):
-        metrics.ensemble_bias_standard_error(real[:1], ref, lesion)
+        metrics.paired_bias_standard_error(denoised[:1], inputs[:1], ref, lesion)
 
 
 def test_lesion_bias_uses_region_means_not_voxelwise_ratios():

@@ -20,9 +20,12 @@ Figures, per study and row (``None`` where a study lacks what a figure
 needs: a label, a truth image, two images for a CoV):
 
 - ``lesion_bias_pct``: lesion ensemble bias against the target (eq. 6);
-- ``lesion_bias_se_pct``: its standard error over the realisations
-  (percentage points; two images or more), what is left of the noise in an
-  average of R images;
+- ``lesion_bias_se_pct``: a model's lesion bias's standard error, paired
+  with the inputs over the realisations (percentage points; two images or
+  more; none for the input row, the baseline of the pairing). With
+  realisations that together make the target scan, as the simulator writes
+  them, it is the bias's whole standard error (see
+  :func:`tgdpet.metrics.paired_bias_standard_error`);
 - ``liver_cov_pct``: liver CoV across the images (eq. 7, ddof = 1);
 - ``liver_bias_pct``: liver ensemble bias against the target (eq. 6 in the
   liver). The liver is the reference region of PERCIST and Deauville reads:
@@ -210,11 +213,19 @@ def _mean(values: list[float]) -> float | None:
     return _finite(float(np.mean(values))) if values else None
 
 
-def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: int = 2) -> dict[str, float | None]:
+def score_images(
+    images: Iterable[np.ndarray],
+    study: StudyImages,
+    *,
+    dilation: int = 2,
+    made_from: list[np.ndarray] | None = None,
+) -> dict[str, float | None]:
     """Every figure of one row: ``images`` are the study's images as one model left them, in order.
 
     The images are consumed one at a time; only the part of each that the
     ensemble figures need (the box around lesion and liver) is kept.
+    ``made_from``, the images they were made from in the same order, adds
+    the lesion bias's standard error paired with them.
     """
     ensemble = {k: v for k, v in study.regions.items() if k in ("lesion", "liver")}
     box = _bounding_box(ensemble.values())
@@ -235,8 +246,9 @@ def score_images(images: Iterable[np.ndarray], study: StudyImages, *, dilation: 
     if "lesion" in ensemble:
         lesion = ensemble["lesion"][box]
         row["lesion_bias_pct"] = metrics.lesion_ensemble_bias(stack, study.target[box], lesion)
-        if len(crops) >= 2:
-            row["lesion_bias_se_pct"] = metrics.ensemble_bias_standard_error(stack, study.target[box], lesion)
+        if made_from is not None and len(crops) >= 2:
+            inputs = np.stack([x[box] for x in made_from])
+            row["lesion_bias_se_pct"] = metrics.paired_bias_standard_error(stack, inputs, study.target[box], lesion)
         if study.truth is not None:
             row["lesion_bias_truth_pct"] = metrics.bias_vs_truth(stack, study.truth[box], lesion)
     if "liver" in ensemble:
@@ -277,7 +289,7 @@ def evaluate_study(
         rows = {INPUT_ROW: score_images(study.images, study, dilation=dilation)}
         for name, denoiser in tqdm(denoisers.items(), desc=f"study {study.id}", unit="model", disable=not progress):
             denoised = _denoised(denoiser, study.images, study.voxel_mm, grids.setdefault(name, []))
-            rows[name] = score_images(denoised, study, dilation=dilation)
+            rows[name] = score_images(denoised, study, dilation=dilation, made_from=study.images)
     except ValueError as e:  # a degenerate study, e.g. a target that is 0 throughout the lesion
         raise TgdpetError(f"study {study.id!r} cannot be scored: {e} Check its target and label map.") from None
     return {

@@ -14,8 +14,8 @@ Bias measures how much a denoiser changes a small hot structure's uptake;
 CoV measures how much noise is left in a uniform organ. The two pull in
 opposite directions, which is why the paper reports them together.
 
-Around them: the ensemble bias's standard error over the realisations (R
-region means leave some noise in their average), bias against the phantom's
+Around them: the standard error of a denoiser's ensemble bias, paired with
+its inputs (R region means leave some noise in their average), bias against the phantom's
 true activity (only a simulator knows it), PSNR and SSIM against the
 reference, and a hallucination score inside out-of-distribution structures
 (catheter, hot bladder).
@@ -87,17 +87,28 @@ def ensemble_region_bias(realisations: np.ndarray, reference: np.ndarray, mask: 
     return float(np.mean(_relative_region_errors(realisations, reference, mask)))
 
 
-def ensemble_bias_standard_error(realisations: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
-    """Standard error (percentage points) of :func:`ensemble_region_bias` over the realisations.
+def paired_bias_standard_error(
+    realisations: np.ndarray, inputs: np.ndarray, reference: np.ndarray, mask: np.ndarray
+) -> float:
+    """Standard error (percentage points) of a denoiser's ensemble bias relative to its inputs'.
 
-    ``std_r((mu_r - T) / T * 100) / sqrt(R)``, the standard deviation with
-    ``ddof=1``. The ensemble bias averages only R noisy region means (the
-    paper's R = 10), so what is left of the noise in it is not zero: with
-    this figure beside it, a bias 0.1 point past a target can be told from a
-    real miss. It is the spread over new draws of the realisations of this
-    one study and reference, not over patients. Needs R >= 2.
+    ``std_r((mu_r - nu_r) / T * 100) / sqrt(R)``: ``mu_r`` and ``nu_r`` the
+    region means of realisation ``r`` denoised and as it came, ``T`` the
+    reference's, the standard deviation with ``ddof=1``. The difference of
+    the two ensemble biases (eq. 6) is the mean of these terms, so this is its
+    standard error, and the R independent realisations are what it is
+    estimated from. Why paired: in the paper's design the realisations are
+    disjoint parts of the reference scan, so their own noise cancels in their
+    ensemble mean (the inputs' bias is the reconstruction's count-dependence,
+    nearly the same draw after draw) while what a denoiser does to each
+    realisation does not cancel. There it is the denoiser's bias's whole
+    standard error, and a bias 0.1 point past a target can be told from a real
+    miss; the spread of the biases themselves over sqrt(R) would count noise
+    that cancels (at high BMI several times this figure). Where the
+    realisations are independent scans instead, the inputs' own standard
+    error adds to it. Needs R >= 2.
     """
-    errors = _relative_region_errors(realisations, reference, mask)
+    errors = _relative_region_errors(realisations, reference, mask) - _relative_region_errors(inputs, reference, mask)
     if len(errors) < 2:
         raise ValueError("a standard error needs at least 2 realisations.")
     return float(np.std(errors, ddof=1) / math.sqrt(len(errors)))
