@@ -42,6 +42,8 @@ def test_paired_bias_standard_error_is_the_spread_of_what_the_denoiser_changed_o
     assert metrics.paired_bias_standard_error(four_in - 1.0, four_in, ref, lesion) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="at least 2 realisations"):
         metrics.paired_bias_standard_error(denoised[:1], inputs[:1], ref, lesion)
+    with pytest.raises(ValueError, match="the inputs have shape"):
+        metrics.paired_bias_standard_error(four, inputs, ref, lesion)  # not the images these were made from
 
 
 def test_lesion_bias_uses_region_means_not_voxelwise_ratios():

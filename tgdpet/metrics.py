@@ -15,10 +15,10 @@ CoV measures how much noise is left in a uniform organ. The two pull in
 opposite directions, which is why the paper reports them together.
 
 Around them: the standard error of a denoiser's ensemble bias, paired with
-its inputs (R region means leave some noise in their average), bias against the phantom's
-true activity (only a simulator knows it), PSNR and SSIM against the
-reference, and a hallucination score inside out-of-distribution structures
-(catheter, hot bladder).
+its inputs (R region means leave some noise in their average), bias against
+the phantom's true activity (only a simulator knows it), PSNR and SSIM
+against the reference, and a hallucination score inside out-of-distribution
+structures (catheter, hot bladder).
 
 Arrays are ``(z, y, x)`` volumes, realisation stacks ``(R, z, y, x)``, masks
 boolean (or 0/1) volumes on the same grid. Every figure is computed in
@@ -102,12 +102,14 @@ def paired_bias_standard_error(
     ensemble mean (the inputs' bias is the reconstruction's count-dependence,
     nearly the same draw after draw) while what a denoiser does to each
     realisation does not cancel. There it is the denoiser's bias's whole
-    standard error, and a bias 0.1 point past a target can be told from a real
-    miss; the spread of the biases themselves over sqrt(R) would count noise
-    that cancels (at high BMI several times this figure). Where the
-    realisations are independent scans instead, the inputs' own standard
-    error adds to it. Needs R >= 2.
+    standard error, which says whether a bias near a target is past it; the
+    spread of the biases themselves over sqrt(R) would count noise that
+    cancels (on the simulator's high-BMI test studies about three times this
+    figure). Where the realisations are independent scans instead, the
+    inputs' own standard error adds to it. Needs R >= 2.
     """
+    if np.shape(inputs) != np.shape(realisations):
+        raise ValueError(f"the inputs have shape {np.shape(inputs)} but the realisations {np.shape(realisations)}.")
     errors = _relative_region_errors(realisations, reference, mask) - _relative_region_errors(inputs, reference, mask)
     if len(errors) < 2:
         raise ValueError("a standard error needs at least 2 realisations.")
