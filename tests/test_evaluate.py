@@ -82,19 +82,24 @@ def _shift_model(path: Path) -> Path:
     return save_model(path, model.eval(), preset="tiny")
 
 
+def _mean_in(x, mask) -> float:
+    return float(x[mask].astype(np.float64).mean())
+
+
 def _liver_bias_by_hand(images, target, lab) -> float:
     """Mean over the images of (liver mean - target's liver mean) / target's liver mean, in %."""
     liver = lab == CODES["liver"]
-    reference = float(target[liver].astype(np.float64).mean())
-    return float(np.mean([(float(x[liver].astype(np.float64).mean()) - reference) / reference for x in images]) * 100)
+    reference = _mean_in(target, liver)
+    return float(np.mean([(_mean_in(x, liver) - reference) / reference for x in images]) * 100)
 
 
-def _paired_standard_error_by_hand(images, made_from, target, lab) -> float:
+def _paired_standard_error_by_hand(images, made_from, target, lab) -> float | None:
     """The spread (ddof=1) of each image's lesion mean minus its input's, in % of the target's, over sqrt(R)."""
+    if made_from is None:
+        return None
     lesion = lab == CODES["lesion"]
-    reference = float(target[lesion].astype(np.float64).mean())
-    changes = [(float(x[lesion].astype(np.float64).mean()) - float(x0[lesion].astype(np.float64).mean())) / reference
-               * 100 for x, x0 in zip(images, made_from)]  # fmt: skip
+    reference = _mean_in(target, lesion)
+    changes = [(_mean_in(x, lesion) - _mean_in(x0, lesion)) / reference * 100 for x, x0 in zip(images, made_from)]
     return statistics.stdev(changes) / math.sqrt(len(changes))
 
 
@@ -103,8 +108,7 @@ def _expected_row(images, target, lab, truth=None, made_from=None) -> dict:
     stack = np.stack(images)
     row = {
         "lesion_bias_pct": metrics.lesion_ensemble_bias(stack, target, lab == CODES["lesion"]),
-        "lesion_bias_se_pct": None if made_from is None else _paired_standard_error_by_hand(images, made_from, target,
-                                                                                             lab),
+        "lesion_bias_se_pct": _paired_standard_error_by_hand(images, made_from, target, lab),
         "liver_cov_pct": metrics.liver_cov(stack, lab == CODES["liver"]) if len(images) > 1 else None,
         "liver_bias_pct": _liver_bias_by_hand(images, target, lab),
         "lesion_bias_truth_pct": None if truth is None else metrics.bias_vs_truth(stack, truth, lab == CODES["lesion"]),
