@@ -2,7 +2,8 @@
 
     python scripts/clinical_grid.py --work WORK [--model NAME=FILE ...] [--voxels 2.0,2.7,4.0]
                                     [--protocols v1,v2,sharp,smooth] [--seeds 5000,6000]
-                                    [--realisations 10] [--no-resample] [--tta] [--json out.json]
+                                    [--realisations 10] [--noise-seed K] [--no-resample] [--tta]
+                                    [--json out.json]
 
 For every voxel size and seed, ``tgdpet simulate`` draws a low-, a normal- and
 a high-BMI test study (the 20 mm 4:1 liver tumour, ``R`` disjoint 60 s
@@ -19,7 +20,9 @@ bias's standard error (+-, paired with the inputs over the realisations:
 ``tgdpet.metrics.paired_bias_standard_error``), and the inputs' own tumour bias beside them
 (the JSON also holds the tumour's change by denoising, denoised against
 input, and how many realisations went to each working grid,
-``working_grids_mm``). Without
+``working_grids_mm``). ``--noise-seed K`` scans the same patients again
+(``tgdpet simulate --noise-seed``: the phantoms of ``--seeds``, new counts'
+noise), so a cell's figure can be repeated on an independent scan. Without
 ``--model`` the built-in model is measured; ``--tta`` averages each network's
 output over the 8 in-plane flips, as ``tgdpet denoise --tta`` does.
 """
@@ -45,9 +48,12 @@ BIAS_TARGET_PCT, COV_TARGET = 5.0, 0.5
 BODIES = ("low", "normal", "high")
 
 
-def dataset(work: Path, voxel_mm: float, seed: int, protocols: list[str], realisations: int) -> Path:
+def dataset(
+    work: Path, voxel_mm: float, seed: int, protocols: list[str], realisations: int, noise_seed: int | None = None
+) -> Path:
     """The test studies at one voxel size and seed (simulated once, then reused)."""
-    out = work / "data" / f"{voxel_mm:g}mm_seed{seed}"
+    rescan = "" if noise_seed is None else f"_noise{noise_seed}"
+    out = work / "data" / f"{voxel_mm:g}mm_seed{seed}{rescan}"
     missing = [p for p in protocols if not (out / p / "manifest.json").is_file()]
     if missing and out.exists():
         raise SystemExit(f"{out} lacks protocols {', '.join(missing)}; remove it to simulate it again.")
@@ -64,6 +70,7 @@ def dataset(work: Path, voxel_mm: float, seed: int, protocols: list[str], realis
             protocols=tuple(protocols),
             realisations=realisations,
             seed=seed,
+            noise_seed=noise_seed,
             progress=False,
         )
         start = time.perf_counter()
@@ -147,6 +154,7 @@ def main() -> None:
     parser.add_argument(
         "--realisations", type=int, default=10, help="60 s realisations a study (10 make the 600 s scan)"
     )
+    parser.add_argument("--noise-seed", type=int, help="scan the same patients again, with this seed's noise")
     parser.add_argument("--no-resample", action="store_true", help="run the network on the input's own grid")
     parser.add_argument("--tta", action="store_true", help="as tgdpet denoise --tta: the mean over 8 in-plane flips")
     parser.add_argument("--device", default="auto")
@@ -158,7 +166,7 @@ def main() -> None:
     results = []
     for voxel in (float(v) for v in args.voxels.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
-            data = dataset(args.work, voxel, seed, protocols, args.realisations)
+            data = dataset(args.work, voxel, seed, protocols, args.realisations, args.noise_seed)
             for protocol in protocols:
                 start = time.perf_counter()
                 evaluated = evaluate_manifest(
@@ -169,7 +177,9 @@ def main() -> None:
                     body: {m: cell(s, m) for m in models}
                     for body, s in zip(BODIES, evaluated["studies"])
                 }  # fmt: skip
-                results.append({"voxel_mm": voxel, "seed": seed, "protocol": protocol, "cells": cells})
+                results.append(
+                    {"voxel_mm": voxel, "seed": seed, "noise_seed": args.noise_seed, "protocol": protocol, "cells": cells}
+                )
                 print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
                       + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
     for model in models:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 from click.testing import CliRunner
@@ -356,11 +357,39 @@ def test_zero_training_studies_make_a_test_set(tmp_path):
     assert [s["meta"]["body"] for s in studies] == ["low", "normal", "high"]
 
 
+def test_noise_seed_scans_the_same_patients_again_with_independent_noise(tmp_path):
+    """A rescan: the same phantom, new Poisson noise, a new DICOM study; --noise-seed equal to --seed changes nothing."""
+    args = ["--studies", "0", "--bmi", "high", "--protocols", "nopsf", "--ood", "none", "--realisations", "2",
+            "--dicom", *SMALL]  # fmt: skip
+    for name, extra in (("first", []), ("same", ["--noise-seed", "0"]), ("rescan", ["--noise-seed", "7"])):
+        result = CliRunner().invoke(main, ["simulate", str(tmp_path / name), *args, *extra])
+        assert result.exit_code == 0, result.output
+
+    def study(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+        entry = load_manifest(tmp_path / name / "nopsf" / "manifest.json").studies[0]
+        noise = read_volume(entry.realisations[0]).data - read_volume(entry.target).data
+        uid = pydicom.dcmread(sorted(entry.target.glob("*.dcm"))[0]).StudyInstanceUID
+        return read_volume(tmp_path / name / "truth" / "s000.nii.gz").data, noise, uid
+
+    (truth, noise, uid), (_, same_noise, same_uid), (rescan_truth, rescan_noise, rescan_uid) = map(
+        study, ("first", "same", "rescan")
+    )
+    np.testing.assert_array_equal(rescan_truth, truth)
+    np.testing.assert_array_equal(same_noise, noise)
+    assert same_uid == uid and rescan_uid != uid
+    inside = truth > 0
+    r = np.corrcoef(noise[inside], rescan_noise[inside])[0, 1]
+    assert abs(r) < 0.15, r  # independent noise, where a copy would read 1
+    assert 0.8 < rescan_noise[inside].std() / noise[inside].std() < 1.25  # of the same patient's count level
+    facts = json.loads((tmp_path / "rescan" / "simulation.json").read_text())
+    assert facts["config"]["noise_seed"] == 7 and facts["config"]["seed"] == 0
+
+
 @pytest.mark.parametrize(
     "bad",
     [["--studies", "-1"], ["--studies", "0", "--no-test-study", "--ood", "none"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],
      ["--realisations", "20"], ["--ood", "teapot"], ["--levels", "thirty"], ["--device", "tpu"],
-     ["--no-lesions", "--dense-lesions"]],
+     ["--no-lesions", "--dense-lesions"], ["--noise-seed", "-1"]],
 )  # fmt: skip
 def test_cli_refuses_bad_options_and_writes_nothing(tmp_path, bad):
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *SMALL, *bad])

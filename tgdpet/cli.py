@@ -569,6 +569,9 @@ def _seconds(text: str) -> tuple[float, ...]:
               help="Also write two disjoint 60 s halves of a 120 s scan for the training studies "
                    "(the OOD study always has them).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the whole dataset.")
+@click.option("--noise-seed", type=int,
+              help="Scan the same patients again: the phantoms come from --seed, the counts' noise from this "
+                   "(a test-retest repeat of a dataset).  [default: --seed]")
 @click.option("--dicom", is_flag=True, help="Write the PET images as DICOM series instead of NIfTI.")
 @click.option("--bids", is_flag=True,
               help="Write a PET-BIDS dataset instead: a static 60 s scan per --bmi class and a dynamic 0-62 min "
@@ -578,7 +581,7 @@ def _seconds(text: str) -> tuple[float, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT folder.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesions, dense_lesions, ood, test_study,
-                     realisations, halves, seed, dicom, bids, device, overwrite, no_progress) -> None:
+                     realisations, halves, seed, noise_seed, dicom, bids, device, overwrite, no_progress) -> None:
     """Simulate a whole-body PET dataset into the folder OUT.
 
     \b
@@ -594,14 +597,16 @@ def simulate_command(out, n_studies, bmi, size, slices, protocols, levels, lesio
 
         statics = tuple(StudySpec("test", body, tumour=True) for body in _names(bmi))
         config = SimulationConfig(studies=statics, size=size, slices=slices, protocols=_names(protocols)[:1],
-                                  seed=seed, device=device, progress=not no_progress)  # fmt: skip
+                                  seed=seed, noise_seed=noise_seed, device=device,
+                                  progress=not no_progress)  # fmt: skip
         click.echo(f"Wrote the PET-BIDS dataset {write_bids_dataset(out, config, overwrite=overwrite)}.")
         return
     config = SimulationConfig(
         studies=cohort(n_studies, _names(bmi), lesions=lesions, test_studies=test_study,
                        ood=_names(ood), halves=halves, dense_lesions=dense_lesions),
         size=size, slices=slices, protocols=_names(protocols), levels_s=_seconds(levels),
-        realisations=realisations, seed=seed, dicom=dicom, device=device, progress=not no_progress,
+        realisations=realisations, seed=seed, noise_seed=noise_seed, dicom=dicom, device=device,
+        progress=not no_progress,
     )  # fmt: skip
     manifests = write_dataset(out, config, overwrite=overwrite)
     n = len(config.studies)

@@ -31,7 +31,7 @@ from .. import __version__
 from ..files import atomic_dir, check_can_write
 from ..io import Volume, write_frames, write_volume
 from ..runtime import resolve_device
-from .dataset import INJECTION_TIME, SimulationConfig, StudySpec, study_seed
+from .dataset import INJECTION_TIME, SimulationConfig, StudySpec
 from .dynamic import FRAME_DURATIONS_S, STATIC_TIME_S, DynamicStudy, simulate_dynamic
 from .phantom import INJECTED_DOSE_BQ, LABEL_CODES, build_phantom
 from .projector import projector_for
@@ -107,10 +107,10 @@ def write_bids_dataset(out: str | Path, config: SimulationConfig, overwrite: boo
         derived = root / "derivatives" / "phantom"
         for index, (spec, kind) in enumerate(subjects):
             sub = f"sub-{index + 1:02d}"
-            seed = study_seed(config.seed, index)
+            seed, noise_seed = config.seeds(index)
             spec = dataclasses.replace(spec, tumour=True, lesions=False)
             phantom = build_phantom(spec.phantom_spec(seed, config.texture), grid, device)
-            generator = torch.Generator(device=device).manual_seed(seed)
+            generator = torch.Generator(device=device).manual_seed(noise_seed)
             if kind == "static":
                 study = simulate_dynamic(phantom, projector, protocol, generator, (STATIC_SCAN_S,), (STATIC_TIME_S,))
             else:

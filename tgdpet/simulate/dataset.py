@@ -24,7 +24,10 @@ Layout written by :func:`write_dataset` (atomically, as one folder)::
 
 Study ``i`` draws all its randomness from seed ``(seed, i)``: a study does
 not change when others are added after it. Two datasets meant to hold
-different phantoms need different seeds.
+different phantoms need different seeds. ``noise_seed`` scans the same
+patients again: the phantoms still come from ``seed``, the counts' Poisson
+noise from ``(noise_seed, i)``, so a figure measured on a study can be
+repeated on an independent scan of the same patient (a test-retest pair).
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class SimulationConfig:
     target_s: float = 600.0
     realisations: int = 10
     realisation_s: float = 60.0
+    noise_seed: int | None = None  # the counts' noise; None: from ``seed``, as the phantoms
     halves_scan_s: float = 120.0
     texture: bool = True
     seed: int = 0
@@ -156,6 +160,8 @@ class SimulationConfig:
                 f"{self.realisations} realisations of {self.realisation_s:g} s do not fit the "
                 f"{self.target_s:g} s scan; use 2 to {int(self.target_s // self.realisation_s)}."
             )
+        if self.seed < 0 or (self.noise_seed is not None and self.noise_seed < 0):
+            raise TgdpetError(f"seeds must be 0 or positive, got {self.seed} and {self.noise_seed}.")
         if not 0 < self.halves_scan_s <= self.target_s:
             raise TgdpetError(f"the scan split into halves must last 0 to {self.target_s:g} s.")
 
@@ -165,6 +171,11 @@ class SimulationConfig:
     @property
     def grid(self) -> Grid:
         return Grid(self.size, self.slices)
+
+    def seeds(self, index: int) -> tuple[int, int]:
+        """Study ``index``'s phantom seed and the seed of its counts' noise."""
+        seed = study_seed(self.seed, index)
+        return seed, seed if self.noise_seed is None else study_seed(self.noise_seed, index)
 
 
 def cohort(
@@ -219,6 +230,7 @@ class SimulatedStudy:
     id: str
     spec: StudySpec
     seed: int
+    noise_seed: int
     phantom: Phantom
     scans: list[Scan]
     images: dict[str, list[torch.Tensor]]
@@ -258,17 +270,17 @@ def simulate_study(spec: StudySpec, config: SimulationConfig, index: int = 0) ->
     """Simulate and reconstruct study ``index`` of ``config`` in memory (on ``config.device``)."""
     device = resolve_device(config.device)
     grid = config.grid
-    seed = study_seed(config.seed, index)
+    seed, noise_seed = config.seeds(index)
     phantom = build_phantom(spec.phantom_spec(seed, config.texture), grid, device)
     projector = projector_for(grid.size, grid.pixel_mm, str(device))
     rates = count_rates(phantom, projector, ScannerModel())
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(noise_seed)
     scans = _scans(spec, config, rates.prompts, generator)
     images = {
         p: reconstruct([s.counts for s in scans], [s.seconds for s in scans], rates, PROTOCOLS[p], projector, grid)
         for p in config.study_protocols(spec)
     }
-    return SimulatedStudy(f"s{index:03d}", spec, seed, phantom, scans, images)
+    return SimulatedStudy(f"s{index:03d}", spec, seed, noise_seed, phantom, scans, images)
 
 
 def _volume(data: torch.Tensor, grid: Grid, units: str, study: SimulatedStudy, seconds: float | None) -> Volume:
@@ -300,7 +312,8 @@ def _write_study(study: SimulatedStudy, config: SimulationConfig, root: Path) ->
         root / "truth" / f"{sid}.nii.gz",
         description="tgdpet phantom activity",
     )
-    uid = {k: generate_uid(entropy_srcs=[str(study.seed), sid, k]) for k in ("study", "frame")}
+    scan = [str(study.seed)] if study.noise_seed == study.seed else [str(study.seed), str(study.noise_seed)]
+    uid = {k: generate_uid(entropy_srcs=[*scan, sid, k]) for k in ("study", "frame")}  # a rescan is a new study
     entries = {}
     for p, images in study.images.items():
         folder = root / p / sid
@@ -356,6 +369,7 @@ def _study_facts(study: SimulatedStudy) -> dict:
         "bmi": round(study.phantom.bmi, 1),
         "weight_kg": round(study.phantom.weight_kg, 1),
         "seed": study.seed,
+        "noise_seed": study.noise_seed,
         "features": features,
     }
 
