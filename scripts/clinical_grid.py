@@ -177,9 +177,8 @@ def main() -> None:
                     body: {m: cell(s, m) for m in models}
                     for body, s in zip(BODIES, evaluated["studies"])
                 }  # fmt: skip
-                results.append(
-                    {"voxel_mm": voxel, "seed": seed, "noise_seed": args.noise_seed, "protocol": protocol, "cells": cells}
-                )
+                run = {"voxel_mm": voxel, "seed": seed, "noise_seed": args.noise_seed, "protocol": protocol}
+                results.append({**run, "cells": cells})
                 print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
                       + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
     for model in models:

@@ -245,7 +245,7 @@ def test_label_map_on_another_grid_is_refused(tmp_path):
 
 
 def test_cli_prints_the_table_and_writes_json_once(tmp_path):
-    manifest = _study(tmp_path)
+    _study(tmp_path)  # the study folder the command reads
     model_path = _shift_model(tmp_path / "shift.safetensors")
     out = tmp_path / "eval.json"
     args = ["evaluate", str(tmp_path), "--model", f"v1-net={model_path}", "--json", str(out), "--device", "cpu"]

@@ -358,7 +358,7 @@ def test_zero_training_studies_make_a_test_set(tmp_path):
 
 
 def test_noise_seed_scans_the_same_patients_again_with_independent_noise(tmp_path):
-    """A rescan: the same phantom, new Poisson noise, a new DICOM study; --noise-seed equal to --seed changes nothing."""
+    """A rescan: the same phantom, new noise, a new DICOM study; --noise-seed equal to --seed changes nothing."""
     args = ["--studies", "0", "--bmi", "high", "--protocols", "nopsf", "--ood", "none", "--realisations", "2",
             "--dicom", *SMALL]  # fmt: skip
     for name, extra in (("first", []), ("same", ["--noise-seed", "0"]), ("rescan", ["--noise-seed", "7"])):

@@ -22,9 +22,9 @@ needs: a label, a truth image, two images for a CoV):
 - ``lesion_bias_pct``: lesion ensemble bias against the target (eq. 6);
 - ``lesion_bias_se_pct``: a model's lesion bias's standard error, paired
   with the inputs over the realisations (percentage points; two images or
-  more; none for the input row, the baseline of the pairing). With
-  realisations that together make the target scan, as the simulator writes
-  them, it is the bias's whole standard error (see
+  more; none for the input row, the baseline of the pairing): how well the
+  realisations pin down what the model did to this scan. A rescan of the
+  same patient also moves the inputs' own bias, which it leaves out (see
   :func:`tgdpet.metrics.paired_bias_standard_error`);
 - ``liver_cov_pct``: liver CoV across the images (eq. 7, ddof = 1);
 - ``liver_bias_pct``: liver ensemble bias against the target (eq. 6 in the

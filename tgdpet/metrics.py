@@ -98,15 +98,18 @@ def paired_bias_standard_error(
     the two ensemble biases (eq. 6) is the mean of these terms, so this is its
     standard error, and the R independent realisations are what it is
     estimated from. Why paired: in the paper's design the realisations are
-    disjoint parts of the reference scan, so their own noise cancels in their
-    ensemble mean (the inputs' bias is the reconstruction's count-dependence,
-    nearly the same draw after draw) while what a denoiser does to each
-    realisation does not cancel. There it is the denoiser's bias's whole
-    standard error, which says whether a bias near a target is past it; the
-    spread of the biases themselves over sqrt(R) would count noise that
-    cancels (on the simulator's high-BMI test studies about three times this
-    figure). Where the realisations are independent scans instead, the
-    inputs' own standard error adds to it. Needs R >= 2.
+    disjoint parts of the reference scan, so their own noise cancels, to
+    first order, in their ensemble mean, while what a denoiser does to each
+    realisation does not cancel; the spread of the biases themselves over
+    sqrt(R) would count noise that cancels (on the simulator's high-BMI test
+    studies about three times this figure). It is the standard error given
+    the scan: it says how well R realisations pin down what the denoiser did
+    to that scan. It leaves out how the inputs' own ensemble bias moves from
+    one scan of the same patient to the next (OSEM's count-dependence is not
+    the same draw each time): a high-BMI simulated study scanned 8 times
+    spread its bias 1.5 times this figure (docs/builtin-model.md, "Scanned
+    again"). Where the realisations are independent scans, the inputs' own
+    standard error adds to it too. Needs R >= 2.
     """
     if np.shape(inputs) != np.shape(realisations):
         raise ValueError(f"the inputs have shape {np.shape(inputs)} but the realisations {np.shape(realisations)}.")
