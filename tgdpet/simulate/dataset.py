@@ -125,10 +125,10 @@ class SimulationConfig:
     target_s: float = 600.0
     realisations: int = 10
     realisation_s: float = 60.0
-    noise_seed: int | None = None  # the counts' noise; None: from ``seed``, as the phantoms
     halves_scan_s: float = 120.0
     texture: bool = True
     seed: int = 0
+    noise_seed: int | None = None  # the counts' noise; None: from ``seed``, as the phantoms
     dicom: bool = False
     device: str = "auto"
     progress: bool = True
@@ -160,8 +160,9 @@ class SimulationConfig:
                 f"{self.realisations} realisations of {self.realisation_s:g} s do not fit the "
                 f"{self.target_s:g} s scan; use 2 to {int(self.target_s // self.realisation_s)}."
             )
-        if self.seed < 0 or (self.noise_seed is not None and self.noise_seed < 0):
-            raise TgdpetError(f"seeds must be 0 or positive, got {self.seed} and {self.noise_seed}.")
+        for name, value in (("seed", self.seed), ("noise seed", self.noise_seed)):
+            if value is not None and value < 0:
+                raise TgdpetError(f"the {name} is {value}; use 0 or a positive integer.")
         if not 0 < self.halves_scan_s <= self.target_s:
             raise TgdpetError(f"the scan split into halves must last 0 to {self.target_s:g} s.")
 
