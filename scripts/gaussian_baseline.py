@@ -5,7 +5,8 @@
 Each study's realisations are filtered with an isotropic 3D Gaussian of each
 FWHM (mm, from the voxel size of the target's affine) and scored by
 ``tgdpet evaluate``'s own code (lesion ensemble bias against the target,
-liver CoV across realisations). A denoiser is only useful where it keeps
+with its standard error paired with the unfiltered realisations, and liver
+CoV across realisations). A denoiser is only useful where it keeps
 more lesion uptake than a Gaussian filter at the same liver CoV; the
 smallest filter that brings the CoV to a target shows what that noise
 level costs a linear method.
@@ -57,13 +58,14 @@ def report(data: str, fwhms: list[float], only: list[str] | None) -> None:
         study = load_study_images(entry, manifest.label_codes)
         affine = to_canonical(read_volume(entry.target)).affine  # the frame load_study_images reads in
         voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[::-1]  # columns are x, y, z; arrays (z, y, x)
-        print(f"study {entry.id}: FWHM mm -> lesion bias %, liver CoV %")
+        print(f"study {entry.id}: FWHM mm -> lesion bias %, its SE (paired with the input), liver CoV %")
         row = score_images(study.images, study)
-        print(f"  input   {row['lesion_bias_pct']:7.2f} {row['liver_cov_pct']:7.2f}")
+        print(f"  input   {row['lesion_bias_pct']:7.2f}         {row['liver_cov_pct']:7.2f}")
         for fwhm in fwhms:
             sigma = tuple(float(fwhm / FWHM_PER_SIGMA / v) for v in voxel_mm)
-            row = score_images((gaussian(img, sigma) for img in study.images), study)
-            print(f"  {fwhm:5.1f}   {row['lesion_bias_pct']:7.2f} {row['liver_cov_pct']:7.2f}")
+            row = score_images((gaussian(img, sigma) for img in study.images), study, made_from=study.images)
+            print(f"  {fwhm:5.1f}   {row['lesion_bias_pct']:7.2f} {row['lesion_bias_se_pct']:7.2f} "
+                  f"{row['liver_cov_pct']:7.2f}")  # fmt: skip
 
 
 def fwhm_list(text: str) -> list[float]:

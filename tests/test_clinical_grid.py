@@ -54,3 +54,27 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
     # the realisations the folder holds are the ones asked for, or it says so
     other = subprocess.run([*args[:-2], "--realisations", "3"], capture_output=True, text=True, timeout=600)
     assert other.returncode != 0 and "holds 2 realisations a study, not 3" in other.stderr
+
+
+def test_noise_seed_rescans_the_same_patients_into_its_own_folder(tmp_path):
+    """--noise-seed K: the phantoms of --seeds scanned again, kept apart from the first scan, and recorded."""
+    identity = identity_model(tmp_path / "id.safetensors")
+    base = [sys.executable, str(ROOT / "scripts" / "clinical_grid.py"), "--work", str(tmp_path / "w"),
+            "--voxels", "16", "--protocols", "v1", "--seeds", "1", "--realisations", "2", "--device", "cpu",
+            "--model", f"identity={identity}"]  # fmt: skip
+    runs = {}
+    for name, extra in (("first", []), ("rescan", ["--noise-seed", "3"])):
+        done = subprocess.run([*base, *extra, "--json", str(tmp_path / f"{name}.json")], capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"][0]
+    assert runs["first"]["noise_seed"] is None and runs["rescan"]["noise_seed"] == 3
+    data = tmp_path / "w" / "data"
+    assert sorted(p.name for p in data.iterdir()) == ["16mm_seed1", "16mm_seed1_noise3"]
+    # the same patients: every phantom file equal byte for byte
+    for truth in sorted((data / "16mm_seed1" / "truth").iterdir()):
+        assert truth.read_bytes() == (data / "16mm_seed1_noise3" / "truth" / truth.name).read_bytes()
+    # new noise: each study's input noise level differs from the first scan's, but stays of the same size
+    for body in ("low", "normal", "high"):
+        first, again = (runs[k]["cells"][body]["identity"]["input_cov_pct"] for k in ("first", "rescan"))
+        assert first != again and 0.5 < again / first < 2.0, (body, first, again)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,26 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, args, message):
     done = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+ROW = re.compile(r"^ +([0-9.]+) +([-0-9.]+) +([0-9.]+) +([0-9.]+)$", re.M)
+
+
+def test_each_filter_is_scored_against_the_input_with_a_paired_standard_error(tmp_path):
+    """A filter too narrow to change anything reads the input's bias with a zero paired SE; a wide one does not."""
+    sim = [sys.executable, "-m", "tgdpet.cli", "simulate", str(tmp_path / "sim"), "--studies", "1", "--size", "32",
+           "--slices", "36", "--protocols", "v1", "--ood", "none", "--realisations", "4", "--seed", "3",
+           "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert subprocess.run(sim, capture_output=True, text=True, timeout=600).returncode == 0
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "sim" / "v1"), "--fwhm", "0.1,40"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    blocks = done.stdout.split("study ")[1:]
+    assert len(blocks) == 3, done.stdout  # the low-, normal- and high-BMI test studies
+    for block in blocks:
+        input_bias = float(re.search(r"^  input +([-0-9.]+) ", block, re.M).group(1))
+        rows = {float(f): (float(b), float(se), float(cov)) for f, b, se, cov in ROW.findall(block)}
+        assert set(rows) == {0.1, 40.0}, block
+        assert rows[0.1][:2] == (input_bias, 0.0)  # sigma under 0.01 voxel: every tap but the centre is 0
+        bias, se, _ = rows[40.0]  # 40 mm FWHM: the tumour is smeared out, each realisation its own way
+        assert bias < input_bias - 5 and se > 0.0

@@ -12,7 +12,7 @@ import pytest
 from helpers import identity_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^(denoise|n2n-online): tumour bias ([-+0-9.]+) %, liver CoV ([0-9.]+)x", re.M)
+ROW = re.compile(r"^(denoise|n2n-online): tumour bias ([-+0-9.]+) \+- ([0-9.]+) %, liver CoV ([0-9.]+)x", re.M)
 
 
 def test_a_model_that_changes_nothing_scores_as_the_pair_means(tmp_path):
@@ -38,10 +38,11 @@ def test_a_model_that_changes_nothing_scores_as_the_pair_means(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     header = re.search(r"their means: tumour bias ([-+0-9.]+) %", done.stdout)
-    rows = {name: (float(bias), float(cov)) for name, bias, cov in ROW.findall(done.stdout)}
+    rows = {name: (float(bias), float(se), float(cov)) for name, bias, se, cov in ROW.findall(done.stdout)}
     assert header and set(rows) == {"denoise", "n2n-online"}, done.stdout
-    for bias, cov in rows.values():
+    for bias, se, cov in rows.values():
         assert bias == pytest.approx(float(header.group(1)), abs=0.051) and cov == pytest.approx(1.0, abs=0.0011)
+        assert se == 0.0  # paired with the pair means, which an identity returns: nothing left to vary
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [f"{study}_pair0.nii.gz", f"{study}_pair1.nii.gz"]
     # five pairs need ten realisations: a study with four is refused in one sentence
     short = subprocess.run([*args[:4], "--pairs", "5"], capture_output=True, text=True, timeout=600)

@@ -389,7 +389,7 @@ def test_noise_seed_scans_the_same_patients_again_with_independent_noise(tmp_pat
     "bad",
     [["--studies", "-1"], ["--studies", "0", "--no-test-study", "--ood", "none"], ["--protocols", "v1,v3"], ["--bmi", "tiny"], ["--levels", "30,900"],
      ["--realisations", "20"], ["--ood", "teapot"], ["--levels", "thirty"], ["--device", "tpu"],
-     ["--no-lesions", "--dense-lesions"], ["--noise-seed", "-1"]],
+     ["--no-lesions", "--dense-lesions"], ["--noise-seed", "-1"], ["--seed", "-1"]],
 )  # fmt: skip
 def test_cli_refuses_bad_options_and_writes_nothing(tmp_path, bad):
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *SMALL, *bad])
