@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tgdpet.data import PatchDataset, Study, detail_map, load_manifest, load_studies
+from tgdpet.data import PatchDataset, Study, detail_map, load_manifest, load_studies, merge_manifests
 from tgdpet.inputs import intensity_scale
 from tgdpet.errors import TgdpetError
 from tgdpet.io import Volume, read_volume, write_volume
@@ -262,3 +262,44 @@ def test_nonfinite_voxels_are_refused():
     bad[1, 2, 2] = np.nan
     with pytest.raises(TgdpetError, match="NaN or infinite"):
         Study.from_arrays("n", np.ones((3, 8, 8), np.float32), [bad])
+
+
+def _protocol_folder(folder: Path, codes: dict) -> None:
+    """A simulator-shaped protocol folder: images beside the manifest, labels and truth one level up."""
+    (folder / "s0").mkdir(parents=True)
+    (folder.parent / "labels").mkdir(exist_ok=True)
+    (folder.parent / "truth").mkdir(exist_ok=True)
+    for name in ("s0/target.nii.gz", "s0/in.nii.gz", "../labels/s0.nii.gz", "../truth/s0.nii.gz"):
+        (folder / name).write_bytes(b"not read by manifests")
+    study = {"id": "s0", "split": "train", "target": "s0/target.nii.gz", "inputs": ["s0/in.nii.gz"],
+             "labels": "../labels/s0.nii.gz", "meta": {"truth": "../truth/s0.nii.gz", "body": "high"}}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps({"label_codes": codes, "studies": [study]}))
+
+
+def test_merged_manifest_names_every_source_file_from_its_own_folder(tmp_path):
+    """Ids tagged by source folder, every path relative to the merged manifest and pointing at the source's file,
+    even where a source is reached through a symbolic link and its labels lie one level up (``../labels``)."""
+    codes = {"liver": 3}
+    _protocol_folder(tmp_path / "scan4mm" / "v1", codes)
+    _protocol_folder(tmp_path / "scan27mm" / "v1", codes)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "v1-2.7mm").symlink_to(tmp_path / "scan27mm" / "v1", target_is_directory=True)
+    (tmp_path / "out").mkdir()
+    merged = load_manifest(merge_manifests([tmp_path / "scan4mm" / "v1", tmp_path / "links" / "v1-2.7mm"],
+                                           tmp_path / "out" / "mix.json"))  # fmt: skip
+    assert [s.id for s in merged.studies] == ["v1/s0", "v1-2.7mm/s0"] and merged.label_codes == codes
+    raw = json.loads((tmp_path / "out" / "mix.json").read_text())["studies"]
+    for study, entry, scan in zip(merged.studies, raw, ("scan4mm", "scan27mm")):
+        assert not Path(entry["target"]).is_absolute()
+        assert study.target.samefile(tmp_path / scan / "v1" / "s0" / "target.nii.gz")
+        assert study.labels.samefile(tmp_path / scan / "labels" / "s0.nii.gz")
+        assert (merged.path.parent / entry["meta"]["truth"]).samefile(tmp_path / scan / "truth" / "s0.nii.gz")
+        assert entry["meta"]["body"] == "high"
+
+
+def test_merging_refuses_sources_that_code_labels_differently_and_writes_nothing(tmp_path):
+    _protocol_folder(tmp_path / "a" / "v1", {"liver": 3})
+    _protocol_folder(tmp_path / "b" / "v2", {"liver": 4})
+    with pytest.raises(TgdpetError, match="codes its labels differently"):
+        merge_manifests([tmp_path / "a" / "v1", tmp_path / "b" / "v2"], tmp_path / "mix.json")
+    assert not (tmp_path / "mix.json").exists()

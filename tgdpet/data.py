@@ -281,7 +281,9 @@ def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike
         tag = manifest.path.parent.name
 
         def rel(p: Path) -> str:
-            return os.path.relpath(p, out.parent)
+            # Both ends resolved: a source reached through a symbolic link names its neighbours as "../labels",
+            # which only the link's target has; taken literally, the ".." would climb out of the link instead.
+            return os.path.relpath(os.path.realpath(p), os.path.realpath(out.parent))
 
         for e in manifest.studies:
             entry: dict = {"id": f"{tag}/{e.id}", "split": e.split, "target": rel(e.target),
@@ -300,7 +302,7 @@ def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike
     raw = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "label_codes": codes, "studies": merged}
     with atomic_file(check_can_write(out, overwrite=False)) as tmp:
         tmp.write_text(json.dumps(raw, indent=1) + "\n")
-    load_manifest(out)  # what was written reads back
+        load_manifest(tmp)  # what was written reads back (beside out, so its paths mean the same), or is not kept
     return out
 
 
