@@ -12,8 +12,8 @@ that pair and denoises its mean (as ``tgdpet n2n-online`` does without
 are scored by ``tgdpet evaluate``'s own code against the study's 600 s image:
 the tumour's ensemble bias (+- its standard error, paired with the pair means:
 ``tgdpet.metrics.paired_bias_standard_error``) and the liver CoV across the
-pairs as a multiple of the pair means' own. Each adaptation starts from the model afresh (about a
-minute at 4 mm on two cores, three at 2.7 mm).
+pairs as a multiple of the pair means' own. Each adaptation starts from the
+model afresh (about a minute at 4 mm on two cores, three at 2.7 mm).
 """
 
 from __future__ import annotations

@@ -271,6 +271,12 @@ def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike
     model across all the sources, with each source's validation studies.
     """
     out = Path(out)
+
+    def rel(p: Path) -> str:
+        # Both ends resolved: a source reached through a symbolic link names its neighbours as "../labels",
+        # which only the link's target has; taken literally, the ".." would climb out of the link instead.
+        return os.path.relpath(os.path.realpath(p), os.path.realpath(out.parent))
+
     merged: list[dict] = []
     codes: dict = {}
     for source in sources:
@@ -279,12 +285,6 @@ def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike
             raise TgdpetError(f"{manifest.path} codes its labels differently from the manifests before it.")
         codes = codes or dict(manifest.label_codes)
         tag = manifest.path.parent.name
-
-        def rel(p: Path) -> str:
-            # Both ends resolved: a source reached through a symbolic link names its neighbours as "../labels",
-            # which only the link's target has; taken literally, the ".." would climb out of the link instead.
-            return os.path.relpath(os.path.realpath(p), os.path.realpath(out.parent))
-
         for e in manifest.studies:
             entry: dict = {"id": f"{tag}/{e.id}", "split": e.split, "target": rel(e.target),
                            "inputs": [rel(p) for p in e.inputs]}  # fmt: skip
