@@ -299,3 +299,5 @@ def test_cli_refuses_a_manifest_without_test_studies(tmp_path):
     assert result.exit_code == 2 and "--study" in result.output
     named = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--study", "s000", "--no-progress", "--device", "cpu"])
     assert named.exit_code == 0 and "study s000" in named.output
+    rows = [line.split()[0] for line in named.output.splitlines()[3:] if line.strip()]
+    assert rows == ["input", "dncnn-fdg-uniform64"]  # without --model: the built-in model, as denoise uses

@@ -72,6 +72,8 @@ def test_inspect_describes_every_series(study):
 
     text = run("inspect", study / "PET")
     assert text.exit_code == 0 and f"SUV factor {SUV_BY_HAND:.6g}" in text.output
+    syntax = pydicom.dcmread(next((study / "PET").iterdir())).file_meta.TransferSyntaxUID.name
+    assert f"; transfer syntax {syntax}\n" in text.output
 
 
 def test_inspect_of_nothing_is_refused(tmp_path):

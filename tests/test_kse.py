@@ -225,31 +225,54 @@ def _run(*args):
     return CliRunner().invoke(main, ["score-kse", *map(str, args)])
 
 
-def test_cli_table_matches_library(model_file):
-    from tgdpet.tgd import build_masks, count_retrained
+def _expected_counts(model, masks, read_kernels: bool) -> list[int]:
+    """Per conv layer, the parameters TGD trains, worked out by hand from the layer shapes.
+
+    A retrained channel trains its kernel (in x 3 x 3), bias and, with a BatchNorm, gamma and beta;
+    with read kernels retrained, every frozen channel also trains the 3 x 3 slices that read a
+    retrained map of the layer before.
+    """
+    counts = []
+    for i, conv in enumerate(model.convs):
+        retrained = int(masks[i].sum())
+        has_bn = i not in (0, len(model.convs) - 1)
+        own = retrained * (conv.in_channels * 9 + 1 + (2 if has_bn else 0))
+        reads = (conv.out_channels - retrained) * int(masks[i - 1].sum()) * 9 if read_kernels and i > 0 else 0
+        counts.append(own + reads)
+    return counts
+
+
+@pytest.mark.parametrize("read_kernels", ["retrain", "freeze"])
+def test_cli_table_counts_what_tgd_finetune_trains(model_file, read_kernels):
+    from tgdpet.tgd import attach, build_masks
 
     path, model = model_file
-    result = _run(path, "--phi", "0.5")
+    result = _run(path, "--phi", "0.5", "--read-kernels", read_kernels)
     assert result.exit_code == 0, result.output
-    count = count_retrained(model, build_masks(model, 0.5))
+    masks = build_masks(model, 0.5)
+    expected = _expected_counts(model, masks, read_kernels == "retrain")
+    assert sum(expected) > 0 and masks[len(model.convs) - 2].any()  # the last layer reads a retrained map
     lines = result.output.splitlines()
-    for layer in count.layers:
-        row = next(line for line in lines if line.startswith(layer.name + " "))
-        assert row.split()[1] == str(layer.channels)
-        assert row.split()[3] == f"{layer.retrained_parameters:,}"
+    assert f"read kernels: {read_kernels}" in lines[0]
+    for i, conv in enumerate(model.convs):
+        row = next(line for line in lines if line.startswith(f"conv{i + 1} "))
+        assert row.split()[1] == str(conv.out_channels)
+        assert row.split()[3] == f"{expected[i]:,}"
     total = next(line for line in lines if line.startswith("total"))
-    assert f"{count.retrained_parameters:,}" in total and f"{100 * count.fraction:.1f}%" in total
+    assert f"{sum(expected):,}" in total and f"{100 * sum(expected) / count_parameters(model):.1f}%" in total
+    with attach(model, masks, read_kernels=read_kernels) as engine:  # what fine-tuning would then train
+        assert engine.trainable_parameters() == sum(expected)
 
 
 def test_cli_json_and_conv1_freeze(model_file):
     import json
 
     path, model = model_file
-    result = _run(path, "--phi", "1.0", "--conv1", "freeze", "--json")
+    result = _run(path, "--phi", "1.0", "--conv1", "freeze", "--read-kernels", "freeze", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     first, last = report["layers"][0], report["layers"][-1]
-    assert report["conv1"] == "freeze" and first["retrained_parameters"] == 0
+    assert report["conv1"] == "freeze" and report["read_kernels"] == "freeze" and first["retrained_parameters"] == 0
     assert first["meaningless_channels"] == model.convs[0].out_channels - 1  # all but the top-scored one
     assert last["meaningless_channels"] is None and last["retrained_parameters"] == 0
     assert first["kse"] == kse_scores(model.convs[1].weight).tolist()

@@ -86,7 +86,10 @@ def _parse_phis(text: str) -> list[float]:
 
 
 def _print_kse_table(summary: dict) -> None:
-    click.echo(f"KSE threshold phi = {summary['phi']:g}; conv1: {summary['conv1']}; last layer frozen.")
+    click.echo(
+        f"KSE threshold phi = {summary['phi']:g}; conv1: {summary['conv1']}; read kernels: {summary['read_kernels']}; "
+        "the last layer's channels frozen."
+    )
     header = f"{'layer':<7}{'channels':>9}{'meaningless':>13}{'retrained params':>18}{'% of network':>14}"
     click.echo(header)
     click.echo("-" * len(header))
@@ -128,6 +131,14 @@ def _print_drop_table(results: list[dict]) -> None:
     show_default=True,
     help="Freeze conv1 entirely (as tgd-finetune does by default), or count its meaningless kernels as retrained.",
 )
+@click.option(
+    "--read-kernels",
+    type=click.Choice(["retrain", "freeze"]),
+    default="retrain",
+    show_default=True,
+    help="Count the kernels of frozen channels (and of the last layer) that read a retrained map as retrained, "
+    "as tgd-finetune does by default, or not (the paper's masks).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of tables.")
 @click.option("--drop", is_flag=True, help="Run the kernel-drop study (paper Fig. 4) over --phis.")
 @click.option("--phis", default="0.3,0.4,0.5,0.6", show_default=True, help="Thresholds for --drop.")
@@ -137,7 +148,7 @@ def _print_drop_table(results: list[dict]) -> None:
     help="A NIfTI file or DICOM series on which --drop measures the output change (implies --drop).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (used by --drop).")
-def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
+def score_kse(model, phi, conv1, read_kernels, as_json, drop, phis, volume, device) -> None:
     """Score MODEL's feature maps with KSE and show which kernels TGD would retrain at --phi."""
     import json
 
@@ -153,7 +164,7 @@ def score_kse(model, phi, conv1, as_json, drop, phis, volume, device) -> None:
     phi = check_phi(phi)
     phi_list = [check_phi(p) for p in _parse_phis(phis)] if (drop or volume) else []
     record = load_model(resolve_model(model), device=resolve_device(device) if phi_list else "cpu")
-    summary = retrain_summary(record.model, phi, conv1)
+    summary = retrain_summary(record.model, phi, conv1, read_kernels)
     if phi_list:
         vol, dev = (read_canonical(volume) if volume else None), next(record.model.parameters()).device
         denoise = (lambda net: denoise_array(net, vol, device=dev, precision="fp32")) if volume else None
@@ -399,7 +410,8 @@ def denoise_command(
 @main.command("inspect")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--frame", type=click.IntRange(min=0),
-              help="Time frame of dynamic inputs to describe  [default: none; dynamic inputs are listed as such]")
+              help="Time frame of dynamic inputs to describe  [default: none; a dynamic input is reported by its "
+              "number of frames, with a request for --frame N]")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 def inspect_command(inputs, frame, as_json) -> None:
     """Describe every PET series, NIfTI or ECAT file in INPUTS (files or folder trees), from headers.
@@ -434,7 +446,7 @@ def _inspect_line(info: dict) -> str:
         head,
         f"  {info['modality'] or 'modality not recorded'}, units {info['units']}, {z} slices of {y} x {x}, spacing {spacing} mm, "
         f"orientation {info['orientation']}" + (f", {info['frames']} time frames" if info.get("frames", 1) > 1 else ""),
-        _storage_line(info["format"], slopes),
+        _storage_line(info["format"], slopes) + _syntax_text(info.get("transfer_syntax")),
         _suv_line(info),
     ]
     return "\n".join(lines)
@@ -447,6 +459,13 @@ def _storage_line(fmt: str, slopes: list[float] | None) -> str:
     if fmt == "dicom":
         return f"  RescaleSlope {slopes[0]:g} to {slopes[1]:g}"
     return f"  scl_slope {slopes[0]:g}"
+
+
+def _syntax_text(syntaxes: list[str] | None) -> str:
+    """A DICOM series' transfer syntax (or syntaxes, where its files differ), after its storage line."""
+    if not syntaxes:
+        return ""
+    return f"; transfer syntax{'es' if len(syntaxes) > 1 else ''} " + ", ".join(syntaxes)
 
 
 def _suv_line(info: dict) -> str:
@@ -484,8 +503,8 @@ def _parse_named_models(values: tuple[str, ...]) -> dict[str, str]:
 @main.command("evaluate")
 @click.argument("data", type=click.Path())
 @click.option("--model", "model_specs", multiple=True, metavar="NAME=PATH",
-              help="A model file (or a built-in model's name) to evaluate under a row name; repeat for several "
-              "(without any: the inputs alone).")
+              help="A model file (or a built-in model's name) to evaluate under a row name; repeat for several  "
+              "[default: the built-in pretrained model, under its name]")
 @click.option("--study", "study_id", help="Evaluate this study only  [default: every study with split 'test']")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results here as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -509,12 +528,13 @@ def evaluate_command(
     around catheter and bladder. The row "input" scores the images before
     denoising.
     """
+    from .builtin import pretrained_model_path
     from .checkpoint import load_model
     from .data import load_manifest
     from .evaluate import evaluate_manifest, format_table, save_results
     from .files import check_can_write
 
-    models = _parse_named_models(model_specs)
+    models = _parse_named_models(model_specs or (f"{pretrained_model_path().stem}={pretrained_model_path()}",))
     if json_out:  # refuse before the long part, not after it; a bad manifest or model is named first
         load_manifest(data)
         for path in models.values():

@@ -6,15 +6,17 @@ Three steps, each a function here:
    mask per conv layer, over its output channels: True = retrain, False = freeze.
 2. :func:`attach` hooks the masks into a model for fine-tuning and returns a
    :class:`TGDEngine`; the model's forward pass is unchanged.
-3. :func:`count_retrained` says what a threshold ``phi`` implies (the
-   kernel-drop study of paper Fig. 4, which drops instead of retraining, is
-   :mod:`tgdpet.drop`).
+3. :func:`count_retrained` counts the parameters some masks let TGD change
+   (the kernel-drop study of paper Fig. 4, which drops instead of retraining,
+   is :mod:`tgdpet.drop`).
 
 What belongs to output channel ``n`` of ``convs[i]``: the kernel
 ``weight[n]``, ``bias[n]`` and, when a BatchNorm follows the conv, its
 ``weight[n]`` (gamma), ``bias[n]`` (beta), ``running_mean[n]`` and
-``running_var[n]``. Freezing channel ``n`` freezes all of them; the input
-slices ``weight[:, c]`` of a layer are not masked separately.
+``running_var[n]``. Freezing channel ``n`` freezes all of them, except, with
+``read_kernels="retrain"`` (the default in parameter mode), the slices
+``weight[n, c]`` that read a retrained map ``c`` of the layer before
+(:func:`trainable_entries` says why).
 
 TGD^n (paper Sect. 2.1): after fine-tuning, :func:`build_masks` on the
 fine-tuned weights gives the masks for the next task. Every round's masks are
@@ -122,6 +124,7 @@ class LayerCount:
     channels: int
     retrained_channels: int
     params_per_channel: int
+    read_parameters: int = 0  # frozen channels' kernel entries that read a retrained map (read_kernels="retrain")
 
     @property
     def parameters(self) -> int:
@@ -129,7 +132,7 @@ class LayerCount:
 
     @property
     def retrained_parameters(self) -> int:
-        return self.retrained_channels * self.params_per_channel
+        return self.retrained_channels * self.params_per_channel + self.read_parameters
 
 
 @dataclass
@@ -148,9 +151,25 @@ class RetrainCount:
         return self.retrained_parameters / self.total_parameters
 
 
-def count_retrained(model: DnCNN, masks: dict) -> RetrainCount:
-    """Count the trainable parameters ``masks`` let TGD change (:func:`~tgdpet.kse.channel_parameter_count`)."""
+def count_retrained(model: DnCNN, masks: dict, read_kernels: ReadKernels = "freeze") -> RetrainCount:
+    """Count the trainable parameters ``masks`` let TGD change (:func:`~tgdpet.kse.channel_parameter_count`).
+
+    ``read_kernels`` as in :func:`trainable_entries`: with "retrain" the
+    frozen channels' kernel slices that read a retrained map count too, as
+    ``tgd-finetune`` trains them by default. The default, "freeze", counts
+    the flagged channels alone (what the kernel-drop study drops).
+    """
     masks = check_masks(model, masks)
+    if read_kernels not in ("retrain", "freeze"):
+        raise ValueError(f"read_kernels must be 'retrain' or 'freeze', got {read_kernels!r}.")
+
+    def read_parameters(i: int) -> int:
+        if read_kernels == "freeze" or i == 0:
+            return 0
+        conv = model.convs[i]
+        frozen = conv.out_channels - int(masks[i].sum())
+        return frozen * int(masks[i - 1].sum()) * conv.kernel_size[0] * conv.kernel_size[1]
+
     layers = [
         LayerCount(
             conv_index=i,
@@ -158,23 +177,33 @@ def count_retrained(model: DnCNN, masks: dict) -> RetrainCount:
             channels=conv.out_channels,
             retrained_channels=int(masks[i].sum()),
             params_per_channel=channel_parameter_count(model, i),
+            read_parameters=read_parameters(i),
         )
         for i, conv in enumerate(model.convs)
     ]
     return RetrainCount(layers=layers, total_parameters=count_parameters(model))
 
 
-def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "freeze", k: int = 5, alpha: float = 1.0) -> dict:
+def retrain_summary(
+    model: DnCNN,
+    phi: float,
+    conv1: Conv1Option = "freeze",
+    read_kernels: ReadKernels = "retrain",
+    k: int = 5,
+    alpha: float = 1.0,
+) -> dict:
     """JSON-ready account of what TGD at ``phi`` would retrain, layer by layer (``tgdpet score-kse``).
 
     Each layer lists its output channels, how many of them KSE flags as
     meaningless (``None`` for the last layer, which nothing scores), how many
-    are retrained under the ``conv1`` option, the parameters that implies,
-    and the per-channel KSE scores.
+    are retrained under the ``conv1`` option, the parameters that implies
+    (with ``read_kernels="retrain"``, tgd-finetune's default, the frozen
+    kernels' entries that read a retrained map among them: the last layer's
+    too), and the per-channel KSE scores.
     """
     scores = score_network(model, phi, k=k, alpha=alpha)
     masks = masks_from_scores(model, scores, conv1)
-    count = count_retrained(model, masks)
+    count = count_retrained(model, masks, read_kernels)
     by_source = {s.source: s for s in scores}
     layers = []
     for layer in count.layers:
@@ -195,6 +224,7 @@ def retrain_summary(model: DnCNN, phi: float, conv1: Conv1Option = "freeze", k: 
     return {
         "phi": phi,
         "conv1": conv1,
+        "read_kernels": read_kernels,
         "layers": layers,
         "total": {
             "parameters": count.total_parameters,
