@@ -534,6 +534,11 @@ def dicom_slope_overflow(root: Path) -> list[str]:
     return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "RescaleSlope", "1e39") if k == 2 else None)]
 
 
+@case("one slice of a series without RescaleSlope", r"has no RescaleSlope \(0028,1053\)")
+def dicom_slope_missing(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: delattr(ds, "RescaleSlope") if k == 2 else None)]
+
+
 @case("a slice header claiming 60000 x 60000 pixels", "declares 60000 x 60000 pixels")
 def dicom_huge(root: Path) -> list[str]:
     def claim(ds: pydicom.Dataset, k: int) -> None:

@@ -110,3 +110,40 @@ def test_cli_refuses_a_model_trained_with_another_normalisation(tmp_path):
     result = CliRunner().invoke(main, ["denoise", str(path), "--model", str(model), "--device", "cpu"])
     assert result.exit_code == 2 and "normalisation" in result.output
     assert not (tmp_path / "study_denoised.nii.gz").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "zeros", "damaged"])
+def test_one_bad_input_among_several_leaves_no_output(tmp_path, model_file, bad):
+    good = write_test_nifti(tmp_path / "a.nii.gz", make_volume(shape=(4, 10, 12)))
+    data = make_volume(shape=(4, 10, 12)).data.copy()
+    if bad == "nan":
+        data[2, 5, 5] = np.nan
+    elif bad == "zeros":
+        data[:] = 0.0
+    path = tmp_path / "b.nii.gz"
+    nib.Nifti1Image(data.transpose(2, 1, 0), np.eye(4)).to_filename(path)
+    if bad == "damaged":
+        path.write_bytes(path.read_bytes()[:200])
+    before = tree_snapshot(tmp_path)
+    args = ["denoise", str(good), str(path), "--model", str(model_file), "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "b.nii.gz" in result.output, result.output
+    assert tree_snapshot(tmp_path) == before  # a.nii.gz's result is not written either
+
+
+def test_an_empty_frame_of_a_dynamic_image_is_kept_and_the_others_denoised(tmp_path, model_file):
+    """A frame before injection holds no activity: nothing to denoise, nor to normalise by."""
+    frame = make_volume(shape=(4, 10, 12))
+    xyz = frame.data.transpose(2, 1, 0)
+    path = tmp_path / "dyn.nii.gz"
+    nib.Nifti1Image(np.stack([0 * xyz, xyz], axis=-1), frame.affine).to_filename(path)
+    args = ["denoise", str(path), "--model", str(model_file), "--device", "cpu", "--no-progress", "--precision", "fp32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "frame 0 holds no activity" in result.output
+    out = np.asarray(nib.load(tmp_path / "dyn_denoised.nii.gz").dataobj)
+    assert out.shape == (12, 10, 4, 2) and not out[..., 0].any()
+    one = CliRunner().invoke(main, ["denoise", str(path), "--frame", "1", "-o", str(tmp_path / "f1.nii.gz"),
+                                    "--model", str(model_file), "--device", "cpu", "--precision", "fp32"])  # fmt: skip
+    assert one.exit_code == 0, one.output
+    np.testing.assert_array_equal(out[..., 1], np.asarray(nib.load(tmp_path / "f1.nii.gz").dataobj))

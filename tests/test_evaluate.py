@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import in_plane_mean, reference_denoise, trained_like_model
+from helpers import in_plane_mean, reference_denoise, trained_like_model, tree_snapshot
 
 from tgdpet import metrics
 from tgdpet.checkpoint import load_model, save_model
@@ -301,3 +301,13 @@ def test_cli_refuses_a_manifest_without_test_studies(tmp_path):
     assert named.exit_code == 0 and "study s000" in named.output
     rows = [line.split()[0] for line in named.output.splitlines()[3:] if line.strip()]
     assert rows == ["input", "dncnn-fdg-uniform64"]  # without --model: the built-in model, as denoise uses
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "target.nii.gz", "real1.nii.gz", "labels.nii.gz"])
+def test_cli_json_never_replaces_an_input_even_with_overwrite(tmp_path, name):
+    manifest = _study(tmp_path)
+    before = tree_snapshot(tmp_path)
+    args = ["evaluate", str(manifest), "--json", str(tmp_path / name), "--overwrite", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "is an input of the evaluation" in result.output, result.output
+    assert tree_snapshot(tmp_path) == before

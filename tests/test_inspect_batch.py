@@ -143,3 +143,41 @@ def test_output_with_an_image_extension_is_refused_before_denoising(tmp_path, mo
         "(a name without a file extension)."
     )
     assert tree_snapshot(tmp_path) == before
+
+
+def test_a_series_at_the_root_of_a_tree_goes_to_its_own_subfolder(tmp_path, model):
+    """dcm2niix writes its NIfTI into the DICOM folder: the folder is then a tree whose root holds a series."""
+    root = tmp_path / "study"
+    files = write_test_series(root)
+    write_test_nifti(root / "converted.nii.gz", make_volume(shape=(6, 10, 12)))
+    result = run("denoise", root, "--model", model, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "study_denoised"
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    number = pydicom.dcmread(files[0]).get("SeriesNumber", "")
+    series_out = out / f"series_{number}_{uid[-8:]}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["converted.nii.gz", series_out.name, "tgdpet-report.json"])
+    assert len(list(series_out.iterdir())) == len(files)
+    assert read_volume(series_out).shape == read_volume(root).shape
+
+
+@pytest.mark.parametrize("name", ["res.nii.gz", "res.png", "existing_file"])
+def test_a_tree_is_written_to_a_folder_not_a_file_name(study, model, name):
+    out = study.parent / name
+    if name == "existing_file":
+        out.write_text("mine\n")
+    before = tree_snapshot(study.parent)
+    result = run("denoise", study, "-o", out, "--overwrite", "--model", model, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    assert tree_snapshot(study.parent) == before  # nothing written, the file left as it was
+
+
+def test_an_output_inside_the_input_series_folder_is_refused(tmp_path, model):
+    series = tmp_path / "PET"
+    write_test_series(series)
+    before = tree_snapshot(tmp_path)
+    for out in (series / "den", series / "a" / "b"):
+        result = run("denoise", series, "-o", out, "--model", model, "--device", "cpu", "--no-progress")
+        assert result.exit_code == 2 and "inside the folder of the input series" in result.output, result.output
+    assert tree_snapshot(tmp_path) == before

@@ -278,3 +278,58 @@ def test_suv_injection_time_without_date_before_midnight(tmp_path):
     back = read_volume(tmp_path / "s")
     assert back.meta["injection_datetime"] == dt.datetime(2024, 3, 4, 23, 30)
     assert suv_factor(back) == pytest.approx(70000 / (3.7e8 * 2 ** (-3600 / 6586.2)), rel=1e-6)
+
+
+def test_nifti_output_keeps_a_qform_that_disagrees_with_the_sform(tmp_path):
+    """Tools that read the qform must find the result where they found the input: it is copied, not recomputed."""
+    sform = np.array([[-2.0, 0, 0, 30], [0, 2.0, 0, -40], [0, 0, 2.0, -12], [0, 0, 0, 1]])
+    qform = sform.copy()
+    qform[:3, 3] += (10.0, 20.0, 30.0)
+    img = nib.Nifti1Image(np.ones((8, 8, 4), np.float32), sform)
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(sform, code=2)
+    img.to_filename(tmp_path / "src.nii.gz")
+    vol = read_volume(tmp_path / "src.nii.gz")
+    write_volume(vol.with_data(vol.data * 2), tmp_path / "out.nii.gz", like=vol)
+    out = nib.load(tmp_path / "out.nii.gz").header
+    np.testing.assert_allclose(out.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(out.get_sform(), sform, atol=1e-5)
+    assert (int(out["qform_code"]), int(out["sform_code"])) == (1, 2)
+
+
+def test_4d_nifti_output_keeps_the_time_step(tmp_path):
+    from tgdpet.io import write_frames
+
+    img = nib.Nifti1Image(np.ones((6, 6, 4, 2), np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms((3.0, 3.0, 3.0, 300.0))
+    img.to_filename(tmp_path / "dyn.nii.gz")
+    frames = [read_volume(tmp_path / "dyn.nii.gz", frame=k) for k in range(2)]
+    write_frames(frames, tmp_path / "out.nii.gz", like=frames[0])
+    out = nib.load(tmp_path / "out.nii.gz").header
+    assert out.get_zooms() == pytest.approx((3.0, 3.0, 3.0, 300.0)) and out.get_xyzt_units() == ("mm", "sec")
+
+
+@pytest.mark.parametrize(("unit", "mm_per_unit"), [("meter", 1000.0), ("micron", 0.001), ("mm", 1.0)])
+def test_nifti_spatial_units_are_read_as_mm(tmp_path, unit, mm_per_unit):
+    """4 mm voxels at (10, -20, 30) mm, written in the header's unit: read back in mm, written out in mm."""
+    affine = np.diag([4.0 / mm_per_unit] * 3 + [1.0])
+    affine[:3, 3] = np.array([10.0, -20.0, 30.0]) / mm_per_unit
+    img = nib.Nifti1Image(np.ones((8, 8, 4), np.float32), affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_xyzt_units(unit, "sec")
+    img.to_filename(tmp_path / "src.nii")
+    vol = read_volume(tmp_path / "src.nii")
+    assert vol.spacing == pytest.approx((4.0, 4.0, 4.0))
+    np.testing.assert_allclose(vol.affine[:3, 3], (10.0, -20.0, 30.0), atol=1e-4)
+    write_volume(vol, tmp_path / "out.nii", like=vol)
+    back = nib.load(tmp_path / "out.nii")
+    assert back.header.get_xyzt_units() == ("mm", "sec")
+    np.testing.assert_allclose(back.affine[:3, :3], np.diag([4.0] * 3), atol=1e-4)
+    np.testing.assert_allclose(back.affine[:3, 3], (10.0, -20.0, 30.0), atol=1e-4)
+
+
+def test_complex_nifti_is_refused(tmp_path):
+    nib.Nifti1Image(np.ones((6, 6, 4), np.complex64), np.eye(4)).to_filename(tmp_path / "c.nii")
+    with pytest.raises(TgdpetError, match="not as real numbers"):
+        read_volume(tmp_path / "c.nii")

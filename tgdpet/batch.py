@@ -109,12 +109,13 @@ def output_path(series: ImageSeries, root: Path, out_root: Path, shared_folder: 
     """Where a series' result goes: its place in the tree, mirrored under ``out_root``.
 
     NIfTI keeps its name; ECAT (read only) becomes ``.nii.gz``; a DICOM series
-    is a folder named like its own, or, when its folder holds several series,
-    a subfolder per series.
+    is a folder named like its own, or, when its folder holds several series
+    or is the tree's root (whose mirror ``out_root`` holds the other results
+    and the report), a subfolder per series.
     """
     if series.kind == "dicom":
         rel = series.folder.resolve().relative_to(root.resolve())
-        if shared_folder:
+        if shared_folder or rel == Path("."):
             number = series.slices[0][1].get("SeriesNumber", "")
             rel = rel / f"series_{number}_{series.series_uid[-8:]}"  # type: ignore[index]
         return out_root / rel

@@ -531,15 +531,14 @@ def evaluate_command(
     from .builtin import pretrained_model_path
     from .checkpoint import load_model
     from .data import load_manifest
-    from .evaluate import evaluate_manifest, format_table, save_results
-    from .files import check_can_write
+    from .evaluate import check_results_path, evaluate_manifest, format_table, save_results
 
     models = _parse_named_models(model_specs or (f"{pretrained_model_path().stem}={pretrained_model_path()}",))
     if json_out:  # refuse before the long part, not after it; a bad manifest or model is named first
-        load_manifest(data)
+        manifest = load_manifest(data)
         for path in models.values():
             load_model(path).check_normalization(path)
-        check_can_write(json_out, overwrite)
+        check_results_path(json_out, manifest, overwrite)
     results = evaluate_manifest(
         data, models, study_id=study_id, device=device, precision=precision, dilation=dilation, tta=tta,
         progress=not no_progress,

@@ -15,8 +15,9 @@ output refused or accepted before the first is written.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from .domain import domain_of, frame_warning
 from .errors import TgdpetError
 from .files import check_can_write
 from .infer import Denoiser
+from .inputs import intensity_scale
 from .io import (
     Volume,
     check_output_name,
@@ -114,14 +116,41 @@ def check_output_format(input_path: str | Path, output_path: str | Path) -> None
     if src.is_file() and (is_nifti_name(src) or is_ecat(src)) and not is_nifti_name(out):
         raise TgdpetError(
             f"{src.name} is {'a NIfTI' if is_nifti_name(src) else 'an ECAT'} file, so its result is NIfTI: name the "
-            f"output {out.name}.nii.gz (a name without an extension is a DICOM series folder, for DICOM inputs)."
+            f"output {out.name + '.nii.gz' if out.name else default_output_path(src).name} (a name without an extension is a "
+            "DICOM series folder, for DICOM inputs)."
         )
+
+
+def check_outside_series(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuse an output inside a DICOM input's folder: the folder would then hold two series, the input changed."""
+    src = Path(input_path)
+    if src.is_file() and (is_nifti_name(src) or is_ecat(src)):
+        return
+    folder = (src if src.is_dir() else src.parent).resolve()
+    if folder in Path(output_path).resolve().parents:
+        raise TgdpetError(
+            f"{output_path} lies inside the folder of the input series ({folder}), which would then hold a second "
+            "series; choose an output outside it."
+        )
+
+
+def check_folder_output(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
+    """A study tree's or BIDS dataset's results go to a folder: refuse a file name, or a file already there."""
+    out = Path(output_path)
+    check_output_name(out)
+    if is_nifti_name(out) or (out.exists() and not out.is_dir()):
+        raise TgdpetError(
+            f"{input_path} is a study tree or dataset, so its results go to a folder with a report, but {out} "
+            f"{'is a file' if out.is_file() else 'names a NIfTI file'}; name a folder (a name without an extension)."
+        )
+    check_can_write(out, overwrite)
 
 
 def check_denoise_output(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
     """Everything about an output that can be refused before denoising: name, format, clash, folder, ownership."""
     check_output_name(output_path)
     check_output_format(input_path, output_path)
+    check_outside_series(input_path, output_path)
     check_can_write(output_path, overwrite)
     if overwrite:
         check_replaceable_output(output_path)
@@ -166,7 +195,8 @@ def denoise_file(
     if warn is not None:
         for message in domain_warnings(denoiser, volume):
             warn(f"{Path(input_path).name}: {message}")
-    denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
+    with _naming(input_path):
+        denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
     made = Written.of(output_path, volume, [grid_mm])
     write_volume(volume.with_data(denoised), output_path, like=volume, overwrite=overwrite,
                  derivation=made.derivation(made_by))  # fmt: skip
@@ -175,6 +205,34 @@ def denoise_file(
 
 def _labelled(volume: Volume, units: str | None) -> Volume:
     return volume if units is None else volume.with_data(volume.data, units=units)
+
+
+@contextlib.contextmanager
+def _naming(input_path: str | Path, frame: int | None = None) -> Iterator[None]:
+    """Prefix a refusal from the network stage (nothing to normalise by, say) with the input, and frame, it is about:
+    among several inputs or frames, a sentence that names neither leaves the user guessing."""
+    try:
+        yield
+    except TgdpetError as e:
+        where = Path(input_path).name + (f", frame {frame}" if frame is not None else "")
+        raise TgdpetError(f"{where}: {e}") from None
+
+
+def is_empty_frame(volume: Volume) -> bool:
+    """A frame with no activity at all (no positive voxel), as a dynamic scan's frames before injection are."""
+    return not bool((volume.data > 0).any())
+
+
+def check_inputs(inputs: Sequence[str | Path], frame: int | None = None) -> None:
+    """Read every image input as :func:`denoise_file` will and refuse now what it would refuse later (damaged,
+    NaN voxels, nothing to normalise by), so that one bad input among several leaves no output at all."""
+    for path in inputs:
+        n = 1 if frame is not None else frame_count(path)
+        for k in [frame] if n == 1 else range(n):
+            volume = read_volume(path, frame=k)
+            if n == 1 or not is_empty_frame(volume):
+                with _naming(path, k if n > 1 else None):
+                    intensity_scale(volume.data)
 
 
 def denoise_frames(
@@ -213,7 +271,14 @@ def denoise_frames(
         for message in messages + ([short] if short else []):
             if warn is not None:
                 warn(f"{name}: {message}")
-        denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
+        if is_empty_frame(volume):  # nothing to denoise, nor to normalise by: kept as it is
+            if warn is not None:
+                warn(f"{name}: frame {k} holds no activity (no positive voxel); it is kept as it is.")
+            frames.append(volume)
+            grids.append(Written.of(output_path, volume, []).voxel_mm)
+            continue
+        with _naming(input_path, k):
+            denoised, grid_mm = denoise_volume(denoiser, volume, progress=progress)
         frames.append(volume.with_data(denoised))
         grids.append(grid_mm)
     made = Written.of(output_path, first, grids)
@@ -266,7 +331,7 @@ def denoise_inputs(
         if new_out_dir:
             check_output_name(dest)
         elif kind != "file":
-            check_can_write(dest, overwrite)
+            check_folder_output(src, dest, overwrite)
         else:
             check_denoise_output(src, dest, overwrite)
     if new_out_dir:
@@ -276,6 +341,8 @@ def denoise_inputs(
             raise TgdpetError(
                 f"cannot create --out-dir {out_dir} ({e.strerror}); choose a folder you can write to."
             ) from None
+    if len(inputs) > 1:  # one bad input among several: refused before any is written
+        check_inputs([src for src, kind in zip(inputs, kinds) if kind == "file"], frame)
     skipped, run = 0, run_record(denoiser, model_path)
     model = model_note(run)
     for src, dest, kind in zip(inputs, outputs, kinds):

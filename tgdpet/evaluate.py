@@ -395,8 +395,21 @@ def format_table(study_result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_results_path(path: str | os.PathLike, manifest: Manifest, overwrite: bool = False) -> Path:
+    """Where results may go: not over the manifest or a file it names (inputs are never replaced, even with
+    ``overwrite``), nor over any other file without ``overwrite``."""
+    dest = Path(path).resolve()
+    named = [manifest.path] + [p for s in manifest.studies for p in (s.target, *s.inputs, *s.halves, *s.realisations)]
+    named += [s.labels for s in manifest.studies if s.labels]
+    if any(dest == p.resolve() for p in named):
+        raise TgdpetError(f"--json {path} is an input of the evaluation (the manifest or an image it names); "
+                          "name a new file for the results.")  # fmt: skip
+    return check_can_write(path, overwrite)
+
+
 def save_results(results: dict, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write evaluation results as JSON, atomically; refuses to replace a file without ``overwrite``."""
+    """Write evaluation results as JSON, atomically; refuses to replace a file without ``overwrite``
+    (:func:`check_results_path` also keeps the inputs' files, before the evaluation)."""
     dest = check_can_write(path, overwrite)
     with atomic_file(dest) as tmp:
         tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")

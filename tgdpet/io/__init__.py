@@ -121,7 +121,8 @@ def read_volume(
 
 
 def _refuse_overwriting_source(volume: Volume, like: Volume | None, out: Path) -> None:
-    """Inputs are never modified, even with overwrite: refuse an output that is an input."""
+    """Inputs are never modified, even with overwrite: refuse an output that is an input, or inside a DICOM input's
+    folder (which would then hold a second series, and the next read of the input would find both)."""
     target = out.resolve()
     for v in (volume, like):
         for src in v.source_paths if v is not None else ():
@@ -129,6 +130,11 @@ def _refuse_overwriting_source(volume: Volume, like: Volume | None, out: Path) -
             if target == src or target in src.parents:
                 source = src if v.source_format == "nifti" else f"series in {src.parent}"
                 raise TgdpetError(f"writing {out} would replace the input {source}; choose another output name.")
+            if v.source_format == "dicom" and src.parent in target.parents:
+                raise TgdpetError(
+                    f"writing {out} would put it inside the folder of the input series ({src.parent}); "
+                    "choose an output outside it."
+                )
 
 
 def write_volume(

@@ -212,6 +212,11 @@ def _check_slice(path: Path, ds: Dataset) -> None:
             )
     if int(ds.Rows) < 1 or int(ds.Columns) < 1:
         raise TgdpetError(f"{path} declares an empty {ds.Rows} x {ds.Columns} image; re-export the series.")
+    if ds.get("RescaleSlope") in (None, ""):  # Type 1 in the PET Image module (PS3.3 C.8.9.4): slices differ in scale
+        raise TgdpetError(
+            f"{path} has no RescaleSlope (0028,1053), which every PET image must have: PET scales each slice "
+            "separately, so without it the slice's values are unknown; re-export the series."
+        )
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise TgdpetError(
             f"{path} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); give the PET series itself."

@@ -36,6 +36,9 @@ _UNITS_NOTE = re.compile(r"units=([A-Za-z0-9]+)")
 
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
+#: Millimetres per spatial unit of the NIfTI header (xyzt_units); "unknown" is read as mm, as every tool does.
+_MM_PER_UNIT = {"unknown": 1.0, "mm": 1.0, "meter": 1000.0, "micron": 0.001}
+
 
 def is_nifti_name(path: str | Path) -> bool:
     """True for ``*.nii`` and ``*.nii.gz`` (case-insensitive)."""
@@ -106,6 +109,16 @@ def _check_voxel_size(path: Path, header: nib.Nifti1Header, affine: np.ndarray) 
         )
 
 
+def _affine_mm(path: Path, header: nib.Nifti1Header, affine: np.ndarray) -> np.ndarray:
+    """The affine in mm: nibabel returns it in the header's spatial unit, which may be metres or microns."""
+    unit = header.get_xyzt_units()[0]
+    if unit not in _MM_PER_UNIT:
+        raise TgdpetError(f"{path} gives its spatial unit as {unit!r}; re-export it in mm, m or microns.")
+    scaled = affine.copy()
+    scaled[:3, :] *= _MM_PER_UNIT[unit]
+    return scaled
+
+
 def _stored_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header | None:
     """The header exactly as stored (no fixes applied), or ``None`` when it is not a NIfTI-1/2 header."""
     for cls in (nib.Nifti1Header, nib.Nifti2Header):
@@ -132,6 +145,11 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
         raise TgdpetError(f"{path} is not a NIfTI image; give a .nii or .nii.gz file.")
     header = img.header
     _check_voxel_size(path, header, img.affine)
+    if header.get_data_dtype().kind not in "iuf":
+        raise TgdpetError(
+            f"{path} stores its voxels as {header.get_data_dtype()}, not as real numbers; tgdpet reads PET images "
+            "stored as integers or floating point, re-export the image that way."
+        )
     shape = tuple(int(s) for s in header.get_data_shape())
     shape3 = _pick_frame(path, shape, frame)
     check_voxel_count(shape3, path)
@@ -146,7 +164,7 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
     note = _UNITS_NOTE.search(header["descrip"].tobytes().decode("latin-1"))
     return Volume(
         data=data,
-        affine=img.affine,
+        affine=_affine_mm(path, header, img.affine),
         units=note.group(1).upper() if note else "BQML",
         source_format="nifti",
         nifti_header=header.copy(),
@@ -164,10 +182,17 @@ def _output_header(volume: Volume, like: Volume | None, description: str) -> nib
     else:
         hdr = source.copy()  # NIfTI-1 stays NIfTI-1, NIfTI-2 stays NIfTI-2
         qcode, scode = int(source["qform_code"]), int(source["sform_code"])
+        hdr.set_xyzt_units("mm", source.get_xyzt_units()[1])  # the affine below is in mm (read_nifti)
+    same_place = source is not None and source.get_xyzt_units()[0] in ("mm", "unknown") and np.allclose(
+        volume.affine, source.get_best_affine(), rtol=0.0, atol=1e-4
+    )
+    step = float(hdr["pixdim"][4])  # set_data_shape resets the time step; write_nifti_frames needs the source's
     hdr.set_data_shape(volume.data.shape[::-1])
+    hdr["pixdim"][4] = step if np.isfinite(step) and step > 0 else 1.0
     hdr.set_data_dtype(np.float32)
     hdr.set_sform(volume.affine, code=scode)
-    hdr.set_qform(volume.affine, code=qcode)
+    if not same_place:  # else the source's qform is kept as it was, even where it disagrees with its sform
+        hdr.set_qform(volume.affine, code=qcode)
     hdr.set_slope_inter(1.0, 0.0)
     hdr["cal_min"] = hdr["cal_max"] = 0.0  # the source's display range no longer applies
     hdr["vox_offset"] = 0  # recomputed from the extensions on write
@@ -221,7 +246,9 @@ def write_nifti_frames(frames: Sequence[Volume], path: Path, *, like: Volume | N
         raise TgdpetError("the frames of a dynamic image must all have one shape; this is a bug, please report it.")
     hdr = _output_header(first, like, description)
     z, y, x = first.data.shape
+    step = float(hdr["pixdim"][4])  # the source's (_output_header): set_data_shape resets it
     hdr.set_data_shape((x, y, z, len(frames)))
+    hdr["pixdim"][4] = step
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     with atomic_file(path, suffix=suffix) as tmp:
         with ImageOpener(str(tmp), "wb") as f:
