@@ -8,7 +8,14 @@ from helpers import make_volume
 
 from tgdpet.errors import TgdpetError
 from tgdpet.simulate.dataset import SimulationConfig, StudySpec, simulate_study
-from tgdpet.train.n2n import MAX_HALVES_MEAN_RATIO, MIN_HALVES_CORRELATION, check_halves, halves_agreement
+from tgdpet.train.n2n import (
+    MAX_HALVES_MEAN_RATIO,
+    MIN_HALVES_CORRELATION,
+    check_distinct_halves,
+    check_full,
+    check_halves,
+    halves_agreement,
+)
 
 
 def test_the_correlation_is_that_of_block_means():
@@ -35,6 +42,23 @@ def test_same_halves_pass_and_scaled_or_shifted_ones_do_not():
     shifted = make_volume(shape=(16, 16, 16), origin=(0.0, 0.0, 4.0))
     with pytest.raises(TgdpetError, match="affines differ"):
         check_halves(one, shifted)
+
+
+def test_the_full_image_must_be_on_the_halves_grid_to_a_thousandth_of_a_mm():
+    half = make_volume(shape=(16, 16, 16))
+    check_full(make_volume(shape=(16, 16, 16), origin=(-15.0, -20.0, -10.0004)), half)  # rounding in a header
+    with pytest.raises(TgdpetError, match="another position or voxel size"):
+        check_full(make_volume(shape=(16, 16, 16), spacing=(2.0, 2.5, 3.01)), half)
+    with pytest.raises(TgdpetError, match=r"another grid than the halves \(\(12, 16, 16\) and \(16, 16, 16\)"):
+        check_full(make_volume(shape=(12, 16, 16)), half)
+
+
+def test_one_image_twice_is_not_two_halves_though_it_passes_the_similarity_check():
+    one = make_volume(shape=(16, 16, 16))
+    check_halves(one, one.with_data(one.data.copy()))  # correlation 1, mean ratio 1
+    with pytest.raises(TgdpetError, match="the two halves are the same image"):
+        check_distinct_halves(one, one.with_data(one.data.copy()))
+    check_distinct_halves(one, one.with_data(np.nextafter(one.data, np.float32(np.inf))))  # any noise differs
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,10 @@ units. The output is written like ``--full`` (or half 1): same grid, header
 and, for DICOM, the same patient and study.
 
 Before any training, :func:`check_halves` refuses halves that cannot be two
-halves of one scan (docs/n2n-halves.md has the measured thresholds).
+halves of one scan (docs/n2n-halves.md has the measured thresholds),
+:func:`check_full` a ``--full`` image off their grid, :func:`check_distinct_halves`
+one image given twice, and :func:`check_outputs_spare_inputs` an output that
+would replace an input.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from ..inputs import NORMALIZATION, body_mask
 from ..domain import Domain, domain_of, training_domain
 from ..errors import TgdpetError
 from ..files import check_can_write
+from ..io.ecat import is_ecat
+from ..io.nifti import is_nifti_name
 from ..runtime import resolve_device
 from ..config import N2NConfig
 from .ddp import DistEnv
@@ -101,7 +106,7 @@ def check_halves(h1: Volume, h2: Volume, *, similarity: bool = True) -> None:
         raise TgdpetError(
             f"the halves are on different grids ({h1.shape} and {h2.shape}, z y x); pass two halves of one study."
         )
-    if not np.allclose(h1.affine, h2.affine, atol=1e-3):
+    if not _same_position(h1, h2):
         raise TgdpetError(
             "the halves have the same size but different positions or voxel sizes (their affines differ); "
             "pass two halves reconstructed on one grid."
@@ -120,6 +125,90 @@ def check_halves(h1: Volume, h2: Volume, *, similarity: bool = True) -> None:
             f"the halves differ in mean uptake by a factor {agreement.mean_ratio:.2f} (equal-count halves of one "
             f"scan differ by less than a factor {MAX_HALVES_MEAN_RATIO}); pass two equal-count halves in the same "
             "units."
+        )
+
+
+def _same_position(a: Volume, b: Volume) -> bool:
+    """Same voxel positions and sizes, to 0.001 mm: reconstructions of one scan share their affine."""
+    return bool(np.allclose(a.affine, b.affine, atol=1e-3))
+
+
+def check_full(full: Volume, h1: Volume) -> None:
+    """Refuse a ``--full`` image that is not on the halves' grid: it must be the study the halves were split from.
+
+    The network adapts to the halves' voxels and anatomy; another study's image,
+    or one reconstructed on another grid, would be denoised by a network taught
+    on something else.
+    """
+    if full.shape != h1.shape:
+        raise TgdpetError(
+            f"--full is on another grid than the halves ({full.shape} and {h1.shape}, z y x); pass the full-count "
+            "image of the halves' study, reconstructed on their grid."
+        )
+    if not _same_position(full, h1):
+        raise TgdpetError(
+            "--full has the halves' size but another position or voxel size (their affines differ); pass the "
+            "full-count image of the halves' study, reconstructed on their grid."
+        )
+
+
+def check_distinct_halves(h1: Volume, h2: Volume) -> None:
+    """Refuse one image given as both halves (one file twice, or two copies): the network would learn the identity.
+
+    Identical images pass :func:`check_halves` (they correlate perfectly), yet
+    Noise2Noise needs two independent noise draws of the activity.
+    """
+    if np.array_equal(h1.data, h2.data):
+        raise TgdpetError(
+            "the two halves are the same image; pass two disjoint half-count images of one scan (each reconstructed "
+            "from its own half of the counts), not one image twice."
+        )
+
+
+def _area(path: Path, is_model: bool = False) -> tuple[Path, bool]:
+    """The resolved path an input takes up, and whether it is a DICOM series' folder (all of which it takes up)."""
+    if is_model or is_nifti_name(path) or (path.is_file() and is_ecat(path)):
+        return path.resolve(), False
+    return (path if path.is_dir() else path.parent).resolve(), True  # a folder, or one file of its series
+
+
+def _overlap(target: Path, area: tuple[Path, bool]) -> str | None:
+    """How writing ``target`` (resolved) would change ``area`` (see :func:`_area`), in words; ``None``: it would not."""
+    place, is_folder = area
+    if target == place:
+        return "is"
+    if is_folder and place in target.parents:
+        return "lies inside the folder of"
+    return None
+
+
+def check_outputs_spare_inputs(inputs: dict[str, Path], output: Path, save_model_path: Path | None) -> None:
+    """Refuse ``-o`` or ``--save-model`` where writing would replace or change an input, even with --overwrite.
+
+    ``inputs`` maps the name the user knows each input by (``"MODEL"``,
+    ``"HALF1"``, ...) to its path. Paths are compared resolved, so a symbolic
+    link to an input is refused too; a DICOM series is its whole folder, which
+    would otherwise gain a second series. Called before training, which takes long.
+    """
+    if save_model_path is not None and save_model_path.suffix != ".safetensors":
+        raise TgdpetError(
+            f"--save-model {save_model_path} does not end in .safetensors, yet the adapted model is written as a "
+            "safetensors file; give it a name that ends in .safetensors."
+        )
+    writes = {"-o": output} if save_model_path is None else {"-o": output, "--save-model": save_model_path}
+    for option, written in writes.items():
+        for name, path in inputs.items():
+            if (how := _overlap(written.resolve(), _area(path, is_model=name == "MODEL"))) is not None:
+                raise TgdpetError(
+                    f"{option} {written} {how} the input {name} ({path}), and inputs are never changed, even with "
+                    f"--overwrite; choose another {option} name."
+                )
+    if save_model_path is None:
+        return
+    output_area = output.resolve(), not is_nifti_name(output)  # a DICOM output is a folder of its own
+    if (how := _overlap(save_model_path.resolve(), output_area)) is not None:
+        raise TgdpetError(
+            f"--save-model {save_model_path} {how} the -o output {output}; choose another --save-model name."
         )
 
 
@@ -160,8 +249,8 @@ def n2n_online(
 
     ``save_model_path`` also keeps the adapted model (with its TGD masks
     appended to the model's ``masks_history``). The halves must pass
-    :func:`check_halves` unless ``skip_halves_check`` (their grids must match
-    regardless).
+    :func:`check_halves` unless ``skip_halves_check`` (their grids must match,
+    and they must be two images, regardless).
     """
     from ..denoise import check_denoise_output, denoise_volume
     from ..infer import Denoiser
@@ -171,7 +260,11 @@ def n2n_online(
     device = resolve_device(cfg.device)
     h1, h2 = read_volume(half1), read_volume(half2)
     check_halves(h1, h2, similarity=not skip_halves_check)
-    target = read_volume(full) if full is not None else h1.with_data((h1.data + h2.data) / np.float32(2))
+    if full is not None:
+        target = read_volume(full)
+        check_full(target, h1)
+    else:
+        target = h1.with_data((h1.data + h2.data) / np.float32(2))
     c1, c2 = to_canonical(h1).data, to_canonical(h2).data  # the frame the network works in
     mean = (c1 + c2) / 2  # less noisy than either half: where the body and its detail are
     body = body_mask(mean)
@@ -183,11 +276,17 @@ def n2n_online(
     model_path = resolve_model(model_path)  # a file, or a built-in model's name
     record = load_model(model_path, device)
     record.check_normalization(str(model_path))
-    # After the inputs and the model: say what is wrong with them first. The result keeps the input's format.
-    check_denoise_output(full if full is not None else half1, output, overwrite)
+    # After the inputs and the model: say what is wrong with them first. Before training: refuse before long work.
     output = Path(output)
+    inputs = {"MODEL": model_path, "HALF1": Path(half1), "HALF2": Path(half2)}
+    if full is not None:
+        inputs["--full"] = Path(full)
+    save_model_path = Path(save_model_path) if save_model_path is not None else None
+    check_outputs_spare_inputs(inputs, output, save_model_path)  # before "exists": --overwrite would not help
+    check_denoise_output(full if full is not None else half1, output, overwrite)  # the result keeps its format
     if save_model_path is not None:
-        save_model_path = check_can_write(save_model_path, overwrite)
+        check_can_write(save_model_path, overwrite)
+    check_distinct_halves(h1, h2)  # the last refusal: a wrong model or output is named first
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(studies, model, cfg, DistEnv())
     method = build_method(model, cfg, patches=patches, device=device)
