@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from tgdpet.cli import main
+from tgdpet.config import to_yaml
 from tgdpet.configs import BY_COMMAND, CONFIGS_DIR, find_config, shipped_names
 from tgdpet.errors import TgdpetError
 from tgdpet.train import FinetuneConfig, N2NConfig, TrainConfig, resolve_config
@@ -62,3 +65,43 @@ def test_n2n_online_refuses_the_losses_that_read_its_noisy_target_as_clean(key, 
     config.write_text(yaml.safe_dump({key: value}))
     with pytest.raises(TgdpetError, match="n2n-online trains with plain MSE"):
         resolve_config(N2NConfig, config)
+
+
+FLOAT_SETTINGS = [("train", "lr"), ("train", "detail_weight"), ("train", "channel_penalty"),
+                  ("train", "structure_fraction"), ("tgd-finetune", "ewc_lambda"), ("tgd-finetune", "phi")]
+
+
+@pytest.mark.parametrize("command, key", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_setting_must_be_a_finite_number_on_the_command_line(tmp_path, command, key, value):
+    """NaN passed every range check (``value <= 0`` is False for NaN): --lr nan crashed in Adam with a
+    traceback after writing config.yaml, and a NaN or infinite weight trained until it was reported as
+    divergence blaming --lr. Refused before anything is written, so no DATA or MODEL is even read."""
+    out = tmp_path / "run"
+    args = [command, *(["no-such-model.safetensors"] if command == "tgd-finetune" else []), str(tmp_path),
+            "-o", str(out), f"--{key.replace('_', '-')}", value, "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"Error: {key.replace('_', '-')} must be a finite number, got {float(value)}; pass a " \
+        f"number such as its default, {getattr(CLASSES[command], key)}.\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+def test_a_non_finite_value_in_a_config_file_is_refused(tmp_path, value):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"lr: {value}\n")
+    with pytest.raises(TgdpetError, match="lr must be a finite number"):
+        resolve_config(TrainConfig, config)
+
+
+@pytest.mark.parametrize("reader, writer, command", [(FinetuneConfig, TrainConfig, "train"),
+                                                     (TrainConfig, FinetuneConfig, "tgd-finetune"),
+                                                     (N2NConfig, TrainConfig, "train")])  # fmt: skip
+def test_another_command_s_config_is_named_as_such(tmp_path, reader, writer, command):
+    """tgd-finetune --resume on a train run's folder reads its config.yaml; that said 'unknown keys
+    channel_penalty, in_slices, preset' instead of whose run the folder holds."""
+    config = tmp_path / "config.yaml"
+    config.write_text(to_yaml(resolve_config(writer, **({"preset": "tiny"} if writer is TrainConfig else {}))))
+    with pytest.raises(TgdpetError, match=f"holds the settings of a tgdpet {command} run .*, not of a "):
+        resolve_config(reader, config)

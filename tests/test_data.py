@@ -129,6 +129,39 @@ def test_shape_mismatch_is_refused(tmp_path):
         load_studies(m, "train")
 
 
+def shifted(mm: float) -> np.ndarray:
+    """:data:`AFFINE` with its origin moved ``mm`` along x."""
+    affine = AFFINE.copy()
+    affine[0, 3] += mm
+    return affine
+
+
+@pytest.mark.parametrize("affine, units, message", [
+    (np.diag([4.0, 4.0, 6.0, 1.0]), "BQML", "not its grid.*up to 62 mm"),  # voxels twice as large
+    (shifted(40.0), "BQML", "up to 40 mm"),
+    (AFFINE, "SUV", "is in SUV but its target is in BQML"),
+])  # fmt: skip
+def test_an_input_of_the_target_s_shape_on_another_grid_or_in_other_units_is_refused(tmp_path, affine, units,
+                                                                                       message):
+    """Only the shape was compared: an input 40 mm away, with twice the voxel size or in SUV against a Bq/mL
+    target was trained on and scored silently. The largest offset of a 32x32x6 grid of 2x2x3 mm voxels
+    doubled is at the far corner: |(31, 31, 5) * (2, 2, 3)| per axis, 62 mm in x and y."""
+    write_volume(Volume(phantom(), AFFINE), tmp_path / "t.nii.gz")
+    write_volume(Volume(phantom(), AFFINE), tmp_path / "ok.nii.gz")
+    write_volume(Volume(phantom(), affine, units=units), tmp_path / "x.nii.gz")
+    study = {"id": "a", "target": "t.nii.gz", "inputs": ["ok.nii.gz", "x.nii.gz"]}
+    m = load_manifest(_write(tmp_path, {"studies": [study]}))
+    with pytest.raises(TgdpetError, match=f"study 'a': input #2 \\(.*x.nii.gz\\) .*{message}"):
+        load_studies(m, "train")
+
+
+def test_an_input_within_the_grid_tolerance_is_accepted(tmp_path):
+    write_volume(Volume(phantom(), AFFINE), tmp_path / "t.nii.gz")
+    write_volume(Volume(phantom(), shifted(1e-4)), tmp_path / "x.nii.gz")
+    m = load_manifest(_write(tmp_path, {"studies": [{"id": "a", "target": "t.nii.gz", "inputs": ["x.nii.gz"]}]}))
+    assert load_studies(m, "train")[0].shape == (6, 32, 32)
+
+
 def test_studies_are_normalised_by_their_input(dataset):
     studies = load_studies(load_manifest(dataset), "train")
     s = studies[0]

@@ -311,3 +311,20 @@ def test_cli_json_never_replaces_an_input_even_with_overwrite(tmp_path, name):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "is an input of the evaluation" in result.output, result.output
     assert tree_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("change", ["shifted", "voxel size", "units"])
+def test_an_image_of_the_targets_shape_but_not_its_grid_or_units_is_not_scored(tmp_path, change):
+    """Scoring compares voxel by voxel: an image 40 mm away, on 6 mm voxels, or in SUV would score nonsense."""
+    manifest = _study(tmp_path)
+    real = read_volume(tmp_path / "real1.nii.gz")
+    affine = real.affine.copy()
+    if change == "shifted":
+        affine[:3, 3] += (40.0, 0.0, 0.0)
+    elif change == "voxel size":
+        affine[:3, :3] *= 2.0
+    units = "SUV" if change == "units" else real.units
+    write_volume(Volume(real.data, affine, units=units), tmp_path / "real1.nii.gz", overwrite=True)
+    with pytest.raises(TgdpetError, match="study 's000': realisation #2") as err:
+        evaluate_manifest(manifest, {}, device="cpu", progress=False)
+    assert ("in SUV" if change == "units" else "not its grid") in str(err.value)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pydicom
@@ -411,3 +412,14 @@ def test_dicom_output_is_a_pet_series_in_bqml_that_converts_to_the_painted_suvs(
     labels = read_volume(study.labels).data
     liver_suv = float(to_suv(target).data[labels == LABEL_CODES["liver"]].mean())
     assert 1.6 < liver_suv < 3.3  # painted at SUV 2.4 +- 15 %
+
+
+@pytest.mark.parametrize("count, reason", [
+    ("1", "1 realisation\\(s\\) cannot show noise: .* needs at least 2; use 2 to 10"),
+    ("11", "11 realisations of 60 s do not fit the 600 s scan; use 2 to 10"),
+])  # fmt: skip
+def test_the_realisations_refusal_says_the_true_reason(tmp_path, count, reason):
+    """One 60 s realisation fits the 600 s scan; it was refused as if it did not."""
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *SMALL, "--realisations", count])
+    assert result.exit_code == 2 and re.fullmatch(f"Error: {reason}.\n", result.output), result.output
+    assert list(tmp_path.iterdir()) == []

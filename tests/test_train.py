@@ -354,14 +354,19 @@ def test_tgd_revives_a_silent_flagged_channel_and_it_learns(tmp_path, dataset, b
     assert revived.model.convs[3].weight[:, 3].abs().sum() > 0
 
 
-def test_tgd_resume_keeps_the_runs_frozen_kernels_whatever_model_is_named(tmp_path, dataset, base_model):
-    """Resuming TGD with another MODEL file on the command line still ends as the uninterrupted run."""
+def test_tgd_resume_refuses_another_model_and_ends_as_the_uninterrupted_run(tmp_path, dataset, base_model):
+    """Resuming TGD with another MODEL file is refused (the run's record would name it); with a copy of the
+    original model file it ends as the uninterrupted run."""
     cfg = finetune_cfg(epochs=2, phi=0.5)
     finetune(base_model, dataset, tmp_path / "a", cfg, progress_bar=False)
     out = tmp_path / "b"
     finetune(base_model, dataset, out, finetune_cfg(iterations=3, phi=0.5), progress_bar=False)
     other = save_model(tmp_path / "other.safetensors", build_model("tiny"), preset="tiny")
-    finetune(other, dataset, out, cfg, resume=True, progress_bar=False)
+    with pytest.raises(TgdpetError, match="cannot resume.*started with MODEL.*original MODEL, or drop --resume"):
+        finetune(other, dataset, out, cfg, resume=True, progress_bar=False)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(Path(base_model).read_bytes())
+    finetune(copy, dataset, out, cfg, resume=True, progress_bar=False)
     a, b = weights(tmp_path / "a" / "last.safetensors"), weights(out / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

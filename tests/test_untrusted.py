@@ -206,6 +206,33 @@ def test_headers_that_lie(tmp_path, model_file):
         assert re.search(match, message), (name, message)
 
 
+def _overlapping(h: dict) -> None:
+    """The first tensor of 8 bytes or more moved 4 bytes on, into the next one (the file's size kept)."""
+    names = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
+    first = next(k for k in names if h[k]["data_offsets"][1] - h[k]["data_offsets"][0] >= 8)
+    begin, end = h[first]["data_offsets"]
+    h[first]["data_offsets"] = [begin + 4, end + 4]  # overlaps the next tensor, leaves a 4-byte gap before
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("masks_history a number", edit_tgdpet_meta(lambda m: m.update(masks_history=5))),
+    ("normalization a string", edit_tgdpet_meta(lambda m: m.update(normalization="abc"))),
+    ("provenance a list", edit_tgdpet_meta(lambda m: m.update(provenance=[1, 2]))),
+    ("preset a number", edit_tgdpet_meta(lambda m: m.update(preset=5))),
+    ("metadata a list", lambda h: h.update({"__metadata__": [h["__metadata__"]["tgdpet"]]})),
+    ("metadata value a number", lambda h: h["__metadata__"].update(other=5)),
+    ("overlapping tensors", _overlapping),
+])  # fmt: skip
+def test_crafted_model_files_are_one_error_line_of_every_command(tmp_path, model_file, name, edit):
+    """Each crafted file crashed score-kse with a traceback (TypeError, ValueError, AttributeError,
+    SafetensorError) before; now it is an Error line and exit status 2."""
+    path = rewrite_header(model_file, tmp_path / "crafted.safetensors", edit)
+    message = one_line_error(lambda: load_model(path))
+    assert "damaged" in message and str(path) in message, message
+    result = CliRunner().invoke(main, ["score-kse", str(path)])
+    assert result.exit_code == 2 and result.output.startswith("Error: ") and "Traceback" not in result.output
+
+
 def test_a_header_claiming_a_huge_size(tmp_path):
     path = tmp_path / "huge.safetensors"
     for claimed in (2**63 - 1, 2**40, 10**9):

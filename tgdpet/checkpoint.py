@@ -62,6 +62,8 @@ _DTYPE_BYTES = {
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+# The JSON type of each optional metadata entry that loading reads (null: absent).
+_META_TYPES = {"preset": str, "normalization": dict, "masks_history": list, "provenance": dict, "tgdpet_version": str}
 
 
 @dataclass
@@ -201,15 +203,27 @@ def _tensor_extent(info: Any) -> tuple[int, int] | None:
 
 
 def _check_data_extent(path: Path, header: dict, data_bytes: int) -> None:
-    """Refuse a header whose tensors do not exactly fill the rest of the file (truncation, damage)."""
-    end = 0
+    """Refuse a header whose tensors do not tile the rest of the file exactly, end to end (truncation, damage).
+
+    Overlapping or gapped tensors are refused here, in a sentence: safetensors refuses them too, when it reads
+    them, with an error of its own.
+    """
+    extents = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         extent = _tensor_extent(info)
         if extent is None:
             raise TgdpetError(f"{path} has a damaged safetensors header (tensor {name!r}); re-save the model.")
-        end = max(end, extent[1])
+        extents.append(extent)
+    end = 0
+    for begin, stop in sorted(extents):
+        if begin != end:
+            raise TgdpetError(
+                f"{path} has a damaged safetensors header (its tensors overlap or leave gaps); copy the model file "
+                "again or re-save the model."
+            )
+        end = stop
     if end != data_bytes:
         raise TgdpetError(
             f"{path} is truncated or damaged: its header describes {end} bytes of tensors but the file holds "
@@ -218,7 +232,14 @@ def _check_data_extent(path: Path, header: dict, data_bytes: int) -> None:
 
 
 def _tgdpet_metadata(path: Path, header: dict) -> dict:
-    raw = (header.get("__metadata__") or {}).get("tgdpet")
+    """The tgdpet metadata of a header, with the type of every entry loading relies on checked."""
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise TgdpetError(
+            f"{path} has a damaged safetensors header (its metadata is not a map of strings); copy the model file "
+            "again or re-save the model."
+        )
+    raw = metadata.get("tgdpet")
     if raw is None:
         raise TgdpetError(
             f"{path} is a safetensors file but not a tgdpet model (it has no tgdpet metadata); use a model written "
@@ -235,6 +256,12 @@ def _tgdpet_metadata(path: Path, header: dict) -> dict:
             f"{path} has model format version {meta.get('format_version')!r}, but this tgdpet ({__version__}) "
             f"reads version {FORMAT_VERSION}; use a tgdpet release that matches the file."
         )
+    for key, kind in _META_TYPES.items():
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise TgdpetError(
+                f"{path} has damaged tgdpet metadata ({key!r} is a {type(meta[key]).__name__}, not a "
+                f"{kind.__name__}); the file was edited or is not a tgdpet model, re-save the model with tgdpet."
+            )
     return meta
 
 

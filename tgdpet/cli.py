@@ -230,11 +230,20 @@ def _settings(cls, options: dict) -> dict:
 
 
 def _run_config(cls, config, out, resume: bool, **options):
-    """Settings of a train/tgd-finetune run: a resumed run starts from its own config.yaml."""
+    """Settings of a train/tgd-finetune run: a resumed run starts from its own config.yaml.
+
+    A --config file inside --out is refused for a new run: the run's own files would replace it.
+    """
     from pathlib import Path
 
     if config is None and resume and (Path(out) / "config.yaml").is_file():
         config = Path(out) / "config.yaml"
+    elif config is not None and not resume and Path(config).is_file():
+        if Path(out).resolve() in Path(config).resolve().parents:
+            raise TgdpetError(
+                f"--config {config} lies in --out {out}, whose files a new run replaces; copy it out of that folder "
+                "first (or continue that run with --resume)."
+            )
     return resolve_config(cls, config, **options)
 
 

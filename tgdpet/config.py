@@ -17,6 +17,7 @@ batch statistics get noisier as GPUs are added (keep ``batch_size / N`` >= 16).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -54,6 +55,18 @@ def redefault(cls: type, name: str, default: Any) -> Any:
     """Field ``name`` of ``cls`` with another default (its help kept), for a command whose default differs."""
     metadata = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _finite(cfg: Any) -> None:
+    """Refuse NaN and infinite float settings: every range check below passes NaN, and an infinite or NaN
+    weight would only surface epochs later as a divergence blamed on --lr."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TgdpetError(
+                f"{f.name.replace('_', '-')} must be a finite number, got {value}; pass a number such as its "
+                f"default, {f.default}."
+            )
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -109,6 +122,7 @@ class LoopConfig:
     val_max_slices: int = 32  # slices per validation volume, evenly spaced; 0 = every slice
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive(self, "epochs", "iterations", "patches_per_epoch", "batch_size", "patch_size", "lr", "val_every")
         if self.patches_per_epoch < self.batch_size:
             raise TgdpetError(
@@ -307,6 +321,20 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
+def _check_same_command(cls: type, path: str | os.PathLike, raw: dict, unknown: list[str]) -> None:
+    """Say which command a config belongs to when it is another command's: a run folder's config.yaml read by
+    ``--resume`` of the other command would otherwise be reported as a list of unknown keys."""
+    commands = {TrainConfig: "train", FinetuneConfig: "tgd-finetune", N2NConfig: "n2n-online"}
+    mine = commands.get(cls, cls.__name__)
+    for other, command in commands.items():
+        if other is not cls and set(raw) <= {f.name for f in dataclasses.fields(other)}:
+            raise TgdpetError(
+                f"config file {path} holds the settings of a tgdpet {command} run ({', '.join(unknown)}), not of a "
+                f"{mine} run; use it (or --resume its run folder) with tgdpet {command}, or pass a {mine} config or "
+                "run folder."
+            )
+
+
 def resolve_config(cls: type[C], path: str | os.PathLike | None = None, **overrides: Any) -> C:
     """Defaults of ``cls``, updated by the YAML file at ``path``, then by the non-None ``overrides``."""
     hints = typing.get_type_hints(cls)
@@ -316,6 +344,7 @@ def resolve_config(cls: type[C], path: str | os.PathLike | None = None, **overri
         raw = read_yaml(path)
         unknown = sorted(set(raw) - set(names))
         if unknown:
+            _check_same_command(cls, path, raw, unknown)
             raise TgdpetError(
                 f"config file {path} has unknown keys {', '.join(unknown)}; known keys: {', '.join(names)}."
             )

@@ -30,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ import torch
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
 from .inputs import body_mask, intensity_scale, stack_indices
+
+if TYPE_CHECKING:
+    from .io import Volume
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = "tgdpet-manifest"
@@ -96,6 +99,13 @@ class Manifest:
     path: Path
     studies: tuple[StudyEntry, ...]
     label_codes: dict = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        """The manifest file and every image it names: what a command's outputs must never replace."""
+        files = [self.path]
+        for s in self.studies:
+            files += [s.target, *s.inputs, *s.halves, *s.realisations, *([s.labels] if s.labels else [])]
+        return files
 
     def split(self, name: str) -> list[StudyEntry]:
         """The studies of one split (``train``, ``val`` or ``test``), in manifest order."""
@@ -309,19 +319,59 @@ def merge_manifests(sources: Sequence[str | os.PathLike], out: str | os.PathLike
 def load_studies(manifest: Manifest, split: str) -> list[Study]:
     """Read every volume of one split into memory (float32), in the canonical frame (:func:`read_canonical`).
 
-    Each study also keeps its target's voxel size and units: what a model trained on it records as
-    its domain (:mod:`tgdpet.domain`).
+    Each input must lie on its target's grid and be in its units (:func:`read_on_target_grid`). Each study
+    also keeps its target's voxel size and units: what a model trained on it records as its domain
+    (:mod:`tgdpet.domain`).
     """
     from .io.orientation import to_canonical
 
     studies = []
     for entry in manifest.split(split):
         target = to_canonical(_read(entry.target))
-        study = Study.from_arrays(entry.id, target.data, [read_canonical(p) for p in entry.inputs])
+        inputs = [read_on_target_grid(p, target, entry.id, f"input #{k + 1}") for k, p in enumerate(entry.inputs)]
+        study = Study.from_arrays(entry.id, target.data, inputs)
         study.voxel_mm = tuple(round(s, 4) for s in target.spacing[::-1])  # type: ignore[assignment]
         study.units = target.units
         studies.append(study)
     return studies
+
+
+#: How far (mm) an image's voxels may lie from its target's and still count as on the same grid.
+GRID_TOLERANCE_MM = 1e-3
+
+
+def read_on_target_grid(
+    path: str | os.PathLike, target: Volume, study_id: str, what: str, *, same_units: bool = True
+) -> np.ndarray:
+    """The voxels of a study's image ``path`` in the canonical frame, refused unless they pair with ``target``'s.
+
+    ``target`` is the study's target :class:`~tgdpet.io.Volume` in the canonical frame. Training and
+    scoring compare images voxel by voxel, so an image of the same shape on another grid (other voxel
+    size, shifted origin) or in other units (SUV against Bq/mL) would be trained on or scored silently
+    wrong. ``same_units=False`` for a label map, whose values are codes.
+    """
+    from .io.orientation import to_canonical
+
+    image = to_canonical(_read(path))
+    where = f"study {study_id!r}: {what} ({path})"
+    if image.shape != target.shape:
+        raise TgdpetError(
+            f"study {study_id!r}: {what} has shape {image.shape} (z, y, x) but its target has {target.shape}; "
+            f"inputs and target must be on the same grid (resample {path} onto it)."
+        )
+    nz, ny, nx = image.shape
+    corners = np.array([[x, y, z, 1.0] for x in (0, nx - 1) for y in (0, ny - 1) for z in (0, nz - 1)]).T
+    offset = float(np.abs((image.affine - target.affine) @ corners).max())
+    if offset > GRID_TOLERANCE_MM:
+        raise TgdpetError(
+            f"{where} has the target's shape but not its grid (its voxels lie up to {offset:.3g} mm away: another "
+            "voxel size or position); resample it onto the target's grid or fix its header."
+        )
+    if same_units and image.units != target.units:
+        raise TgdpetError(
+            f"{where} is in {image.units} but its target is in {target.units}; convert it to the target's units."
+        )
+    return image.data
 
 
 def _read(path: str | os.PathLike):

@@ -63,7 +63,7 @@ import torch
 from . import metrics
 from .batch import mm_record
 from .checkpoint import ModelRecord
-from .data import Manifest, StudyEntry, load_manifest, read_canonical
+from .data import Manifest, StudyEntry, load_manifest, read_on_target_grid
 from .domain import domain_of
 from .errors import TgdpetError
 from .files import atomic_file, check_can_write
@@ -112,16 +112,6 @@ class StudyImages:
     voxel_mm: tuple[float, float, float] | None = None  # (z, y, x): denoisers handle finer voxels on their grid
 
 
-def _read_on_grid(path: Path, shape: tuple[int, ...] | None, study_id: str, what: str) -> np.ndarray:
-    data = read_canonical(path)
-    if shape is not None and data.shape != shape:
-        raise TgdpetError(
-            f"study {study_id!r}: the {what} {path} has shape {data.shape} (z, y, x) but the target has {shape}; "
-            "every image of a study must be on the target's grid."
-        )
-    return data
-
-
 def truth_path(manifest: Manifest, study: StudyEntry) -> Path | None:
     """The phantom truth image a study's ``meta`` names (relative to the manifest), if any."""
     value = study.meta.get("truth")
@@ -142,12 +132,15 @@ def load_study_images(
 
     target_volume = to_canonical(read_volume(study.target))
     target, voxel_mm = target_volume.data, target_volume.spacing[::-1]
-    shape = target.shape
+
+    def on_grid(path: str | os.PathLike, what: str, same_units: bool = True) -> np.ndarray:
+        return read_on_target_grid(path, target_volume, study.id, what, same_units=same_units)
+
     if study.realisations:
-        images = [_read_on_grid(p, shape, study.id, "realisation") for p in study.realisations]
+        images = [on_grid(p, f"realisation #{k + 1}") for k, p in enumerate(study.realisations)]
         kind = "realisations"
     else:
-        images = [_read_on_grid(p, shape, study.id, "input") for p in study.inputs]
+        images = [on_grid(p, f"input #{k + 1}") for k, p in enumerate(study.inputs)]
         kind = "inputs"
     regions: dict[str, np.ndarray] = {}
     if study.labels is not None:
@@ -156,13 +149,13 @@ def load_study_images(
                 f"study {study.id!r} has a label map but the manifest has no 'label_codes'; add e.g. "
                 '{"liver": 2, "lesion": 3, "bladder": 4, "catheter": 5}.'
             )
-        labels = np.rint(_read_on_grid(study.labels, shape, study.id, "label map")).astype(np.int64)
+        labels = np.rint(on_grid(study.labels, "label map", same_units=False)).astype(np.int64)
         for name in ("lesion", "liver", *OOD_LABELS):
             if name in label_codes:
                 mask = labels == int(label_codes[name])
                 if mask.any():
                     regions[name] = mask
-    truth_image = _read_on_grid(Path(truth), shape, study.id, "truth image") if truth is not None else None
+    truth_image = on_grid(truth, "truth image") if truth is not None else None
     return StudyImages(study.id, target, images, kind, regions, truth_image, voxel_mm)
 
 
@@ -399,9 +392,7 @@ def check_results_path(path: str | os.PathLike, manifest: Manifest, overwrite: b
     """Where results may go: not over the manifest or a file it names (inputs are never replaced, even with
     ``overwrite``), nor over any other file without ``overwrite``."""
     dest = Path(path).resolve()
-    named = [manifest.path] + [p for s in manifest.studies for p in (s.target, *s.inputs, *s.halves, *s.realisations)]
-    named += [s.labels for s in manifest.studies if s.labels]
-    if any(dest == p.resolve() for p in named):
+    if any(dest == p.resolve() for p in manifest.files()):
         raise TgdpetError(f"--json {path} is an input of the evaluation (the manifest or an image it names); "
                           "name a new file for the results.")  # fmt: skip
     return check_can_write(path, overwrite)

@@ -155,7 +155,13 @@ class SimulationConfig:
             raise TgdpetError("give at least one count level, each once.")
         if any(not 0 < s <= self.target_s for s in self.levels_s):
             raise TgdpetError(f"count levels must lie between 0 and the {self.target_s:g} s target scan.")
-        if self.realisations < 2 or self.realisations * self.realisation_s > self.target_s:
+        if self.realisations < 2:
+            raise TgdpetError(
+                f"{self.realisations} realisation(s) cannot show noise: evaluation measures it as the spread across "
+                f"a test study's realisations, which needs at least 2; use 2 to "
+                f"{int(self.target_s // self.realisation_s)}."
+            )
+        if self.realisations * self.realisation_s > self.target_s:
             raise TgdpetError(
                 f"{self.realisations} realisations of {self.realisation_s:g} s do not fit the "
                 f"{self.target_s:g} s scan; use 2 to {int(self.target_s // self.realisation_s)}."

@@ -36,7 +36,7 @@ from ..precision import amp_dtype, precision_name
 from . import ddp
 from ..config import LoopConfig
 from .methods import Method
-from .outputs import BEST, LAST, RunFolder
+from .outputs import BEST, CONFIG, LAST, RunFolder
 
 Echo = Callable[[str], None]
 
@@ -261,6 +261,9 @@ class Outputs:
     preset: str | None = None
     base_history: list = field(default_factory=list)  # masks of earlier TGD rounds of the starting model
     provenance: dict = field(default_factory=dict)  # command, data, base model: merged into every model's record
+    # Written with the first epoch's files, not before: a run stopped earlier leaves no folder to --resume.
+    config_yaml: str = ""
+    inputs: dict = field(default_factory=dict)  # paths and SHA-256 of DATA and MODEL, kept for --resume to compare
 
 
 @dataclass
@@ -471,6 +474,7 @@ def fit(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": capture_rng_state(),
             "method": method.state_dict(),
+            "inputs": outputs.inputs,
         }
 
     rank_batch = cfg.batch_size // env.world_size
@@ -530,6 +534,7 @@ def _write_epoch(
     """
     run = outputs.run
     record = {"preset": outputs.preset, "normalization": NORMALIZATION, **method.record(outputs.base_history)}
+    run.write_text(CONFIG, outputs.config_yaml)
     save_model(run.file(LAST), model, provenance=provenance, **record)
     if new_best:
         best = {**provenance, "selected_by": new_best, new_best: progress.best_metric}

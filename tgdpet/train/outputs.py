@@ -10,9 +10,10 @@
     loss.png             training and validation loss per epoch
     training_state.pt    optimiser, counters, RNG states: what ``--resume`` needs
 
-Every file is replaced atomically at the end of each epoch, the training
-state last, so a run killed at any moment resumes from its latest complete
-epoch. Only rank 0 of a multi-process run touches the folder.
+Every file is written atomically at the end of each epoch (none before the
+first epoch ends), the training state last, so a run killed at any moment
+resumes from its latest complete epoch, or starts again without --resume.
+Only rank 0 of a multi-process run touches the folder.
 """
 
 from __future__ import annotations
@@ -53,15 +54,19 @@ class RunFolder:
         """
         if resume:
             if not self.file(STATE).is_file():
+                advice = (
+                    "drop --resume and add --overwrite to start the run afresh there, or choose another --out"
+                    if self._holds_files() else "drop --resume to start the run"
+                )  # fmt: skip
                 raise TgdpetError(
-                    f"there is nothing to resume in {self.path} (no {STATE}); drop --resume to start a new run."
+                    f"there is nothing to resume in {self.path}: no epoch of a run there has ended (no {STATE}); "
+                    f"{advice}."
                 )
             return
         if self.path.exists():
             if not self.path.is_dir():
                 raise TgdpetError(f"{self.path} exists and is not a folder; choose another --out.")
-            # Hidden .tmp-* files are leftovers of a write that was killed, not a run.
-            if any(not f.name.startswith(".tmp-") for f in self.path.iterdir()) and not overwrite:
+            if self._holds_files() and not overwrite:
                 raise TgdpetError(
                     f"{self.path} already holds files; pass --resume to continue that run, --overwrite to replace "
                     "it, or choose another --out."
@@ -71,6 +76,10 @@ class RunFolder:
         else:
             # `--out runs/v1` on a fresh checkout: make runs/ too, as users expect of a run folder.
             self.path.mkdir(parents=True)
+
+    def _holds_files(self) -> bool:
+        """Whether the folder holds anything; hidden .tmp-* files are leftovers of a killed write, not a run."""
+        return self.path.is_dir() and any(not f.name.startswith(".tmp-") for f in self.path.iterdir())
 
     def load_state(self) -> dict:
         return load_training_state(self.file(STATE))

@@ -5,6 +5,7 @@ Both run in one process or, under ``torchrun``, in several (:mod:`.ddp`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..config import FinetuneConfig, LoopConfig, TrainConfig, check_resumable, t
 from ..precision import amp_dtype
 from .loop import Echo, FitResult, Outputs, fit
 from .methods import EWC, TGD, AllLayers, ChannelSparsity, LastBlocks, Method, empirical_fisher
-from .outputs import CONFIG, RunFolder
+from .outputs import STATE, RunFolder
 
 
 def patch_dataset(studies: list[Study], model: DnCNN, cfg: LoopConfig, env: ddp.DistEnv) -> PatchDataset:
@@ -58,12 +59,14 @@ def build_method(
     device: torch.device,
     env: ddp.DistEnv = ddp.DistEnv(),
     saved: dict | None = None,
+    masks: tgd.Masks | None = None,
 ) -> Method:
     """Set up ``cfg.method`` on ``model`` (already on its device and memory format).
 
     ``saved`` is the method's state from a training state being resumed: TGD
     reuses its masks and EWC its Fisher and ``theta*`` instead of computing
-    them from the (by then fine-tuned) weights. EWC's Fisher is estimated on
+    them from the (by then fine-tuned) weights; ``masks`` are TGD's masks when the caller built them
+    already (:func:`tgd_masks`, to refuse useless ones before writing anything). EWC's Fisher is estimated on
     the first ``ewc_patches`` patches of epoch 0, averaged over the ranks.
     """
     if cfg.method == "all":
@@ -71,7 +74,10 @@ def build_method(
     if cfg.method == "last3":
         return LastBlocks(model, 3)
     if cfg.method == "tgd":
-        masks = saved["masks"] if saved else tgd.build_masks(model, cfg.phi, conv1=cfg.conv1)
+        if saved:
+            masks = saved["masks"]
+        elif masks is None:
+            masks = tgd_masks(model, cfg)
         revived = saved.get("revived", {}) if saved else {}
         if cfg.revive and not saved:  # a resumed run's weights already hold its revived channels
             revived = _revive(model, masks, patches, cfg.seed)
@@ -90,6 +96,17 @@ def build_method(
     return EWC(model, fisher, cfg.ewc_lambda)
 
 
+def tgd_masks(model: DnCNN, cfg: FinetuneConfig) -> tgd.Masks:
+    """TGD's masks at ``cfg.phi``, refused when they retrain nothing: the run would only copy the model."""
+    masks = tgd.build_masks(model, cfg.phi, conv1=cfg.conv1)
+    if not any(bool(m.any()) for m in masks.values()):
+        raise TgdpetError(
+            f"at --phi {cfg.phi:g} no kernel of the model scores below the threshold, so TGD would retrain "
+            "nothing; pass a larger --phi (tgdpet score-kse shows the model's scores)."
+        )
+    return masks
+
+
 def _revive(model: DnCNN, masks: dict, patches: PatchDataset, seed: int) -> dict[int, int]:
     """:func:`tgd.revive` the retrained channels that are silent on the first 256 patches of epoch 0.
 
@@ -103,21 +120,81 @@ def _revive(model: DnCNN, masks: dict, patches: PatchDataset, seed: int) -> dict
     return tgd.revive(model, masks, silent, generator=torch.Generator().manual_seed(seed))
 
 
-def _open_run(
-    out: str | os.PathLike, cfg: LoopConfig, model: DnCNN, *, resume: bool, overwrite: bool, command: str, env, device
-) -> tuple[RunFolder, dict | None]:
-    """Prepare the run folder (rank 0), read the state to resume (every rank), then write config.yaml (rank 0).
+def _file_identity(name: str, path: Path) -> dict:
+    """``{name: resolved path, name_sha256: digest}``: what a run records of an input to recognise it on --resume."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {name: str(path.resolve()), f"{name}_sha256": digest}
 
-    A resume with changed settings is refused before anything in the folder changes.
+
+def _check_outside(out: str | os.PathLike, inputs: list[Path], what: str) -> None:
+    """Refuse an --out folder that holds one of the run's inputs: the run's files would delete or replace it."""
+    folder = Path(out).resolve()
+    for path in inputs:
+        if folder == path.resolve() or folder in path.resolve().parents:
+            raise TgdpetError(
+                f"--out {out} holds the {what} {path}, which the run's files could replace; choose another --out, "
+                f"or move the {what} out of that folder."
+            )
+
+
+def _check_same_inputs(run: RunFolder, recorded: dict | None, inputs: dict) -> None:
+    """Refuse a resume named with other DATA or another MODEL than the run was started with.
+
+    The run would go on training on them and its models would record them as where they came from. The
+    model is recognised by its content (a copy elsewhere is the same model); the data by its manifest's
+    path and content, as the manifest names its images relative to its folder. A state written by a
+    tgdpet that recorded no inputs is not checked.
+    """
+    for name, what in (("data", "DATA"), ("model", "MODEL")):
+        if not recorded or name not in recorded:
+            continue
+        same = recorded[f"{name}_sha256"] == inputs[f"{name}_sha256"]
+        if name == "data":
+            same = same and recorded[name] == inputs[name]
+        if not same:
+            raise TgdpetError(
+                f"cannot resume: the run in {run.path} was started with {what} {recorded[name]}, and "
+                f"{inputs[name]} is not that file as it was then; resume with the original {what}, or drop "
+                "--resume and start a new run in another --out."
+            )
+
+
+def _check_state_fits(run: RunFolder, state: dict, model: DnCNN, what: str) -> None:
+    """Refuse a training state whose weights are not of ``model``'s architecture (loading them would crash)."""
+    saved = state.get("model")
+    expected = model.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(expected) or any(
+        getattr(saved[k], "shape", None) != t.shape for k, t in expected.items()
+    ):
+        raise TgdpetError(
+            f"{run.file(STATE)} holds the weights of another network than {what}; resume with the run's own "
+            "inputs, or drop --resume and start a new run in another --out."
+        )
+
+
+def _open_run(
+    out: str | os.PathLike, cfg: LoopConfig, model: DnCNN, *, inputs: dict, what: str, resume: bool,
+    overwrite: bool, env, device
+) -> tuple[RunFolder, dict | None]:
+    """Prepare the run folder (rank 0), read the state to resume (every rank) and check it fits this run.
+
+    A resume with changed settings or other inputs is refused before anything in the folder changes;
+    ``what`` names the network the state must fit.
     """
     run = RunFolder(out)
     ddp.on_main(env, device, lambda: run.prepare(resume=resume, overwrite=overwrite))
     state = run.load_state() if resume else None
     if state is not None:
         check_resumable(state["config"], cfg, lambda amp: amp_dtype(amp, device, model.config))
-    header = f"{command}\nresolved config, tgdpet {__version__}"
-    ddp.on_main(env, device, lambda: run.write_text(CONFIG, to_yaml(cfg, header=header)))
+        _check_same_inputs(run, state.get("inputs"), inputs)
+        _check_state_fits(run, state, model, what)
     return run, state
+
+
+def _config_yaml(cfg: LoopConfig, command: str) -> str:
+    """The run's config.yaml, written with the first epoch's files (:class:`Outputs`), not before."""
+    return to_yaml(cfg, header=f"{command}\nresolved config, tgdpet {__version__}")
 
 
 def _data(manifest: Manifest) -> tuple[list[Study], list[Study], dict]:
@@ -176,12 +253,18 @@ def train(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = prepare_model(build_model(cfg.preset, in_slices=cfg.in_slices), cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
-    run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    _check_outside(out, manifest.files(), "data file")
+    inputs = _file_identity("data", manifest.path)
+    run, state = _open_run(
+        out, cfg, model, inputs=inputs, what=f"preset {cfg.preset}", resume=resume, overwrite=overwrite, env=env,
+        device=device,
+    )  # fmt: skip
     method = ChannelSparsity(model, cfg.channel_penalty) if cfg.channel_penalty else Method(model)
     domain = data_domain(manifest, train_studies + val).to_json()
     outputs = Outputs(
-        run, preset=cfg.preset, provenance={"workflow": "train", "command": command, "domain": domain, **info}
-    )
+        run, preset=cfg.preset, provenance={"workflow": "train", "command": command, "domain": domain, **info},
+        config_yaml=_config_yaml(cfg, command), inputs=inputs,
+    )  # fmt: skip
     result = fit(
         model, method, patches, cfg,
         device=device, env=env, val=val, outputs=outputs, state=state, progress_bar=progress_bar, echo=echo,
@@ -217,13 +300,19 @@ def finetune(
     train_studies, val, info = _data(manifest)
     model = prepare_model(record.model, cfg, device)
     patches = patch_dataset(train_studies, model, cfg, env)
-    run, state = _open_run(out, cfg, model, resume=resume, overwrite=overwrite, command=command, env=env, device=device)
+    masks = tgd_masks(model, cfg) if cfg.method == "tgd" and not resume else None
+    _check_outside(out, [Path(model_path)], "model")
+    _check_outside(out, manifest.files(), "data file")
+    inputs = {**_file_identity("data", manifest.path), **_file_identity("model", Path(model_path))}
+    run, state = _open_run(
+        out, cfg, model, inputs=inputs, what=str(model_path), resume=resume, overwrite=overwrite, env=env,
+        device=device,
+    )  # fmt: skip
     if state is not None:
-        # The method's frozen values come from the run's own weights, not from MODEL: a
-        # resume named with another model file must not overwrite the frozen kernels.
+        # The method's frozen values come from the run's own weights, not from MODEL's.
         model.load_state_dict(state["model"])
     method = build_method(
-        model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None
+        model, cfg, patches=patches, device=device, env=env, saved=state["method"] if state else None, masks=masks
     )
     outputs = Outputs(
         run,
@@ -237,6 +326,8 @@ def finetune(
             "domain": _union(domain_of(record.provenance), data_domain(manifest, train_studies + val)).to_json(),
             **info,
         },
+        config_yaml=_config_yaml(cfg, command),
+        inputs=inputs,
     )
     result = fit(
         model, method, patches, cfg,
