@@ -676,9 +676,24 @@ def simulate_levels_not_numbers(root: Path) -> list[str]:
     return [*SMALL_SIMULATE, "--levels", "30,soon"]
 
 
-@case("`simulate --levels 900` (longer than the scan)", "between 0 and the 600 s")
+@case("`simulate --levels 900` (longer than the scan)", "at most the 600 s target scan")
 def simulate_level_too_long(root: Path) -> list[str]:
     return [*SMALL_SIMULATE, "--levels", "900"]
+
+
+@case("`simulate --levels 0`", "above 0 s")
+def simulate_level_zero(root: Path) -> list[str]:
+    return [*SMALL_SIMULATE, "--levels", "0"]
+
+
+@case("`simulate . --overwrite` (the current folder)", "is the current folder")
+def simulate_current_folder(root: Path) -> list[str]:
+    return ["simulate", ".", "--size", "16", "--overwrite", "--device", "cpu", "--no-progress"]
+
+
+@case("`demo -o x.nii.gz` (the demo writes a folder)", "without an extension")
+def demo_file_name(root: Path) -> list[str]:
+    return ["demo", "--model", "model.safetensors", "--device", "cpu", "--no-progress", "-o", "x.nii.gz"]
 
 
 @case("`simulate --protocols v3`", "unknown protocol 'v3'")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TgdpetError
 from .files import atomic_dir, check_can_write, check_replaceable
 from .denoise import load_denoiser
 from .io import Volume, write_volume
@@ -123,6 +124,8 @@ def run_demo(
     an earlier demo folder, never one holding anything else.
     """
     denoiser = load_denoiser(model, device=device)
+    if Path(out).suffix:  # the demo writes a folder of images; out.nii.gz would become a folder of that name
+        raise TgdpetError(f"the demo writes a folder, so name it without an extension (not {Path(out).name}).")
     out = check_can_write(out, overwrite)
     if overwrite:
         check_replaceable(out, lambda p: p.is_file() and p.name in DEMO_FILES, "the files of a tgdpet demo")

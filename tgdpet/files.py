@@ -62,11 +62,25 @@ def check_writable_folder(folder: Path) -> None:
     os.unlink(probe)
 
 
+def check_not_current_folder(path: str | os.PathLike) -> None:
+    """Refuse an output that is the current folder or holds it: replacing it would pull the folder out from under
+    the user's shell (and ``Path('.')`` has no name to write a temporary sibling by)."""
+    here = Path.cwd().resolve()
+    target = Path(path).resolve()
+    if target == here or target in here.parents:
+        raise TgdpetError(
+            f"the output {path} is the current folder or holds it, which an output replaces whole; "
+            "name a new folder for it (e.g. out)."
+        )
+
+
 def check_can_write(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse to clobber an existing output unless ``overwrite``; check the parent exists and can be written."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise TgdpetError(f"{p} already exists; pass --overwrite to replace it or choose another output name.")
+    if p.exists():
+        check_not_current_folder(p)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise TgdpetError(f"the output folder {parent} does not exist; create it first.")
@@ -187,6 +201,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     With ``overwrite`` an existing folder is moved aside first and removed only
     after the new one is in place.
     """
+    check_not_current_folder(path)
     dest = Path(path)
     with _said_once(dest):
         remove_stale_temporaries(dest)

@@ -154,7 +154,9 @@ class SimulationConfig:
         if not self.levels_s or len(set(self.levels_s)) != len(self.levels_s):
             raise TgdpetError("give at least one count level, each once.")
         if any(not 0 < s <= self.target_s for s in self.levels_s):
-            raise TgdpetError(f"count levels must lie between 0 and the {self.target_s:g} s target scan.")
+            raise TgdpetError(
+                f"count levels must be above 0 s and at most the {self.target_s:g} s target scan; pass e.g. --levels 60."
+            )
         if self.realisations < 2:
             raise TgdpetError(
                 f"{self.realisations} realisation(s) cannot show noise: evaluation measures it as the spread across "
