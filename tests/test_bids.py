@@ -8,6 +8,7 @@ checked against the specification's derivative rules, written out here one by on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,10 +19,14 @@ from bids_validator import BIDSValidator
 from click.testing import CliRunner
 from helpers import trained_like_model, tree_snapshot
 
+from tgdpet.batch import Written
+from tgdpet.bids import denoise_dataset, derivative_name
 from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
+from tgdpet.errors import TgdpetError
 from tgdpet.domain import Domain
 from tgdpet.infer import denoise_array
+from tgdpet.io import frame_count
 from tgdpet.resample import denoise_on_grid, working_spacings
 from tgdpet.simulate import SimulationConfig, StudySpec
 from tgdpet.simulate.bids_dataset import write_bids_dataset
@@ -192,8 +197,11 @@ def test_a_dynamic_image_is_denoised_frame_by_frame(dataset, model, tmp_path):
     "edit, message",
     [
         (lambda s: s.update(FrameDuration=s["FrameDuration"][:-1]), "holds 22 frame(s) but its sidecar's FrameDuration"),
-        (lambda s: s.update(Units="kBq/mL"), "Units 'kBq/mL'"),
+        (lambda s: s.update(Units="kBq/mL"), "Units 'kBq/mL', but tgdpet reads only Bq/mL and SUV"),
         (lambda s: s.pop("FrameTimesStart"), "lacks FrameTimesStart"),
+        (lambda s: s["FrameDuration"].__setitem__(3, float("nan")), "FrameDuration holds a non-finite value"),
+        (lambda s: s.update(FrameTimesStart=[str(v) for v in s["FrameTimesStart"]]),
+         "FrameTimesStart must be numbers (seconds, one per frame), not '0"),
     ],
 )  # fmt: skip
 def test_a_sidecar_that_contradicts_its_image_is_refused_and_the_rest_go_on(dataset, model, tmp_path, edit, message):
@@ -209,3 +217,157 @@ def test_a_sidecar_that_contradicts_its_image_is_refused_and_the_rest_go_on(data
     report = json.loads((ds / "derivatives/tgdpet/tgdpet-report.json").read_text())
     assert (report["denoised"], report["skipped"]) == (1, 1)
     assert not (ds / "derivatives/tgdpet" / DYNAMIC.replace("_pet", "_desc-denoised_pet")).exists()
+
+
+def _copy(i: Path, o: Path, units: str, durations) -> Written:
+    """A stand-in for denoising (the network is tested above): the image copied, one 1 mm grid per frame."""
+    shutil.copy(i, o)
+    return Written(o, (1.0, 1.0, 1.0), ((1.0, 1.0, 1.0),) * len(durations))
+
+
+def _frames(path: Path) -> tuple[int, None]:
+    return frame_count(path), None
+
+
+def _run(ds: Path, out: Path | None = None, denoise=_copy, **options) -> dict:
+    return denoise_dataset(ds, out or ds / "derivatives/tgdpet", denoise, _frames, echo=lambda line: None, **options)
+
+
+def _raw(dataset: Path, tmp_path: Path, *leave_out: str) -> Path:
+    """The dataset copied without the simulator's truth (derivatives/ stays, empty), and without ``leave_out``."""
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds, ignore=shutil.ignore_patterns("phantom", *leave_out))
+    return ds
+
+
+def test_a_raw_dataset_without_derivatives_gets_its_folder(dataset, model, tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds, ignore=shutil.ignore_patterns("derivatives", "sub-02"))
+    result = _denoise(ds, model)
+    assert result.exit_code == 0, result.output
+    assert os.listdir(ds / "derivatives") == ["tgdpet"]
+    assert (ds / "derivatives/tgdpet" / STATIC.replace("_pet", "_desc-denoised_pet")).is_file()
+
+
+def test_a_folder_laid_out_as_pet_bids_without_its_description_is_refused(dataset, model, tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds, ignore=shutil.ignore_patterns("derivatives", "sub-02", "dataset_description.json"))
+    before = tree_snapshot(tmp_path)
+    result = _denoise(ds, model)
+    assert result.exit_code == 2, result.output
+    assert "looks like a PET-BIDS dataset but has no dataset_description.json; add one" in result.output
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_an_interrupted_run_leaves_nothing_under_the_final_name(dataset, tmp_path):
+    """Ctrl-C during the second image: no derivative dataset under any name (and no derivatives/ folder made for
+    it); an earlier one given --overwrite is kept whole; the next run then succeeds."""
+    ds = _raw(dataset, tmp_path)
+
+    def interrupted(i, o, units, durations):
+        if "sub-02" in i.name:
+            raise KeyboardInterrupt
+        return _copy(i, o, units, durations)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, denoise=interrupted)
+    assert os.listdir(ds / "derivatives") == []
+    _run(ds)
+    before = tree_snapshot(ds / "derivatives")
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, denoise=interrupted, overwrite=True)
+    assert tree_snapshot(ds / "derivatives") == before and os.listdir(ds / "derivatives") == ["tgdpet"]
+    shutil.rmtree(ds / "derivatives")  # a raw dataset that had none is left without one
+    with pytest.raises(KeyboardInterrupt):
+        _run(ds, denoise=interrupted)
+    assert not (ds / "derivatives").exists()
+
+
+def test_overwrite_replaces_the_derivative_dataset_whole_and_only_its_own(dataset, tmp_path):
+    ds = _raw(dataset, tmp_path)
+    out = ds / "derivatives/tgdpet"
+    _run(ds)
+    (out / "mynotes.txt").write_text("mine")
+    before = tree_snapshot(out)
+    with pytest.raises(TgdpetError, match=r"holds 1 file\(s\) or folder\(s\) tgdpet did not write \(mynotes.txt\)"):
+        _run(ds, overwrite=True)
+    assert tree_snapshot(out) == before
+    (out / "mynotes.txt").unlink()
+    shutil.copytree(out / "sub-01", out / "sub-09")  # a subject since removed from the source
+    report = _run(ds, overwrite=True)
+    assert not (out / "sub-09").exists() and sorted(os.listdir(out)) == [
+        ".bidsignore", "dataset_description.json", "sub-01", "sub-02", "tgdpet-report.json"]
+    assert [e["input"] for e in report["inputs"]] == [STATIC, DYNAMIC]
+
+
+def test_a_source_desc_is_kept_so_no_two_sources_share_a_result(dataset, tmp_path):
+    assert derivative_name(Path("sub-01_trc-FDG_desc-nac_pet.nii.gz")) == "sub-01_trc-FDG_desc-nacdenoised_pet.nii.gz"
+    assert derivative_name(Path("sub-01_trc-FDG_pet.nii")) == "sub-01_trc-FDG_desc-denoised_pet.nii"
+    ds = _raw(dataset, tmp_path, "sub-02")
+    for ext in (".nii.gz", ".json"):
+        shutil.copy(ds / STATIC.replace(".nii.gz", ext), ds / STATIC.replace("_pet.nii.gz", "_desc-nac_pet" + ext))
+    report = _run(ds)
+    assert [Path(e["output"]).name for e in report["inputs"]] == [
+        "sub-01_trc-FDG_rec-v1_desc-nacdenoised_pet.nii.gz", "sub-01_trc-FDG_rec-v1_desc-denoised_pet.nii.gz"]
+    # One image as .nii and .nii.gz: both results (and their sidecar) would share a name, refused before any work.
+    nib.save(nib.load(ds / STATIC), ds / STATIC.replace(".nii.gz", ".nii"))
+    with pytest.raises(TgdpetError, match="would both be written as"):
+        _run(ds, ds / "derivatives/again")
+    assert not (ds / "derivatives/again").exists()
+
+
+def test_sidecars_are_inherited_from_the_folders_above(dataset, tmp_path):
+    """BIDS' inheritance principle: a subject-level sidecar, and a dataset-level one whose entities the image has,
+    the deeper one's fields winning; the result's sidecar keeps them all."""
+    ds = _raw(dataset, tmp_path)
+    static_json, dynamic_json = (ds / p.replace(".nii.gz", ".json") for p in (STATIC, DYNAMIC))
+    shutil.move(static_json, ds / "sub-01" / static_json.name)
+    dynamic = json.loads(dynamic_json.read_text())
+    (ds / "trc-FDG_rec-v1_pet.json").write_text(json.dumps({"TracerName": "not this", "Units": dynamic["Units"],
+                                                            "BodyPart": "whole body"}))  # fmt: skip
+    (ds / "trc-FDG_rec-v2_pet.json").write_text(json.dumps({"Units": "kBq/mL"}))  # another rec: not applicable
+    dynamic_json.write_text(json.dumps({k: v for k, v in dynamic.items() if k != "Units"}))
+    report = _run(ds)
+    assert (report["denoised"], report["skipped"]) == (2, 0), report
+    derived = ds / "derivatives/tgdpet" / DYNAMIC.replace("_pet.nii.gz", "_desc-denoised_pet.json")
+    sidecar = json.loads(derived.read_text())
+    assert {k: sidecar[k] for k in dynamic} == dynamic and sidecar["BodyPart"] == "whole body"
+
+
+def test_symlinked_subject_and_pet_folders_are_followed(dataset, tmp_path):
+    ds, store = _raw(dataset, tmp_path), tmp_path / "store"
+    store.mkdir()
+    shutil.move(ds / "sub-02", store / "sub-02")
+    (ds / "sub-02").symlink_to(store / "sub-02")
+    shutil.move(ds / "sub-01/pet", store / "pet")
+    (ds / "sub-01/pet").symlink_to(store / "pet")
+    (ds / "sub-01/loop").symlink_to(ds)  # a loop ends
+    report = _run(ds)
+    assert [(e["input"], e["status"]) for e in report["inputs"]] == [(STATIC, "denoised"), (DYNAMIC, "denoised")]
+
+
+def test_annexed_files_are_recorded_by_name_and_missing_content_is_named(dataset, tmp_path):
+    """git-annex/DataLad: an image is a symbolic link into .git/annex; one whose content was not fetched dangles."""
+    ds = _raw(dataset, tmp_path)
+    objects = ds / ".git/annex/objects"
+    objects.mkdir(parents=True)
+    shutil.move(ds / STATIC, objects / "SHA256E-s1--static.nii.gz")
+    (ds / STATIC).symlink_to(os.path.relpath(objects / "SHA256E-s1--static.nii.gz", (ds / STATIC).parent))
+    (ds / DYNAMIC).unlink()
+    (ds / DYNAMIC).symlink_to(os.path.relpath(objects / "SHA256E-s2--not-fetched.nii.gz", (ds / DYNAMIC).parent))
+    report = _run(ds)
+    static, dynamic = report["inputs"]
+    assert (static["input"], static["status"]) == (STATIC, "denoised")
+    assert (dynamic["input"], dynamic["status"]) == (DYNAMIC, "skipped")
+    assert "is a symbolic link whose content is not present; fetch it (datalad get" in dynamic["reason"]
+
+
+def test_the_derivative_links_the_raw_dataset_its_uris_name(dataset, tmp_path):
+    ds = _raw(dataset, tmp_path, "sub-02")
+    for out, link in ((ds / "derivatives/tgdpet", "../.."), (tmp_path / "elsewhere", ds.resolve().as_uri())):
+        _run(ds, out)
+        description = json.loads((out / "dataset_description.json").read_text())
+        assert description["DatasetLinks"] == {"raw": link}
+        assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
+        sidecar = json.loads((out / STATIC.replace("_pet.nii.gz", "_desc-denoised_pet.json")).read_text())
+        assert sidecar["Sources"] == [f"bids:raw:{STATIC}"] and (ds / STATIC).is_file()

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .batch import Written, denoise_tree, is_study_tree, model_note, run_record
-from .bids import PIPELINE, denoise_dataset, is_bids_dataset
+from .bids import PIPELINE, check_dataset_output, check_described, denoise_dataset, is_bids_dataset
 from .builtin import resolve_model
 from .checkpoint import load_model
 from .domain import domain_of, frame_warning
@@ -114,10 +114,10 @@ def check_output_format(input_path: str | Path, output_path: str | Path) -> None
     """
     src, out = Path(input_path), Path(output_path)
     if src.is_file() and (is_nifti_name(src) or is_ecat(src)) and not is_nifti_name(out):
+        suggested = f"{out.name}.nii.gz" if out.name else default_output_path(src).name  # "-o ." has no name
         raise TgdpetError(
             f"{src.name} is {'a NIfTI' if is_nifti_name(src) else 'an ECAT'} file, so its result is NIfTI: name the "
-            f"output {out.name + '.nii.gz' if out.name else default_output_path(src).name} (a name without an extension is a "
-            "DICOM series folder, for DICOM inputs)."
+            f"output {suggested} (a name without an extension is a DICOM series folder, for DICOM inputs)."
         )
 
 
@@ -326,10 +326,14 @@ def denoise_inputs(
     if out_dir and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise TgdpetError(f"--out-dir {out_dir} is a file; name a folder.")
     new_out_dir = bool(out_dir) and not Path(out_dir).exists()
+    for src in inputs:  # PET-BIDS without its dataset_description.json is no study tree: its sidecars matter
+        check_described(src)
     kinds = ["bids" if is_bids_dataset(src) else "tree" if is_study_tree(src) else "file" for src in inputs]
     for src, dest, kind in zip(inputs, outputs, kinds):  # refuse before denoising anything, not after the first
         if new_out_dir:
             check_output_name(dest)
+        elif kind == "bids":  # a raw dataset's missing derivatives/ is made for the default output
+            check_dataset_output(src, dest, overwrite)
         elif kind != "file":
             check_folder_output(src, dest, overwrite)
         else:
