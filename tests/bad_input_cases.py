@@ -704,6 +704,7 @@ def simulate_protocol(root: Path) -> list[str]:
 @case("`simulate` into an existing folder, without `--overwrite`", "already exists")
 def simulate_exists(root: Path) -> list[str]:
     (root / "sim").mkdir()
+    (root / "sim" / "simulation.json").write_text("{}\n")  # an earlier dataset (an empty folder is filled)
     return SMALL_SIMULATE
 
 

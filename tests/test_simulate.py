@@ -423,3 +423,16 @@ def test_the_realisations_refusal_says_the_true_reason(tmp_path, count, reason):
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "data"), *SMALL, "--realisations", count])
     assert result.exit_code == 2 and re.fullmatch(f"Error: {reason}.\n", result.output), result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bids", [False, True])
+def test_simulate_fills_an_empty_folder_made_for_it(tmp_path, bids):
+    """`mkdir sim && tgdpet simulate sim`: an empty folder holds nothing to replace, so no --overwrite is asked for."""
+    (tmp_path / "sim").mkdir()
+    args = ["simulate", str(tmp_path / "sim"), "--studies", "1", "--size", "16", "--slices", "4", "--device", "cpu",
+            "--no-progress"] + (["--bids"] if bids else [])  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sim" / ("dataset_description.json" if bids else "simulation.json")).is_file()
+    again = CliRunner().invoke(main, args)  # now it holds a dataset: that is replaced only with --overwrite
+    assert again.exit_code == 2 and "already exists" in again.output

@@ -126,7 +126,7 @@ def run_demo(
     denoiser = load_denoiser(model, device=device)
     if Path(out).suffix:  # the demo writes a folder of images; out.nii.gz would become a folder of that name
         raise TgdpetError(f"the demo writes a folder, so name it without an extension (not {Path(out).name}).")
-    out = check_can_write(out, overwrite)
+    out = check_can_write(out, overwrite, folder=True)
     if overwrite:
         check_replaceable(out, lambda p: p.is_file() and p.name in DEMO_FILES, "the files of a tgdpet demo")
     t0 = time.perf_counter()

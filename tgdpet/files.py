@@ -74,10 +74,19 @@ def check_not_current_folder(path: str | os.PathLike) -> None:
         )
 
 
-def check_can_write(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to clobber an existing output unless ``overwrite``; check the parent exists and can be written."""
+def is_empty_folder(path: str | os.PathLike) -> bool:
+    """A folder holding nothing: made ready for an output (``mkdir out``), so filling it replaces nothing."""
     p = Path(path)
-    if p.exists() and not overwrite:
+    return p.is_dir() and not any(p.iterdir())
+
+
+def check_can_write(path: str | os.PathLike, overwrite: bool, folder: bool = False) -> Path:
+    """Refuse to clobber an existing output unless ``overwrite``; check the parent exists and can be written.
+
+    ``folder``: the output is a folder (:func:`atomic_dir`), and an empty one already there is taken as is.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite and not (folder and is_empty_folder(p)):
         raise TgdpetError(f"{p} already exists; pass --overwrite to replace it or choose another output name.")
     if p.exists():
         check_not_current_folder(p)
@@ -198,8 +207,8 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces ``path`` in one rename.
 
-    With ``overwrite`` an existing folder is moved aside first and removed only
-    after the new one is in place.
+    With ``overwrite`` an existing folder (without it, an empty one) is moved
+    aside first and removed only after the new one is in place.
     """
     check_not_current_folder(path)
     dest = Path(path)
@@ -211,7 +220,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         yield tmp
         old = None
         if dest.exists():
-            if not overwrite:
+            if not overwrite and not is_empty_folder(dest):
                 raise TgdpetError(f"{dest} already exists; pass --overwrite to replace it.")
             old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
             os.replace(dest, old)

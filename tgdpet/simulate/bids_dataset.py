@@ -96,7 +96,7 @@ def _write_json(path: Path, content: dict) -> None:
 def write_bids_dataset(out: str | Path, config: SimulationConfig, overwrite: bool = False) -> Path:
     """Simulate one static subject per study of ``config`` (its body size) and one dynamic subject into a
     PET-BIDS dataset at ``out``, reconstructed with ``config.protocols[0]``; returns ``out``."""
-    out = check_can_write(Path(out), overwrite)
+    out = check_can_write(Path(out), overwrite, folder=True)
     device = resolve_device(config.device)
     protocol = config.protocols[0]
     grid = config.grid

@@ -394,7 +394,7 @@ def write_dataset(out: str | Path, config: SimulationConfig, overwrite: bool = F
     The folder appears complete or not at all; an existing one is replaced only with
     ``overwrite``, and only when it is a dataset simulated before (nothing else in it).
     """
-    out = check_can_write(Path(out), overwrite)
+    out = check_can_write(Path(out), overwrite, folder=True)
     if overwrite:  # a dataset folder is replaced whole: never one holding anything else
         ours = {"labels", "truth", "simulation.json", *PROTOCOLS}
         simulated = (out / "simulation.json").is_file()
