@@ -534,6 +534,16 @@ def dicom_slope_overflow(root: Path) -> list[str]:
     return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "RescaleSlope", "1e39") if k == 2 else None)]
 
 
+@case("one slice of a series with RescaleSlope `nan`", "has RescaleSlope nan, which scales no value")
+def dicom_slope_nan(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "RescaleSlope", "nan") if k == 2 else None)]
+
+
+@case("PixelSpacing `nan` on every slice", r"no valid PixelSpacing \(0028,0030\)")
+def dicom_spacing_nan(root: Path) -> list[str]:
+    return [*DENOISE, _bad_series(root, lambda ds, k: setattr(ds, "PixelSpacing", ["nan", "nan"]))]
+
+
 @case("one slice of a series without RescaleSlope", r"has no RescaleSlope \(0028,1053\)")
 def dicom_slope_missing(root: Path) -> list[str]:
     return [*DENOISE, _bad_series(root, lambda ds, k: delattr(ds, "RescaleSlope") if k == 2 else None)]

@@ -44,7 +44,7 @@ def test_models_lists_the_builtin_model_with_what_its_file_records():
     assert card["tracer"] == prov.get("tracer", "unknown")
     assert card["protocol"] == prov.get("protocol", "unknown")
     assert f"preset {meta['preset']}" in card["network"]
-    counted = f"{len(prov['train_studies'])} training + {len(prov['val_studies'])} validation studies"
+    counted = f"{len(prov['train_studies'])} training + {len(prov['val_studies'])} validation manifest entries"
     assert counted in card["training data"]
     text = CliRunner().invoke(main, ["models"]).output
     assert text.splitlines()[0] == default.stem and card["command"] in text
@@ -68,7 +68,7 @@ def test_every_field_comes_from_the_file_and_missing_ones_say_unknown(tmp_path, 
     full, bare = cards["full"], cards["bare"]
     assert (full["tracer"], full["protocol"], full["voxel size"]) == ("FDG", "v1", "4 x 4 x 4.5 mm")
     # a shipped file does not show where its maker kept the data
-    assert full["training data"] == "10 simulated studies; 3 training + 1 validation studies"
+    assert full["training data"] == "10 simulated studies; 3 training + 1 validation manifest entries"
     assert full["training"] == (
         "train: epoch 5 of 8, 320 steps, 20,480 patches, 2 min on cpu; this file is the epoch with "
         "the lowest val_loss (0.0125)"

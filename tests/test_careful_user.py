@@ -7,6 +7,8 @@ simulated by making the write itself fail with ENOSPC, as the kernel would).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import errno
 import hashlib
 import json
@@ -147,6 +149,20 @@ def test_inspect_speaks_nifti_for_nifti_and_gives_the_suv_factor_a_unit(tmp_path
     nifti, dicom = result.stdout.split("PET [dicom]")
     assert "RescaleSlope" not in nifti and "scl_slope 1" in nifti
     assert "RescaleSlope" in dicom and "(SUV per Bq/mL" in dicom
+
+
+def test_inspect_says_when_a_nifti_records_no_units(tmp_path):
+    """NIfTI has no field for activity units: tgdpet's own files note them, others are read as Bq/mL by assumption."""
+    import nibabel as nib
+    import numpy as np
+
+    nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)).to_filename(tmp_path / "plain.nii.gz")
+    write_test_nifti(tmp_path / "ours.nii.gz")
+    result = run_cli(["inspect", "plain.nii.gz", "ours.nii.gz", "--json"], tmp_path)
+    found = {Path(info["path"]).name: info for info in json.loads(result.stdout)}
+    assert (found["plain.nii.gz"]["units_recorded"], found["ours.nii.gz"]["units_recorded"]) == (False, True)
+    text = run_cli(["inspect", "plain.nii.gz"], tmp_path).stdout
+    assert "units BQML (assumed: the file records none)" in text
 
 
 def test_inspect_of_a_folder_holding_only_a_leftover_says_so(tmp_path):

@@ -444,3 +444,21 @@ def test_ecat_file_from_nibabel_test_data(tmp_path):
         np.testing.assert_allclose(vol.affine, img.affine)
     out = write_volume(vol.with_data(vol.data * 0.5), tmp_path / "half.nii.gz", like=vol)
     np.testing.assert_allclose(nib.load(out).get_fdata(), img.get_fdata()[..., 0] * 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [8, 100, 600, 1600])
+def test_a_damaged_ecat_file_is_one_sentence_and_a_tree_goes_on_without_it(tmp_path, size):
+    """Truncated at any point (header block, matrix directory, pixels), the file is refused in one line, and
+    a study tree holding it describes the others and skips it."""
+    src = Path(data_path) / "tinypet.v"
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(src, tree / "ok.v")
+    (tree / "bad.v").write_bytes(src.read_bytes()[:size])
+    with pytest.raises(TgdpetError, match="is a damaged ECAT file") as err:
+        read_volume(tree / "bad.v")
+    assert "\n" not in str(err.value)
+    from tgdpet.io.inspect import inspect_inputs
+
+    found = {Path(info["path"]).name: info for info in inspect_inputs([tree])}
+    assert found["ok.v"]["readable"] and not found["bad.v"]["readable"]

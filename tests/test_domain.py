@@ -89,3 +89,15 @@ def test_a_damaged_domain_record_is_refused_with_one_sentence_and_nothing_writte
     assert result.exit_code == 2 and "record of what it was trained on ('domain') is damaged" in result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_warning_about_a_dicom_series_in_a_tree_names_the_series_not_a_slice(tmp_path, four_mm_model):
+    from helpers import write_test_series
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    write_test_series(tree / "PET_coarse", make_volume(shape=(6, 12, 12), spacing=(6.0, 6.0, 6.0)))
+    write_test_nifti(tree / "b.nii.gz", make_volume(shape=(6, 12, 12), spacing=(4.0, 4.0, 4.0)))
+    result = _denoise(str(tree), "--model", str(four_mm_model))
+    assert result.exit_code == 0, result.output
+    assert "warning: PET_coarse: " in result.output and "slice_" not in result.output.split("warning:")[1]

@@ -255,6 +255,19 @@ def test_suv_hand_computed_value():
     np.testing.assert_allclose(admin.data, 5000 * 70000 / 3.7e8, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [("patient_weight_kg", float("nan"), "positive numbers"), ("injected_dose_bq", float("inf"), "positive numbers"),
+     ("half_life_s", -5.0, "half-life is -5.0 s")],
+)
+def test_suv_of_a_header_value_that_is_not_a_number_is_not_computable(field, value, says):
+    """inspect --json and the batch report hold the SUV factor: NaN or Infinity there is not JSON."""
+    from tgdpet.io.inspect import suv_status
+
+    factor, why = suv_status("BQML", suv_meta(**{field: value}))
+    assert factor is None and says in why
+
+
 def test_suv_round_trip_in_memory_and_through_dicom(tmp_path):
     vol = make_volume()
     np.testing.assert_allclose(from_suv(to_suv(vol)).data, vol.data, rtol=1e-6)

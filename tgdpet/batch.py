@@ -221,8 +221,9 @@ def _denoise_one(
 
     before = read_volume(series.path, frame=frame)
     warnings = check(before) if check is not None else []
+    name = (series.folder if series.kind == "dicom" else series.path).name  # a series: its folder, not a slice
     for message in warnings:
-        echo(f"warning: {series.path.name}: {message}")
+        echo(f"warning: {name}: {message}")
     written = denoise(series.path, out)
     after = read_volume(written.path)
     return written, {

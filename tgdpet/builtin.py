@@ -79,7 +79,8 @@ def _training_data(provenance: dict, builtin: bool) -> str:
     """What the model learnt from; a shipped file's own data folder (a path on its maker's machine) is left out."""
     described = provenance.get("training_data")
     train, val = provenance.get("train_studies"), provenance.get("val_studies")
-    counted = f"{len(train)} training + {len(val or [])} validation studies" if train else None
+    # Entries of the manifest: a study reconstructed several ways, or listed twice, counts each time.
+    counted = f"{len(train)} training + {len(val or [])} validation manifest entries" if train else None
     where = None if builtin else provenance.get("data")
     parts = [p for p in (described, counted, f"from {where}" if where else None) if p]
     return "; ".join(parts) if parts else UNKNOWN

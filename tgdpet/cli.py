@@ -453,7 +453,9 @@ def _inspect_line(info: dict) -> str:
     slopes = info.get("slope_range")
     lines = [
         head,
-        f"  {info['modality'] or 'modality not recorded'}, units {info['units']}, {z} slices of {y} x {x}, spacing {spacing} mm, "
+        f"  {info['modality'] or 'modality not recorded'}, units {info['units']}"
+        + ("" if info.get("units_recorded", True) else " (assumed: the file records none)")
+        + f", {z} slices of {y} x {x}, spacing {spacing} mm, "
         f"orientation {info['orientation']}" + (f", {info['frames']} time frames" if info.get("frames", 1) > 1 else ""),
         _storage_line(info["format"], slopes) + _syntax_text(info.get("transfer_syntax")),
         _suv_line(info),

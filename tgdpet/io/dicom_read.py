@@ -189,6 +189,14 @@ def _check_decodable(path: Path, ds: Dataset) -> None:
         )
 
 
+def _number(value: Any) -> float:
+    """A header value as a float, NaN where it is not a number (a damaged or hand-edited tag)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _check_slice(path: Path, ds: Dataset) -> None:
     """Per-file checks that need no pixels: PET, single frame, geometry present, size plausible."""
     modality = str(ds.get("Modality", ""))
@@ -205,10 +213,10 @@ def _check_slice(path: Path, ds: Dataset) -> None:
     for keyword, (tag, count) in _GEOMETRY_TAGS.items():
         value = ds.get(keyword)
         values = [value] if isinstance(value, int | float) else list(value or [])
-        if len(values) != count:
+        if len(values) != count or not all(np.isfinite(_number(v)) for v in values):
             raise TgdpetError(
-                f"{path} has no valid {keyword} {tag} ({count} value(s)), which tgdpet needs to place the slice; "
-                "re-export the series."
+                f"{path} has no valid {keyword} {tag} ({count} finite number(s)), which tgdpet needs to place the "
+                "slice; re-export the series."
             )
     if int(ds.Rows) < 1 or int(ds.Columns) < 1:
         raise TgdpetError(f"{path} declares an empty {ds.Rows} x {ds.Columns} image; re-export the series.")
@@ -217,6 +225,9 @@ def _check_slice(path: Path, ds: Dataset) -> None:
             f"{path} has no RescaleSlope (0028,1053), which every PET image must have: PET scales each slice "
             "separately, so without it the slice's values are unknown; re-export the series."
         )
+    slope = _number(ds.RescaleSlope)
+    if not np.isfinite(slope) or slope == 0:
+        raise TgdpetError(f"{path} has RescaleSlope {ds.RescaleSlope}, which scales no value; re-export the series.")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise TgdpetError(
             f"{path} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}); give the PET series itself."

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.wrapstruct import WrapStructError
 
 from ..errors import TgdpetError
 from .volume import Volume, check_voxel_count, out_of_memory
@@ -31,14 +32,24 @@ def is_ecat(path: Path) -> bool:
         return False
 
 
+#: What nibabel raises on a damaged or truncated ECAT file (a short header block, a buffer too small for the
+#: declared matrix, ...): every one is the file's fault, said in one sentence.
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, WrapStructError)
+
+
+def _damaged(path: Path, err: BaseException) -> TgdpetError:
+    reason = " ".join(str(err).split())  # nibabel's messages run over several lines
+    return TgdpetError(f"{path} is a damaged ECAT file ({reason}); copy it again or re-export it.")
+
+
 def read_ecat(path: Path, frame: int | None = None) -> Volume:
     """One frame of an ECAT 7 file (the only one, or ``frame``) as a :class:`Volume` in its calibrated units."""
     try:
         holder = nib.FileHolder(filename=str(path))  # nib.ecat.load would insist on a .v name
         img = nib.ecat.EcatImage.from_file_map({"image": holder, "header": holder})
         shape = tuple(int(s) for s in img.shape)
-    except (OSError, EOFError, ValueError, KeyError, IndexError) as e:
-        raise TgdpetError(f"{path} is a damaged ECAT file ({e}); copy it again or re-export it.") from None
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
     frames = shape[3] if len(shape) == 4 else 1
     if frame is None and frames > 1:
         raise TgdpetError(f"{path} holds {frames} time frames; pick one with --frame N, 0 <= N < {frames}.")
@@ -49,8 +60,8 @@ def read_ecat(path: Path, frame: int | None = None) -> Volume:
     try:
         xyz = img.get_fdata()[..., index] if len(shape) == 4 else img.get_fdata()
         affine = img.get_frame_affine(index) if len(shape) == 4 else img.affine
-    except (OSError, EOFError, ValueError, KeyError, IndexError) as e:
-        raise TgdpetError(f"{path} is a damaged ECAT file ({e}); copy it again or re-export it.") from None
+    except _READ_ERRORS as e:
+        raise _damaged(path, e) from None
     except MemoryError:
         raise out_of_memory(shape[:3][::-1], path) from None
     units_text = img.header["data_units"].item().decode("latin-1").strip("\x00 ").lower()

@@ -143,16 +143,20 @@ def _describe_file(series: ImageSeries, frame: int | None) -> dict[str, Any]:
         volume = read_volume(series.path, frame=frame)
     except TgdpetError as e:
         return {**info, "readable": False, "problem": str(e), "suv_factor": None, "suv_problem": None}
-    slope = None
+    slope, units_recorded = None, True
     if series.kind == "nifti":
+        from .nifti import nifti_units_note
+
         header_slope = nib.load(str(series.path)).header.get_slope_inter()[0]
         slope = 1.0 if header_slope is None else float(header_slope)
+        units_recorded = nifti_units_note(series.path) is not None  # NIfTI has no field for activity units
     factor, why = suv_status(volume.units, volume.meta)
     return {
         **info,
         "readable": True,
         "problem": None,
         "units": volume.units,
+        "units_recorded": units_recorded,
         "shape_zyx": list(volume.shape),
         "spacing_mm": [round(s, 4) for s in volume.spacing],
         "orientation": _orientation(volume.affine),

@@ -9,6 +9,8 @@ rule as the QIBA / cornerstone SUV calculators without vendor-private times.
 
 from __future__ import annotations
 
+import math
+
 from ..errors import TgdpetError
 from .volume import META_TAGS, Volume
 
@@ -17,20 +19,24 @@ def _need(volume: Volume, key: str):
     value = volume.meta.get(key)
     if value is None:
         raise TgdpetError(
-            f"cannot compute SUV: the input records no {META_TAGS[key]}; use a PET series whose header has it, "
-            f"or set volume.meta[{key!r}]."
+            f"cannot compute SUV: the input records no {META_TAGS[key]}; use a DICOM PET series whose header has it "
+            "(NIfTI and ECAT files record none)."
         )
     return value
 
 
 def suv_factor(volume: Volume) -> float:
-    """The number that turns this volume's Bq/mL into SUV(bw), from its acquisition meta."""
+    """The number that turns this volume's Bq/mL into SUV(bw), from its acquisition meta.
+
+    Library users whose volume has no DICOM header set the :data:`~tgdpet.io.volume.META_TAGS` keys of
+    ``volume.meta`` themselves (``patient_weight_kg``, ``injected_dose_bq``, ...).
+    """
     weight_kg = float(_need(volume, "patient_weight_kg"))
     dose_bq = float(_need(volume, "injected_dose_bq"))
-    if weight_kg <= 0 or dose_bq <= 0:
+    if not (math.isfinite(weight_kg) and math.isfinite(dose_bq) and weight_kg > 0 and dose_bq > 0):
         raise TgdpetError(
-            f"cannot compute SUV: patient weight {weight_kg} kg and injected dose {dose_bq} Bq must both be positive; "
-            "fix the header values."
+            f"cannot compute SUV: patient weight {weight_kg} kg and injected dose {dose_bq} Bq must both be positive "
+            "numbers; fix the header values."
         )
     corrected = volume.meta.get("corrected_image")
     if corrected is not None and "DECY" not in corrected:
@@ -47,11 +53,16 @@ def suv_factor(volume: Volume) -> float:
             "use a reconstruction decay-corrected to the scan start."
         )
     half_life = float(_need(volume, "half_life_s"))
-    elapsed = (_need(volume, "series_datetime") - _need(volume, "injection_datetime")).total_seconds()
-    if elapsed < 0 or half_life <= 0:
+    if not (math.isfinite(half_life) and half_life > 0):
         raise TgdpetError(
-            f"cannot compute SUV: the injection time is {-elapsed:.0f} s after the series time, or the half-life "
-            f"({half_life} s) is not positive; check {META_TAGS['injection_datetime']} and SeriesTime."
+            f"cannot compute SUV: the radionuclide half-life is {half_life} s, not a positive number; check "
+            f"{META_TAGS['half_life_s']}."
+        )
+    elapsed = (_need(volume, "series_datetime") - _need(volume, "injection_datetime")).total_seconds()
+    if elapsed < 0:
+        raise TgdpetError(
+            f"cannot compute SUV: the injection time is {-elapsed:.0f} s after the series time; check "
+            f"{META_TAGS['injection_datetime']} and SeriesTime."
         )
     return weight_kg * 1000.0 / (dose_bq * 2.0 ** (-elapsed / half_life))
 
