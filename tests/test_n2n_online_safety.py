@@ -124,3 +124,28 @@ def test_a_good_run_still_writes_its_result_and_model_and_leaves_the_inputs(inpu
     assert result.exit_code == 0, result.stderr
     assert read_volume(root / "out.nii.gz").shape == (8, 16, 16) and (root / "adapted.safetensors").is_file()
     assert {k: v for k, v in snapshot(root).items() if k in before} == before
+
+
+def test_a_dicom_result_of_two_halves_references_the_slices_of_both(inputs, tmp_path):
+    """Without --full the result is the mean of the halves: each slice names its source slice in each half."""
+    import pydicom
+
+    root = tmp_path / "ws"
+    shutil.copytree(inputs, root)
+    args = ["n2n-online", "model.safetensors", "half1_series", "half2_series", "-o", "result", *FAST]
+    result = run_cli(args, root)
+    assert result.exit_code == 0, result.stderr
+
+    def uid_at(folder: Path) -> dict[float, str]:
+        found = {}
+        for f in folder.iterdir():
+            ds = pydicom.dcmread(f)
+            found[round(float(ds.ImagePositionPatient[2]), 3)] = ds.SOPInstanceUID
+        return found
+
+    half1, half2 = uid_at(root / "half1_series"), uid_at(root / "half2_series")
+    for f in (root / "result").iterdir():
+        ds = pydicom.dcmread(f)
+        z = round(float(ds.ImagePositionPatient[2]), 3)
+        named = {item.ReferencedSOPInstanceUID for item in ds.SourceImageSequence}
+        assert named == {half1[z], half2[z]}

@@ -147,6 +147,7 @@ def write_volume(
     units: str | None = None,
     dicom_meta: Mapping[str, Any] | None = None,
     derivation: str = "",
+    also_from: Volume | None = None,
 ) -> Path:
     """Write a volume as NIfTI (``*.nii``, ``*.nii.gz``) or, for any other name, a DICOM series folder.
 
@@ -167,6 +168,8 @@ def write_volume(
         derivation: how the result was made, in words (the model, the working grid), appended to a DICOM
             output's DerivationDescription, where a PACS reader meets it; NIfTI's 80-character
             ``descrip`` has no room for it.
+        also_from: a second DICOM image ``volume`` was made from (n2n-online's other half), which a DICOM
+            output's SourceImageSequence references beside ``like``'s slices.
 
     Returns:
         The path written.
@@ -189,7 +192,7 @@ def write_volume(
         write_nifti(volume, out, like=like, description=description)
     else:
         write_dicom_series(volume, out, like=like, description=description, dicom_meta=dicom_meta, overwrite=overwrite,
-                           derivation=derivation)  # fmt: skip
+                           derivation=derivation, also_from=also_from)  # fmt: skip
     return out
 
 

@@ -5,7 +5,8 @@ Two ways, chosen by what the volume (or ``like``) came from:
 * **derived**: each source slice header is deep-copied, so patient, study,
   frame of reference, acquisition and vendor attributes are kept, then marked
   as a new derived series (new Series/SOP Instance UIDs, ImageType DERIVED,
-  SourceImageSequence pointing at the source slice);
+  SourceImageSequence pointing at the source slice, numbered in the source's
+  own InstanceNumber order, its real-world value mappings rescaled to the new pixels);
 * **from scratch** (NIfTI input, simulator): a complete PET Image Storage
   series built with pydicom, patient/study from ``dicom_meta`` or neutral
   defaults, acquisition facts (dose, weight, times) from ``Volume.meta``.
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pydicom
+from pydicom.charset import convert_encodings, encode_string
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -34,11 +36,25 @@ from pydicom.valuerep import DSfloat
 from .. import __version__
 from ..errors import TgdpetError
 from ..files import atomic_dir
-from .acquisition import PHILIPS_PET_CREATOR, apply_meta, format_da, format_tm, set_units
+from .acquisition import (
+    PHILIPS_PET_CREATOR,
+    apply_meta,
+    format_da,
+    format_tm,
+    philips_activity_factor,
+    set_units,
+    units_from_dataset,
+)
 from .geometry import dicom_plane_from_affine, slice_normal
 from .volume import Volume
 
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+
+#: The range of an IS value (a signed 32-bit integer), which SeriesNumber must stay within.
+_IS_MAX = 2**31 - 1
+
+#: How far a derived series' number is from its source's.
+_SERIES_OFFSET = 1000
 
 #: Attributes that differ per slice or describe pixels: ``dicom_meta`` may not set them.
 _PER_SLICE = frozenset(
@@ -125,8 +141,92 @@ def _derivation(description: str, derivation: str) -> str:
     return text[:1024]
 
 
-def _derived_slice(source: Dataset, description: str, derivation: str) -> Dataset:
-    """A copy of a source slice header, marked as the derived image of a new series."""
+def _fits_lo(text: str, character_set: str | list[str] | None) -> bool:
+    """Whether ``text`` fits an LO value: 64 bytes once encoded in the slice's SpecificCharacterSet, where a
+    character may take several bytes (UTF-8 'é' takes two), so counting characters is not enough."""
+    return len(encode_string(text, convert_encodings(character_set or "ISO_IR 6"))) <= 64
+
+
+def _series_description(original: str, description: str, character_set: str | list[str] | None) -> str:
+    """``original`` followed by ``description``, cut to fit an LO value: whole characters are dropped from the
+    end of ``original`` (never part of a multi-byte character), so the suffix saying what the series is stays."""
+    suffix = description
+    while suffix and not _fits_lo(suffix, character_set):
+        suffix = suffix[:-1]
+    for n in range(len(original), 0, -1):
+        described = f"{original[:n].rstrip()} {suffix}".strip()
+        if _fits_lo(described, character_set):
+            return described
+    return suffix.strip()
+
+
+def _derived_series_number(source: int) -> int:
+    """The SeriesNumber of a series derived from series number ``source``: ``source + 1000``, next to its source
+    in series lists yet distinct, or ``source - 1000`` where the sum would pass the largest IS value
+    (2147483647), which a validator rejects as out of range."""
+    number = source + _SERIES_OFFSET
+    return number if number <= _IS_MAX else source - _SERIES_OFFSET
+
+
+def _slice_indices(source: tuple[Dataset, ...]) -> list[int]:
+    """Each position's 0-based place in its source's own InstanceNumber order (positions run along the normal).
+
+    Scanners usually number from the head (InstanceNumber 1 at the top slice), opposite to position order; a
+    derived series numbered the same way scrolls as its source does when a viewer hangs it by InstanceNumber.
+    A source whose numbers are missing or repeated is numbered in position order.
+    """
+    numbers = [ds.get("InstanceNumber") for ds in source]
+    if any(n in (None, "") for n in numbers) or len({int(n) for n in numbers}) < len(numbers):
+        return list(range(len(source)))
+    ranks = np.empty(len(source), int)
+    ranks[np.argsort([int(n) for n in numbers])] = np.arange(len(source))
+    return ranks.tolist()
+
+
+def _rescale_real_world_values(ds: Dataset, source: Dataset, units: str, stored: np.ndarray, slope: float) -> None:
+    """Make each linear RealWorldValueMapping item of ``ds`` (a copy of ``source``) map the new stored values.
+
+    The source's item maps a stored value s to m*s + b, and its rescale maps s to activity a = f*(r*s + i)
+    (f: Philips' CNTS factor, else 1), so the real-world value is k*a + c with k = m/(r*f), c = b - m*i/r.
+    The new slice stores a = slope*s' (intercept 0), so its item maps s' to (k*slope)*s' + c. Left as it was,
+    the source's item would show viewers that read it (Philips PET SUV) values off by a factor differing
+    per slice. A LUT item, a source slope of 0, or a slice now in other units cannot be carried over: dropped.
+    """
+    if "RealWorldValueMappingSequence" not in ds:
+        return
+    r = float(source.get("RescaleSlope") or 0.0)  # the reader refuses a slice without one; unknown: drop
+    i = float(source.get("RescaleIntercept") or 0.0)
+    f = philips_activity_factor(source) or 1.0
+    same_units = units_from_dataset(source) == units
+    kept = []
+    for item in ds.RealWorldValueMappingSequence:
+        if not same_units or r == 0 or "RealWorldValueSlope" not in item:
+            continue
+        m, b = float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept") or 0.0)
+        item.RealWorldValueSlope = m / (r * f) * slope
+        item.RealWorldValueIntercept = b - m * i / r
+        for keyword, value in (("RealWorldValueFirstValueMapped", stored.min()),
+                               ("RealWorldValueLastValueMapped", stored.max())):  # fmt: skip
+            if keyword in item:
+                item.add_new(keyword, "SS", int(value))  # signed, as the int16 pixels are
+        kept.append(item)
+    if kept:
+        ds.RealWorldValueMappingSequence = Sequence(kept)
+    else:
+        del ds.RealWorldValueMappingSequence
+
+
+def _reference(source: Dataset) -> Dataset:
+    """A SourceImageSequence item naming ``source``."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return ref
+
+
+def _derived_slice(source: Dataset, description: str, derivation: str, also: tuple[Dataset, ...] = ()) -> Dataset:
+    """A copy of a source slice header, marked as the derived image of a new series made from ``source`` and the
+    slices in ``also`` (at the same position in other images whose pixels the result was made from)."""
     ds = copy.deepcopy(source)
     for keyword in _STALE:
         if keyword in ds:
@@ -134,14 +234,10 @@ def _derived_slice(source: Dataset, description: str, derivation: str) -> Datase
     _drop_philips_activity_factor(ds)
     ds.ImageType = ["DERIVED", "PRIMARY", *list(source.get("ImageType", []))[2:]]
     original = str(source.get("SeriesDescription", "")).strip()
-    described = f"{original[: max(0, 63 - len(description))]} {description}" if original else description
-    ds.SeriesDescription = described[:64].strip()  # LO holds 64 characters: keep the suffix whole
+    ds.SeriesDescription = _series_description(original, description, ds.get("SpecificCharacterSet"))
     ds.DerivationDescription = _derivation(description, derivation)
-    ds.SeriesNumber = int(source.get("SeriesNumber") or 0) + 1000  # next to its source in series lists, yet distinct
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = source.SOPClassUID
-    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    ds.SourceImageSequence = Sequence([ref])
+    ds.SeriesNumber = _derived_series_number(int(source.get("SeriesNumber") or 0))
+    ds.SourceImageSequence = Sequence([_reference(s) for s in (source, *also)])
     return ds
 
 
@@ -163,7 +259,7 @@ def _scratch_template(volume: Volume, description: str, derivation: str, now: dt
     ds.ReferringPhysicianName = ""
     ds.Modality = "PT"
     ds.SeriesNumber = 1
-    ds.SeriesDescription = description[:64]
+    ds.SeriesDescription = _series_description("", description, ds.SpecificCharacterSet)
     ds.DerivationDescription = _derivation(description, derivation)
     ds.Manufacturer = "tgdpet"
     ds.SoftwareVersions = __version__
@@ -199,10 +295,16 @@ def write_dicom_series(
     dicom_meta: Mapping[str, Any] | None,
     overwrite: bool,
     derivation: str = "",
+    also_from: Volume | None = None,
 ) -> None:
-    """Write ``volume`` as a new PET series of one file per slice into ``folder``, atomically."""
+    """Write ``volume`` as a new PET series of one file per slice into ``folder``, atomically.
+
+    ``also_from`` is a second DICOM image on the same grid whose pixels ``volume`` was made from as well (the
+    second half of an ``n2n-online`` mean of two halves): each slice then references both source slices at its
+    position, so a PACS can trace the result to all the images it came from.
+    """
     write_dicom_frames([volume], folder, like=like, description=description, dicom_meta=dicom_meta,
-                       overwrite=overwrite, derivation=derivation)  # fmt: skip
+                       overwrite=overwrite, derivation=derivation, also_from=also_from)  # fmt: skip
 
 
 def write_dicom_frames(
@@ -214,13 +316,19 @@ def write_dicom_frames(
     dicom_meta: Mapping[str, Any] | None,
     overwrite: bool,
     derivation: str = "",
+    also_from: Volume | None = None,
 ) -> None:
     """Write one or more time frames as one new PET series (one file per slice and frame), atomically.
 
     A dynamic result keeps each frame's timing from its source slices (FrameReferenceTime,
     ActualFrameDuration, AcquisitionTime, NumberOfTimeSlices are copied with the header); instances are
-    numbered frame after frame, ``ImageIndex = frame * slices + slice + 1`` as the PET module defines it.
+    numbered frame after frame, ``ImageIndex = frame * slices + slice + 1`` as the PET module defines it, ``slice``
+    being a position's place in its source frame's InstanceNumber order. ``also_from`` (one frame only) is as in
+    :func:`write_dicom_series`.
     """
+    also = also_from.dicom_headers if also_from is not None else ()
+    if also and len(frames) != 1:
+        raise ValueError("also_from names the sources of a single image; a dynamic result has one per frame")
     for volume in frames:
         if not np.isfinite(volume.data).all():
             raise TgdpetError(
@@ -234,16 +342,23 @@ def write_dicom_frames(
             source = volume.dicom_headers or (like.dicom_headers if like is not None and len(frames) == 1 else ())
             if source:
                 _check_source_matches(volume, source)
+            if also:
+                _check_source_matches(volume, also)
             template = None if source else _scratch_template(volume, description, derivation, now)
             orientation, pixel_spacing, positions, thickness = dicom_plane_from_affine(volume.affine, volume.shape[0])
             normal = slice_normal(np.array(orientation))
             n = volume.shape[0]
+            indices = _slice_indices(source) if source else range(n)
             for k in range(n):
-                ds = _derived_slice(source[k], description, derivation) if source else copy.deepcopy(template)
+                stored, slope = quantise(volume.data[k])
+                if source:
+                    ds = _derived_slice(source[k], description, derivation, also=also[k : k + 1])
+                    _rescale_real_world_values(ds, source[k], volume.units, stored, float(slope))
+                else:
+                    ds = copy.deepcopy(template)
                 ds.SeriesInstanceUID = series_uid
                 ds.SOPInstanceUID = generate_uid()
-                ds.InstanceNumber = f * n + k + 1
-                ds.ImageIndex = f * n + k + 1
+                ds.InstanceNumber = ds.ImageIndex = f * n + indices[k] + 1  # ImageIndex as the PET module defines it
                 ds.ContentDate = ds.InstanceCreationDate = format_da(now)
                 ds.ContentTime = ds.InstanceCreationTime = format_tm(now)
                 ds.ImageOrientationPatient = [f"{v:.8g}" for v in orientation]
@@ -261,7 +376,6 @@ def write_dicom_frames(
                 meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
                 meta.TransferSyntaxUID = ExplicitVRLittleEndian
                 ds.file_meta = meta
-                stored, slope = quantise(volume.data[k])
                 ds.set_pixel_data(stored, "MONOCHROME2", 16, generate_instance_uid=False)
                 ds.RescaleSlope = slope
                 ds.RescaleIntercept = "0"

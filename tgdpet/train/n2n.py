@@ -297,8 +297,9 @@ def n2n_online(
     denoised, grid_mm = denoise_volume(denoiser, target, progress=progress_bar)
     written = Written.of(output, target, [grid_mm])
     made_by = f"{model_note(run_record(denoiser, model_path))} adapted to this study by n2n-online ({_how(result)})"
+    # Without --full the result is made from both halves: a DICOM one references the slices of each.
     write_volume(target.with_data(denoised), output, like=target, overwrite=overwrite,
-                 derivation=written.derivation(made_by))  # fmt: skip
+                 derivation=written.derivation(made_by), also_from=h2 if full is None else None)  # fmt: skip
     if save_model_path is not None:
         save_model(
             save_model_path,
