@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _user_errors import ArgumentParser, run  # noqa: E402
 from bad_input_cases import CASES, build_workspace, command_text, run_cli, snapshot  # noqa: E402
 
 
@@ -53,22 +54,33 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, help=f"replace the text between {START} and {END} in this file")
+def marked_file(text: str) -> Path:
+    """``--write``'s value: a file holding the table's markers, checked before the cases run."""
+    path = Path(text)
+    try:
+        doc = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise argparse.ArgumentTypeError(f"cannot read {text} ({why}); name the doc that holds the table") from None
+    if START not in doc or END not in doc:
+        raise argparse.ArgumentTypeError(f"{text} has no {START} ... {END} markers to put the table between")
+    return path
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=marked_file,
+                        help=f"replace the text between {START} and {END} in this file")
     args = parser.parse_args()
     text = table()
     if args.write is None:
         print(text, end="")
-        return 0
+        return
     doc = args.write.read_text(encoding="utf-8")
-    if START not in doc or END not in doc:
-        parser.error(f"{args.write} has no {START} ... {END} markers")
     new = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", lambda _: f"{START}\n{text}{END}", doc, flags=re.S)
     args.write.write_text(new, encoding="utf-8")
     print(f"updated {args.write}: {len(CASES)} cases")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

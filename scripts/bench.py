@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from _user_errors import ArgumentParser, output_file, run  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.inputs import intensity_scale, stack_indices  # noqa: E402
 from tgdpet.infer import Denoiser, denoise_array  # noqa: E402
@@ -605,11 +606,11 @@ def machine(device: torch.device) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="shrink everything to finish in under a minute")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=output_file, help="also write the results here")
     parser.add_argument("--voxel-sizes", action="store_true",
                         help="only time the built-in model on 4, 2.7 and 2 mm whole-body volumes")
     parser.add_argument("--end-to-end", action="store_true",
@@ -682,4 +683,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

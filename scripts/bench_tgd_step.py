@@ -12,7 +12,6 @@ hooks, the stored-statistics BatchNorm of frozen channels (by default) and the r
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -20,7 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tgdpet.models import build_model
+from _user_errors import ArgumentParser, positive_int, run
+from tgdpet.models import PRESETS, build_model
 from tgdpet.runtime import resolve_device
 from tgdpet.tgd import attach, build_masks, count_retrained
 
@@ -93,11 +93,11 @@ def bench_tgd_step(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="paper", choices=list(PRESETS))
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--patch", type=positive_int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--mode", choices=["parameter", "activation"], default="parameter")
     parser.add_argument("--bn-stats", choices=["stored", "batch"], default="stored")
     parser.add_argument("--device", default="auto")
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

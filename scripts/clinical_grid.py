@@ -29,7 +29,6 @@ output over the 8 in-plane flips, as ``tgdpet denoise --tta`` does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,9 +37,19 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tgdpet.evaluate import evaluate_manifest  # noqa: E402
-from tgdpet.files import atomic_file  # noqa: E402
+from _user_errors import (  # noqa: E402
+    ArgumentParser,
+    comma_list,
+    output_file,
+    positive_float,
+    positive_int,
+    run,
+    seed_int,
+)
 from tgdpet.builtin import resolve_model  # noqa: E402
+from tgdpet.errors import TgdpetError  # noqa: E402
+from tgdpet.evaluate import evaluate_manifest, prepare_denoisers  # noqa: E402
+from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.simulate import SimulationConfig, cohort, write_dataset  # noqa: E402
 from tgdpet.simulate.grid import AXIAL_FOV_MM, TRANSAXIAL_FOV_MM  # noqa: E402
 
@@ -48,22 +57,12 @@ BIAS_TARGET_PCT, COV_TARGET = 5.0, 0.5
 BODIES = ("low", "normal", "high")
 
 
-def dataset(
-    work: Path, voxel_mm: float, seed: int, protocols: list[str], realisations: int, noise_seed: int | None = None
-) -> Path:
-    """The test studies at one voxel size and seed (simulated once, then reused)."""
-    rescan = "" if noise_seed is None else f"_noise{noise_seed}"
-    out = work / "data" / f"{voxel_mm:g}mm_seed{seed}{rescan}"
-    missing = [p for p in protocols if not (out / p / "manifest.json").is_file()]
-    if missing and out.exists():
-        raise SystemExit(f"{out} lacks protocols {', '.join(missing)}; remove it to simulate it again.")
-    if not missing:
-        held = json.loads((out / "simulation.json").read_text())["config"]["realisations"]
-        if held != realisations:
-            raise SystemExit(f"{out} holds {held} realisations a study, not {realisations}; "
-                             f"pass --realisations {held} or use another --work.")  # fmt: skip
-    else:
-        config = SimulationConfig(
+def simulation(
+    voxel_mm: float, seed: int, protocols: list[str], realisations: int, noise_seed: int | None
+) -> SimulationConfig:
+    """The test studies at one voxel size and seed: the low-, normal- and high-BMI study, every protocol."""
+    try:
+        return SimulationConfig(
             studies=cohort(0, BODIES, ood=()),
             size=round(TRANSAXIAL_FOV_MM / voxel_mm),
             slices=round(AXIAL_FOV_MM / voxel_mm),
@@ -73,11 +72,46 @@ def dataset(
             noise_seed=noise_seed,
             progress=False,
         )
-        start = time.perf_counter()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(out, config)
-        print(f"simulated {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    except TgdpetError as e:
+        raise TgdpetError(f"the test studies at {voxel_mm:g} mm voxels, seed {seed}: {e}") from None
+
+
+def dataset_folder(work: Path, config: SimulationConfig, voxel_mm: float) -> Path:
+    """Where ``config``'s studies are kept; a folder already there must hold them (it is reused, not replaced)."""
+    rescan = "" if config.noise_seed is None else f"_noise{config.noise_seed}"
+    out = work / "data" / f"{voxel_mm:g}mm_seed{config.seed}{rescan}"
+    missing = [p for p in config.protocols if not (out / p / "manifest.json").is_file()]
+    if missing and out.exists():
+        raise TgdpetError(f"{out} lacks protocols {', '.join(missing)}; remove it to simulate it again.")
+    if not missing:
+        held = json.loads((out / "simulation.json").read_text())["config"]["realisations"]
+        if held != config.realisations:
+            raise TgdpetError(f"{out} holds {held} realisations a study, not {config.realisations}; "
+                              f"pass --realisations {held} or use another --work.")  # fmt: skip
     return out
+
+
+def simulate(out: Path, config: SimulationConfig) -> None:
+    """Simulate the studies into ``out``, unless an earlier run did."""
+    if out.exists():
+        return
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(out, config)
+    print(f"simulated {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+def named_models(specs: list[str]) -> dict[str, str]:
+    """``--model NAME=FILE`` values as name -> model file (FILE may name a built-in model); default: the built-in."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, model = (part.strip() for part in spec.partition("="))
+        if not sep or not name or not model:
+            raise TgdpetError(f"--model {spec!r} must be NAME=FILE, e.g. --model v1-net=runs/v1/best.safetensors.")
+        if name in models:
+            raise TgdpetError(f"--model names {name!r} twice; give every model its own name.")
+        models[name] = str(resolve_model(model))
+    return models or {"built-in": str(resolve_model(None))}
 
 
 def cell(study: dict, model: str) -> dict:
@@ -144,43 +178,50 @@ def table(results: list[dict], model: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the simulated test studies")
     parser.add_argument("--model", action="append", default=[],
                         help="NAME=FILE, FILE a model file or a built-in model's name (repeatable; default: built-in)")
-    parser.add_argument("--voxels", default="2.0,2.7,4.0", help="voxel sizes in mm (isotropic)")
-    parser.add_argument("--protocols", default="v1,v2,sharp,smooth")
-    parser.add_argument("--seeds", default="5000,6000")
+    parser.add_argument("--voxels", type=comma_list(positive_float), default="2.0,2.7,4.0",
+                        help="voxel sizes in mm (isotropic)")
+    parser.add_argument("--protocols", type=lambda text: text.split(","), default="v1,v2,sharp,smooth")
+    parser.add_argument("--seeds", type=comma_list(seed_int), default="5000,6000")
     parser.add_argument(
-        "--realisations", type=int, default=10, help="60 s realisations a study (10 make the 600 s scan)"
+        "--realisations", type=positive_int, default=10, help="60 s realisations a study (10 make the 600 s scan)"
     )
-    parser.add_argument("--noise-seed", type=int, help="scan the same patients again, with this seed's noise")
+    parser.add_argument("--noise-seed", type=seed_int, help="scan the same patients again, with this seed's noise")
     parser.add_argument("--no-resample", action="store_true", help="run the network on the input's own grid")
     parser.add_argument("--tta", action="store_true", help="as tgdpet denoise --tta: the mean over 8 in-plane flips")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--json", type=output_file, help="also write every figure here")
     args = parser.parse_args()
-    named = (m.split("=", 1) for m in args.model)
-    models = {name: str(resolve_model(spec)) for name, spec in named} or {"built-in": str(resolve_model(None))}
-    protocols = args.protocols.split(",")
+    # everything a user can get wrong is refused before the first study is simulated
+    if args.work.exists() and not args.work.is_dir():
+        raise TgdpetError(f"--work {args.work} is a file; name a folder for the test studies.")
+    models = named_models(args.model)
+    prepare_denoisers(models, device=args.device)
+    runs = []
+    for voxel in args.voxels:
+        for seed in args.seeds:
+            config = simulation(voxel, seed, args.protocols, args.realisations, args.noise_seed)
+            runs.append((voxel, seed, dataset_folder(args.work, config, voxel), config))
     results = []
-    for voxel in (float(v) for v in args.voxels.split(",")):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            data = dataset(args.work, voxel, seed, protocols, args.realisations, args.noise_seed)
-            for protocol in protocols:
-                start = time.perf_counter()
-                evaluated = evaluate_manifest(
-                    data / protocol, models, device=args.device, precision="auto", resample=not args.no_resample,
-                    tta=args.tta,
-                )
-                cells = {
-                    body: {m: cell(s, m) for m in models}
-                    for body, s in zip(BODIES, evaluated["studies"])
-                }  # fmt: skip
-                run = {"voxel_mm": voxel, "seed": seed, "noise_seed": args.noise_seed, "protocol": protocol}
-                results.append({**run, "cells": cells})
-                print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
-                      + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
+    for voxel, seed, data, config in runs:
+        simulate(data, config)
+        for protocol in args.protocols:
+            start = time.perf_counter()
+            evaluated = evaluate_manifest(
+                data / protocol, models, device=args.device, precision="auto", resample=not args.no_resample,
+                tta=args.tta,
+            )
+            cells = {
+                body: {m: cell(s, m) for m in models}
+                for body, s in zip(BODIES, evaluated["studies"])
+            }  # fmt: skip
+            run = {"voxel_mm": voxel, "seed": seed, "noise_seed": args.noise_seed, "protocol": protocol}
+            results.append({**run, "cells": cells})
+            print(f"{voxel:g} mm, seed {seed}, {protocol}: evaluated in {time.perf_counter() - start:.0f} s "
+                  + json.dumps(cells), file=sys.stderr, flush=True)  # fmt: skip
     for model in models:
         best_grid = "finer voxels on the best of the grids up to the model's"
         how = "network on the input grid" if args.no_resample else best_grid
@@ -193,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

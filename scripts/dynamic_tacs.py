@@ -1,6 +1,6 @@
 """What denoising does to a dynamic study, frame by frame: noise, bias and time-activity curves against truth.
 
-    python scripts/dynamic_tacs.py --work W [--model FILE] [--size 128] [--slices 144] [--seed 0] [--json out.json]
+    python scripts/dynamic_tacs.py --work W [--model MODEL] [--size 128] [--slices 144] [--seed 0] [--json out.json]
 
 Simulates a PET-BIDS dataset (``tgdpet simulate W/ds --bids --bmi normal``: a static 60 s study and a
 dynamic 0-62 min one in 22 frames of 10 s to 10 min; kept and reused), denoises it as ``tgdpet denoise W/ds``
@@ -19,7 +19,6 @@ denoiser's own bias; the truth shows what resolution loses besides. Printed as m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tgdpet.denoise import denoise_inputs  # noqa: E402
+from _user_errors import ArgumentParser, output_file, run, seed_int  # noqa: E402
+from tgdpet.denoise import denoise_inputs, load_denoiser  # noqa: E402
+from tgdpet.errors import TgdpetError  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.simulate import SimulationConfig, StudySpec  # noqa: E402
 from tgdpet.simulate.bids_dataset import write_bids_dataset  # noqa: E402
@@ -101,21 +102,25 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--model", help="model file [default: the built-in model]")
+    parser.add_argument("--model", help="a model file or a built-in model's name [default: the built-in model]")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--slices", type=int, default=144)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=output_file)
     args = parser.parse_args()
+    # everything a user can get wrong is refused before the study is simulated
+    if args.work.exists() and not args.work.is_dir():
+        raise TgdpetError(f"--work {args.work} is a file; name a folder for the dataset.")
+    config = SimulationConfig(studies=(StudySpec("test", "normal", tumour=True),), size=args.size,
+                              slices=args.slices, protocols=("v1",), seed=args.seed, device=args.device,
+                              progress=False)  # fmt: skip
+    load_denoiser(args.model, device=args.device)
     ds = args.work / "ds"
     args.work.mkdir(parents=True, exist_ok=True)
     if not ds.exists():
-        config = SimulationConfig(studies=(StudySpec("test", "normal", tumour=True),), size=args.size,
-                                  slices=args.slices, protocols=("v1",), seed=args.seed, device=args.device,
-                                  progress=False)  # fmt: skip
         write_bids_dataset(ds, config)
     denoise_inputs([str(ds)], model_path=args.model, overwrite=True, device=args.device,
                    echo=lambda m: print(m, file=sys.stderr), warn=lambda m: print(m, file=sys.stderr))  # fmt: skip
@@ -130,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

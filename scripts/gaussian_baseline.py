@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from _user_errors import ArgumentParser, run  # noqa: E402
 from tgdpet.data import load_manifest  # noqa: E402
 from tgdpet.errors import TgdpetError  # noqa: E402
 from tgdpet.evaluate import load_study_images, score_images  # noqa: E402
@@ -52,8 +52,15 @@ def gaussian(volume: np.ndarray, sigma_vox: tuple[float, float, float]) -> np.nd
 def report(data: str, fwhms: list[float], only: list[str] | None) -> None:
     """Print, for each study with realisations, the input's lesion bias and liver CoV, then each filter's."""
     manifest = load_manifest(data)
-    for entry in manifest.studies:
-        if not entry.realisations or (only and entry.id not in only):
+    scored = [entry for entry in manifest.studies if entry.realisations]
+    unknown = sorted(set(only or ()) - {entry.id for entry in scored})
+    if unknown:
+        raise TgdpetError(
+            f"{data} has no study {', '.join(unknown)} with realisations; its studies with realisations are "
+            f"{', '.join(entry.id for entry in scored) or 'none'}, pick from them."
+        )
+    for entry in scored:
+        if only and entry.id not in only:
             continue
         study = load_study_images(entry, manifest.label_codes)
         affine = to_canonical(read_volume(entry.target)).affine  # the frame load_study_images reads in
@@ -79,20 +86,15 @@ def fwhm_list(text: str) -> list[float]:
     return values
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="an evaluation dataset (tgdpet simulate ... writes one per protocol)")
     parser.add_argument("--fwhm", type=fwhm_list, default="4.7,7.1,9.4,11.8,14.1,18.8",
                         help="filter FWHMs in mm, comma-separated")
     parser.add_argument("--study", action="append", help="only these study ids (repeatable)")
     args = parser.parse_args()
-    try:
-        report(args.data, args.fwhm, args.study)
-    except TgdpetError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return TgdpetError.exit_code
-    return 0
+    report(args.data, args.fwhm, args.study)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

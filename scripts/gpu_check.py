@@ -38,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from tgdpet.errors import TgdpetError
+from tgdpet.runtime import resolve_device
+
 REPO = Path(__file__).resolve().parents[1]
 FORMAT = "tgdpet-gpu-check"
 #: Seconds each step may take (full run, --quick run): 8 minutes in all on a GPU at most.
@@ -189,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shrink every step (the CPU check CI runs)")
     parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.json/.md and the runs")
     args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)  # one that cannot run fails every step, after --out is made
+    except TgdpetError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return e.exit_code
     out = Path(args.out).resolve()
     work = out / "work"
     if work.exists():

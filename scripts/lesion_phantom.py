@@ -25,19 +25,26 @@ volume without and with it. Printed as a table; ``--json`` keeps it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _user_errors import (  # noqa: E402
+    ArgumentParser,
+    checked,
+    output_file,
+    positive_float,
+    positive_int,
+    run,
+    seed_int,
+)
 from tgdpet import metrics  # noqa: E402
 from tgdpet.files import atomic_file  # noqa: E402
 from tgdpet.denoise import load_denoiser  # noqa: E402
@@ -50,6 +57,8 @@ CONTRASTS = (4.0, 8.0)
 MU_WATER, MU_LUNG = 0.0096, 0.0028
 RING_RADIUS_MM = 57.2  # NEMA IEC sphere centres
 SLAB_DEPTH_MM = (-40.0, 40.0)  # z of the 4:1 and 8:1 sphere rings
+#: --voxel-mm: the simulator's finest grid (512 pixels across) up to voxels that still sample the smallest sphere
+VOXEL_MM = checked(float, lambda v: 1.0 <= v <= min(DIAMETERS_MM), f"a voxel size from 1 to {min(DIAMETERS_MM):g} mm")
 
 
 def _ellipse(X, Y, cx, cy, ax, ay) -> torch.Tensor:
@@ -116,6 +125,8 @@ def measure(
     background_bqml: float,
     voxel_mm: float = 4.0,
 ) -> dict:
+    runs = (("denoised", False), ("denoised_tta", True))[: 2 if tta else 1]
+    denoisers = {name: load_denoiser(model, device=device, precision="fp32", tta=augment) for name, augment in runs}
     grid = grid_for(voxel_mm)
     phantom, spheres, background = sphere_phantom(grid, background_bqml)
     projector = projector_for(grid.size, grid.pixel_mm, "cpu")
@@ -136,8 +147,7 @@ def measure(
         "voxel_mm": list(grid.voxel_mm),
         "input": _scores(inputs, reference, spheres, bg),
     }
-    for name, augment in (("denoised", False), ("denoised_tta", True))[: 2 if tta else 1]:
-        denoiser = load_denoiser(model, device=device, precision="fp32", tta=augment)
+    for name, denoiser in denoisers.items():
         seconds, outputs = [], []
         for x in inputs:
             start = time.perf_counter()
@@ -167,16 +177,16 @@ def print_table(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="model file (default: the built-in model)")
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="a model file or a built-in model's name (default: the built-in model)")
     parser.add_argument("--protocol", default="v1", choices=sorted(PROTOCOLS))
-    parser.add_argument("--realisations", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--realisations", type=positive_int, default=10)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", action="store_true", help="also measure 8-fold flip/transpose averaging")
-    parser.add_argument("--background", type=float, default=2500.0, help="background activity, Bq/mL")
-    parser.add_argument("--voxel-mm", type=float, default=4.0, help="voxel size (2.0: 256 x 256 x 288 voxels)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--background", type=positive_float, default=2500.0, help="background activity, Bq/mL")
+    parser.add_argument("--voxel-mm", type=VOXEL_MM, default=4.0, help="voxel size (2.0: 256 x 256 x 288 voxels)")
+    parser.add_argument("--json", type=output_file, help="also write the results here")
     args = parser.parse_args()
     result = measure(
         args.model, args.protocol, args.realisations, args.seed, args.device, args.tta, args.background, args.voxel_mm
@@ -189,4 +199,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -13,6 +13,7 @@ docs/n2n-halves.md holds the output::
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 
@@ -20,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+from _user_errors import ArgumentParser  # noqa: E402
 from tgdpet.inputs import body_mask  # noqa: E402
 from tgdpet.simulate.dataset import SimulationConfig, StudySpec, simulate_study  # noqa: E402
 from tgdpet.train.n2n import halves_agreement  # noqa: E402
@@ -39,6 +41,7 @@ def row(kind: str, scan_s: float, protocol: str, what: str, h1: np.ndarray, h2: 
 
 
 def main() -> None:
+    ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print("| halves | each | protocol | studies | voxel corr. | block corr. | mean ratio |")
     print("|---|---|---|---|---|---|---|")
     for scan_s in (120.0, 30.0):

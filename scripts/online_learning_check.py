@@ -28,12 +28,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+from _user_errors import ArgumentParser, checked, run  # noqa: E402
 from tgdpet.builtin import resolve_model  # noqa: E402
 from tgdpet.data import load_manifest  # noqa: E402
+from tgdpet.errors import TgdpetError  # noqa: E402
 from tgdpet.evaluate import StudyImages, load_study_images, prepare_denoisers, score_images, truth_path  # noqa: E402
 from tgdpet.io import read_volume  # noqa: E402
 from tgdpet.io.orientation import to_canonical  # noqa: E402
 from tgdpet.train import N2NConfig, n2n_online, resolve_config  # noqa: E402
+
+#: --pairs: the liver CoV is taken across the pairs, so one is not enough
+PAIRS = checked(int, lambda v: v >= 2, "a number of pairs, 2 or more (the liver CoV is taken across them)")
 
 
 def row(name: str, images: list[np.ndarray], means: list[np.ndarray], study: StudyImages, reference: dict) -> str:
@@ -46,26 +51,29 @@ def row(name: str, images: list[np.ndarray], means: list[np.ndarray], study: Stu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("study")
     parser.add_argument("--model", help="a model file or a built-in model's name (default: the built-in model)")
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=PAIRS, default=5, help="pairs of realisations (default: 5)")
     parser.add_argument("--config", help="n2n-online settings (YAML); default: n2n-online's own defaults")
     parser.add_argument("--work", type=Path, help="keep the adapted studies here (default: a temporary folder)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args()
 
-    manifest = load_manifest(args.manifest)
-    entry = next((s for s in manifest.studies if s.id == args.study), None)
-    if entry is None or len(entry.realisations) < 2 * args.pairs:
-        sys.exit(f"{args.manifest} has no study {args.study!r} with {2 * args.pairs} realisations.")
-    study = load_study_images(entry, manifest.label_codes, truth_path(manifest, entry))
-    pairs = [(entry.realisations[2 * k], entry.realisations[2 * k + 1]) for k in range(args.pairs)]
-    means = [(study.images[2 * k] + study.images[2 * k + 1]) / 2 for k in range(args.pairs)]
     model = resolve_model(args.model)
     cfg = resolve_config(N2NConfig, args.config, amp=args.amp, device="cpu")
     denoise = prepare_denoisers({"model": model}, device="cpu", precision="fp32")["model"]
+    if args.work is not None and args.work.exists() and not args.work.is_dir():
+        raise TgdpetError(f"--work {args.work} is a file; name a folder for the adapted studies.")
+    manifest = load_manifest(args.manifest)
+    entry = next((s for s in manifest.studies if s.id == args.study), None)
+    if entry is None or len(entry.realisations) < 2 * args.pairs:
+        raise TgdpetError(f"{args.manifest} has no study {args.study!r} with {2 * args.pairs} realisations; "
+                          "name a study that has them, or ask for fewer --pairs.")  # fmt: skip
+    study = load_study_images(entry, manifest.label_codes, truth_path(manifest, entry))
+    pairs = [(entry.realisations[2 * k], entry.realisations[2 * k + 1]) for k in range(args.pairs)]
+    means = [(study.images[2 * k] + study.images[2 * k + 1]) / 2 for k in range(args.pairs)]
 
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
@@ -85,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -34,7 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _user_errors import ArgumentParser, checked, comma_list, positive_int, run  # noqa: E402
 from tgdpet.checkpoint import load_model  # noqa: E402
+from tgdpet.data import load_manifest  # noqa: E402
 from tgdpet.drop import drop_study, relative_rms_change, zero_channels  # noqa: E402
 from tgdpet.infer import denoise_array  # noqa: E402
 from tgdpet.io import read_volume  # noqa: E402
@@ -48,6 +49,7 @@ from tgdpet.train.methods import channel_groups  # noqa: E402
 PHIS = (0.3, 0.4, 0.5, 0.6)
 #: A channel whose group norm is below this share of its layer's largest carries (next to) nothing.
 DEAD_SHARE = 0.05
+PENALTY = checked(float, lambda v: 0 <= v < float("inf"), "a channel-penalty weight (a number, 0 or more)")
 
 
 def group_norms(model: DnCNN) -> list[np.ndarray]:
@@ -130,38 +132,41 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="a training manifest (or its folder) with train and val studies")
     parser.add_argument("--volume", required=True, help="a held-out noisy image (NIfTI) for the drop study")
     parser.add_argument("--target", help="the full-count image of --volume, for the PSNR")
-    parser.add_argument("--penalties", default="0,1e-3,1e-2", help="channel-penalty weights, comma-separated")
+    parser.add_argument("--penalties", type=comma_list(PENALTY), default="0,1e-3,1e-2",
+                        help="channel-penalty weights, comma-separated")
     parser.add_argument("--out", required=True, help="folder for the runs and spare_capacity.json")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--patches-per-epoch", type=int, default=4096)
+    parser.add_argument("--epochs", type=positive_int, default=6)
+    parser.add_argument("--patches-per-epoch", type=positive_int, default=4096)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--slab", type=int, default=12, help="central slices the ablation denoises")
+    parser.add_argument("--slab", type=positive_int, default=12, help="central slices the ablation denoises")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # everything a user can get wrong is refused before --out is made and the first network trained
     volume = read_volume(args.volume).data
     target = read_volume(args.target).data if args.target else None
+    configs = {penalty: resolve_config(TrainConfig, preset=args.preset, epochs=args.epochs, channel_penalty=penalty,
+                                       patches_per_epoch=args.patches_per_epoch, amp=args.amp)
+               for penalty in args.penalties}  # fmt: skip
+    load_manifest(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     mid = volume.shape[0] // 2
     slab = volume[max(mid - args.slab // 2, 0) : mid + args.slab // 2]
     results = []
-    for penalty in (float(p) for p in args.penalties.split(",")):
-        cfg = resolve_config(TrainConfig, preset=args.preset, epochs=args.epochs, channel_penalty=penalty,
-                             patches_per_epoch=args.patches_per_epoch, amp=args.amp)  # fmt: skip
-        run = out / f"penalty-{penalty:g}"
-        result = train(args.data, run, cfg, overwrite=True, progress_bar=False, echo=print)
+    for penalty, cfg in configs.items():
+        folder = out / f"penalty-{penalty:g}"
+        result = train(args.data, folder, cfg, overwrite=True, progress_bar=False, echo=print)
         device = next(result.model.parameters()).device
         results.append({"penalty": penalty, "train_loss": result.progress.history[-1]["train_loss"],
-                        "measured": measure(run / "last.safetensors", volume, target, slab, device)})  # fmt: skip
+                        "measured": measure(folder / "last.safetensors", volume, target, slab, device)})  # fmt: skip
         write_text(out / "spare_capacity.json", json.dumps(results, indent=1) + "\n")
         print(table(results), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -53,7 +53,8 @@ def test_grid_simulates_scores_and_tabulates(tmp_path):
     assert again.returncode == 0 and "simulated" not in again.stderr
     # the realisations the folder holds are the ones asked for, or it says so
     other = subprocess.run([*args[:-2], "--realisations", "3"], capture_output=True, text=True, timeout=600)
-    assert other.returncode != 0 and "holds 2 realisations a study, not 3" in other.stderr
+    assert other.returncode == 2 and other.stderr.startswith("Error: ")
+    assert "holds 2 realisations a study, not 3" in other.stderr
 
 
 def test_noise_seed_rescans_the_same_patients_into_its_own_folder(tmp_path):

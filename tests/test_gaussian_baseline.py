@@ -17,6 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gaussian_baseline.py
 
 @pytest.fixture(scope="module")
 def baseline():
+    sys.path.insert(0, str(SCRIPT.parent))  # as ``python scripts/...`` has it: the scripts' own _user_errors
     spec = importlib.util.spec_from_file_location("gaussian_baseline", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -46,4 +46,4 @@ def test_a_model_that_changes_nothing_scores_as_the_pair_means(tmp_path):
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [f"{study}_pair0.nii.gz", f"{study}_pair1.nii.gz"]
     # five pairs need ten realisations: a study with four is refused in one sentence
     short = subprocess.run([*args[:4], "--pairs", "5"], capture_output=True, text=True, timeout=600)
-    assert short.returncode != 0 and "with 10 realisations" in short.stderr
+    assert short.returncode == 2 and short.stderr.startswith("Error: ") and "with 10 realisations" in short.stderr
