@@ -11,9 +11,11 @@ import datetime as dt
 import gzip
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 
 from tgdpet.checkpoint import save_model
@@ -75,6 +77,26 @@ def write_test_series(folder: str | Path, volume: Volume | None = None, **write_
     write_kwargs.setdefault("description", TEST_DESCRIPTION)
     write_volume(volume if volume is not None else make_volume(), folder, **write_kwargs)
     return sorted(Path(folder).iterdir())
+
+
+def write_dynamic_series(
+    static: list[Path], folder: str | Path, number: Callable[[pydicom.Dataset, int, int], None], frames: int = 2
+) -> Path:
+    """A dynamic series in ``folder``: the slice files ``static`` repeated as ``frames`` 60 s frames told apart by
+    FrameReferenceTime, each slice numbered by ``number(ds, frame, slice)``; the folder."""
+    folder = Path(folder)
+    folder.mkdir()
+    for f in range(frames):
+        for k, path in enumerate(static):
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.FrameReferenceTime = str(60000 * f)
+            ds.ActualFrameDuration = 60000
+            ds.NumberOfTimeSlices = frames
+            ds.SeriesType = ["DYNAMIC", "IMAGE"]
+            number(ds, f, k)
+            ds.save_as(folder / f"f{f}_{k}.dcm", enforce_file_format=True)
+    return folder
 
 
 def write_test_nifti(path: str | Path, volume: Volume | None = None, **write_kwargs) -> Path:

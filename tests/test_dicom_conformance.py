@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from helpers import make_volume, trained_like_model, write_test_series
+from helpers import make_volume, trained_like_model, write_dynamic_series, write_test_series
 
 from tgdpet.checkpoint import save_model
 from tgdpet.cli import main
@@ -149,17 +149,11 @@ def test_a_dynamic_series_denoised_whole_adds_no_error(tmp_path, model):
     """A dynamic series (two frames told apart by FrameReferenceTime) denoised without --frame: one derived
     series holding both frames, with no validator error its source does not have."""
     files = write_test_series(tmp_path / "static")
-    (tmp_path / "dyn").mkdir()
-    for f in range(2):
-        for k, path in enumerate(files):
-            ds = pydicom.dcmread(path)
-            ds.SOPInstanceUID = pydicom.uid.generate_uid()
-            ds.FrameReferenceTime = str(60000 * f)
-            ds.ActualFrameDuration = 60000
-            ds.NumberOfTimeSlices = 2
-            ds.SeriesType = ["DYNAMIC", "IMAGE"]
-            ds.InstanceNumber = ds.ImageIndex = f * len(files) + k + 1
-            ds.save_as(tmp_path / "dyn" / f"f{f}_{k}.dcm", enforce_file_format=True)
+
+    def number(ds: pydicom.Dataset, f: int, k: int) -> None:
+        ds.InstanceNumber = ds.ImageIndex = f * len(files) + k + 1
+
+    write_dynamic_series(files, tmp_path / "dyn", number)
     source_errors = validator_errors(tmp_path / "dyn")
     denoise(model, tmp_path / "dyn", tmp_path / "denoised")
     assert len(list((tmp_path / "denoised").iterdir())) == 2 * len(files)

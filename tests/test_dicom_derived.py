@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers import make_volume, write_test_series
+from helpers import make_volume, write_dynamic_series, write_test_series
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from test_dicom_conformance import validator_errors
@@ -135,17 +135,7 @@ def test_a_dynamic_derived_series_is_numbered_in_its_source_order(tmp_path):
     defines it: the derived series numbers every slice as the source slice at its position and time."""
     n = 4
     files = write_test_series(tmp_path / "static", make_volume(shape=(n, 6, 6), origin=(0.0, 0.0, 0.0)))
-    (tmp_path / "dyn").mkdir()
-    for f in range(2):
-        for k, path in enumerate(files):
-            ds = pydicom.dcmread(path)
-            ds.SOPInstanceUID = pydicom.uid.generate_uid()
-            ds.FrameReferenceTime = str(60000 * f)
-            ds.ActualFrameDuration = 60000
-            ds.NumberOfTimeSlices = 2
-            ds.SeriesType = ["DYNAMIC", "IMAGE"]
-            number_from_the_head(ds, n, f)
-            ds.save_as(tmp_path / "dyn" / f"f{f}_{k}.dcm", enforce_file_format=True)
+    write_dynamic_series(files, tmp_path / "dyn", lambda ds, f, k: number_from_the_head(ds, n, f))
     frames = [read_volume(tmp_path / "dyn", frame=f) for f in range(2)]
     write_frames(frames, tmp_path / "out")
     source, out = by_place(tmp_path / "dyn"), by_place(tmp_path / "out")
